@@ -1,0 +1,61 @@
+"""The interface every family adapter implements."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class LoadOptions:
+    """How to build the language model: compute dtype, device, quantisation and attention kernel."""
+
+    dtype: torch.dtype
+    device: torch.device
+    quantization: str | None = None  # None | "8bit" | "4bit"
+    attn_implementation: str = "sdpa"
+
+
+class FamilyAdapter(Protocol):
+    name: str
+    #: "pre_norm": the last decoder layer's output feeds [SEG] (Qwen3-VL under transformers 4.57, the release);
+    #: "post_norm": the final norm's output does (Qwen2.5-VL, InternVL).
+    seg_state: str
+
+    def load_vlm(self, folder, config: dict, index, options: LoadOptions) -> torch.nn.Module:
+        """Build the native model and load the ``model.*`` tensors of the release into it."""
+
+    def load_processor(self, folder, config: dict):
+        """The processor (tokenizer + image processor) of the folder, without remote code."""
+
+    def build_inputs(self, processor, images: list[Image.Image], text: str) -> dict:
+        """Chat prompt + pixel inputs for one user turn with ``images`` followed by ``text``."""
+
+    def final_norm(self, vlm: torch.nn.Module) -> torch.nn.Module:
+        """The language model's final norm, hooked to read the [SEG] hidden state."""
+
+    def hidden_size(self, config: dict) -> int:
+        """Width of the language model's hidden state (input of the [SEG] projection)."""
+
+    def eos_token_ids(self, config: dict, tokenizer) -> list[int]:
+        """Token ids that end generation."""
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading report while a release is loaded.
+
+    The release also stores SAM2 and the projection, which transformers lists as "unexpected" in a long table;
+    the adapters check the keys themselves and raise a precise error instead."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)

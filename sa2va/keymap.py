@@ -1,0 +1,206 @@
+"""Key maps between the Sa2VA release layout and transformers' native modules.
+
+A Sa2VA release stores one state dict with three parts (SPEC-qwen.md section 1.3):
+
+* ``model.*``: the vision-language model (Qwen*VLForConditionalGeneration or InternVL),
+* ``grounding_encoder.sam2_model.*``: SAM2 in the original facebookresearch naming, with ``.gamma``
+  renamed to ``.g_weight``,
+* ``text_hidden_fcs.{0,2}.*``: the [SEG] projection.
+
+This module only renames keys; it never touches tensor values except where the release splits what
+transformers stores as one tensor (the prompt encoder's point embeddings).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+SAM2_PREFIX = "grounding_encoder.sam2_model."
+PROJECTION_PREFIX = "text_hidden_fcs."
+VLM_PREFIX = "model."
+
+_NUM_POINT_EMBEDDINGS = 4
+_POINT_EMBED_NATIVE = "prompt_encoder.point_embed.weight"
+_POINT_EMBED_RELEASE = "sam_prompt_encoder.point_embeddings.{}.weight"
+_GAUSSIAN_NATIVE = "prompt_encoder.shared_embedding.positional_embedding"
+_GAUSSIAN_NATIVE_COPY = "shared_image_embedding.positional_embedding"
+
+# Original SAM2 name -> transformers name. Applied in order, each at most once.
+_SAM2_RULES: list[tuple[str, str]] = [
+    (r"^image_encoder\.trunk\.", "vision_encoder.backbone."),
+    (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"vision_encoder.neck.convs.\1."),
+    (r"^(vision_encoder\.backbone\.)patch_embed\.proj\.", r"\1patch_embed.projection."),
+    (r"^(vision_encoder\.backbone\.blocks\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
+    (r"^(vision_encoder\.backbone\.blocks\.\d+\.mlp)\.layers\.0\.", r"\1.proj_in."),
+    (r"^(vision_encoder\.backbone\.blocks\.\d+\.mlp)\.layers\.1\.", r"\1.proj_out."),
+    (r"^sam_prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$", _GAUSSIAN_NATIVE),
+    (r"^sam_prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
+    (r"^sam_prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
+    (r"^sam_prompt_encoder\.", "prompt_encoder."),
+    (r"^sam_mask_decoder\.", "mask_decoder."),
+    (r"^(mask_decoder\.transformer\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
+    (r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.0\.", r"\1.proj_in."),
+    (r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.1\.", r"\1.proj_out."),
+    (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
+    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
+    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
+    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
+    (r"^(memory_attention\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
+    (r"^memory_attention\.norm\.", "memory_attention.layer_norm."),
+    (r"^memory_encoder\.mask_downsampler\.encoder\.12\.", "memory_encoder.mask_downsampler.final_conv."),
+    (r"^memory_encoder\.pix_feat_proj\.", "memory_encoder.feature_projection."),
+    (r"^memory_encoder\.out_proj\.", "memory_encoder.projection."),
+    (r"^memory_encoder\.fuser\.layers\.(\d+)\.", r"memory_encoder.memory_fuser.layers.\1."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.dwconv\.", r"\1.depthwise_conv."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.pwconv(\d)\.", r"\1.pointwise_conv\2."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.norm\.", r"\1.layer_norm."),
+    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.(g_weight|gamma)$", r"\1.scale"),
+    (r"^maskmem_tpos_enc$", "memory_temporal_positional_encoding"),
+    (r"^no_mem_embed$", "no_memory_embedding"),
+    (r"^no_mem_pos_enc$", "no_memory_positional_encoding"),
+    (r"^no_obj_ptr$", "no_object_pointer"),
+    (r"^obj_ptr_tpos_proj\.", "temporal_positional_encoding_projection_layer."),  # SAM2.1 only
+    (r"^no_obj_embed_spatial$", "occlusion_spatial_embedding_parameter"),  # SAM2.1 only
+    (r"^obj_ptr_proj\.", "object_pointer_proj."),
+    (r"\.out_proj\.", ".o_proj."),
+]
+# transformers name -> original SAM2 name (the inverse of the table above), used to write release-format
+# checkpoints for tests and to name release keys in error messages.
+_SAM2_INVERSE_RULES: list[tuple[str, str]] = [
+    (r"\.o_proj\.", ".out_proj."),
+    (r"^vision_encoder\.backbone\.patch_embed\.projection\.", "image_encoder.trunk.patch_embed.proj."),
+    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.layer_norm(\d)\.", r"image_encoder.trunk.blocks.\1.norm\2."),
+    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.mlp\.proj_in\.", r"image_encoder.trunk.blocks.\1.mlp.layers.0."),
+    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.mlp\.proj_out\.", r"image_encoder.trunk.blocks.\1.mlp.layers.1."),
+    (r"^vision_encoder\.backbone\.", "image_encoder.trunk."),
+    (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
+    (r"^prompt_encoder\.shared_embedding\.positional_embedding$",
+     "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
+    (r"^prompt_encoder\.mask_embed\.conv1\.", "sam_prompt_encoder.mask_downscaling.0."),
+    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "sam_prompt_encoder.mask_downscaling.1."),
+    (r"^prompt_encoder\.mask_embed\.conv2\.", "sam_prompt_encoder.mask_downscaling.3."),
+    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "sam_prompt_encoder.mask_downscaling.4."),
+    (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
+    (r"^prompt_encoder\.", "sam_prompt_encoder."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.", r"mask_decoder.transformer.layers.\1.mlp.layers.0."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.", r"mask_decoder.transformer.layers.\1.mlp.layers.1."),
+    (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
+    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
+    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
+    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
+    (r"^mask_decoder\.", "sam_mask_decoder."),
+    (r"^memory_attention\.layers\.(\d+)\.layer_norm(\d)\.", r"memory_attention.layers.\1.norm\2."),
+    (r"^memory_attention\.layer_norm\.", "memory_attention.norm."),
+    (r"^memory_encoder\.mask_downsampler\.final_conv\.", "memory_encoder.mask_downsampler.encoder.12."),
+    (r"^memory_encoder\.feature_projection\.", "memory_encoder.pix_feat_proj."),
+    (r"^memory_encoder\.projection\.", "memory_encoder.out_proj."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.depthwise_conv\.", r"memory_encoder.fuser.layers.\1.dwconv."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv(\d)\.", r"memory_encoder.fuser.layers.\1.pwconv\2."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.layer_norm\.", r"memory_encoder.fuser.layers.\1.norm."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.scale$", r"memory_encoder.fuser.layers.\1.g_weight"),
+    (r"^memory_temporal_positional_encoding$", "maskmem_tpos_enc"),
+    (r"^no_memory_embedding$", "no_mem_embed"),
+    (r"^no_memory_positional_encoding$", "no_mem_pos_enc"),
+    (r"^no_object_pointer$", "no_obj_ptr"),
+    (r"^temporal_positional_encoding_projection_layer\.", "obj_ptr_tpos_proj."),
+    (r"^occlusion_spatial_embedding_parameter$", "no_obj_embed_spatial"),
+    (r"^object_pointer_proj\.", "obj_ptr_proj."),
+]
+_MLP3 = re.compile(r"^((?:mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head))"
+                   r"|object_pointer_proj)\.layers\.(\d)\.(weight|bias)$")
+_MLP3_NAMES = {"0": "proj_in", "1": "layers.0", "2": "proj_out"}
+_MLP3_NATIVE = re.compile(r"^((?:mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head))"
+                          r"|object_pointer_proj)\.(proj_in|layers\.0|proj_out)\.(weight|bias)$")
+_MLP3_RELEASE = {v: k for k, v in _MLP3_NAMES.items()}
+_DOWNSAMPLER = re.compile(r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.(weight|bias)$")
+_DOWNSAMPLER_NATIVE = re.compile(r"^memory_encoder\.mask_downsampler\.layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
+_POINT_EMBEDDING = re.compile(r"^sam_prompt_encoder\.point_embeddings\.\d+\.weight$")
+
+
+def sam2_key_to_native(key: str) -> str | None:
+    """Original SAM2 name (release prefix stripped) -> transformers ``Sam2VideoModel`` name.
+
+    Returns None for the point embeddings, which :func:`sam2_state_to_native` concatenates."""
+    if _POINT_EMBEDDING.match(key):
+        return None
+    for pattern, repl in _SAM2_RULES:
+        key = re.sub(pattern, repl, key, count=1)
+    m = _MLP3.match(key)
+    if m:
+        head, index, kind = m.groups()
+        key = f"{head}.{_MLP3_NAMES[index]}.{kind}"
+    m = _DOWNSAMPLER.match(key)
+    if m:
+        index, kind = int(m.group(1)), m.group(2)
+        part = "conv" if index % 3 == 0 else "layer_norm"
+        key = f"memory_encoder.mask_downsampler.layers.{index // 3}.{part}.{kind}"
+    return key
+
+
+def sam2_key_to_release(key: str) -> str | None:
+    """transformers ``Sam2VideoModel`` name -> original SAM2 name (without the release prefix).
+
+    Returns None for keys the release does not store separately (the duplicated gaussian matrix and the
+    concatenated point embeddings, which :func:`sam2_state_to_release` splits)."""
+    if key in (_GAUSSIAN_NATIVE_COPY, _POINT_EMBED_NATIVE):
+        return None
+    m = _DOWNSAMPLER_NATIVE.match(key)
+    if m:
+        layer, part, kind = int(m.group(1)), m.group(2), m.group(3)
+        return f"memory_encoder.mask_downsampler.encoder.{3 * layer + (0 if part == 'conv' else 1)}.{kind}"
+    m = _MLP3_NATIVE.match(key)
+    if m:
+        head, name, kind = m.groups()
+        key = f"{head}.layers.{_MLP3_RELEASE[name]}.{kind}"
+    for pattern, repl in _SAM2_INVERSE_RULES:
+        key = re.sub(pattern, repl, key, count=1)
+    return key
+
+
+def sam2_state_to_native(release: dict, point_embeddings: list | None = None) -> dict:
+    """Map SAM2 tensors (release names, prefix stripped) onto ``Sam2VideoModel`` names.
+
+    The four ``point_embeddings.i.weight`` [1, 256] become ``point_embed.weight`` [4, 256]; the gaussian
+    matrix is stored twice, as transformers does. Raises KeyError naming a missing point embedding."""
+    import torch
+
+    out = {}
+    for key, value in release.items():
+        native = sam2_key_to_native(key)
+        if native is not None:
+            out[native] = value
+    points = [release[_POINT_EMBED_RELEASE.format(i)] for i in range(_NUM_POINT_EMBEDDINGS)]
+    out[_POINT_EMBED_NATIVE] = torch.cat(points, dim=0)
+    if _GAUSSIAN_NATIVE in out:
+        out[_GAUSSIAN_NATIVE_COPY] = out[_GAUSSIAN_NATIVE]
+    return out
+
+
+def sam2_state_to_release(native: dict) -> dict:
+    """Inverse of :func:`sam2_state_to_native` (used to write release-format test checkpoints)."""
+    out = {}
+    for key, value in native.items():
+        release = sam2_key_to_release(key)
+        if release is not None:
+            out[release] = value
+    points = native[_POINT_EMBED_NATIVE]
+    for i in range(points.shape[0]):
+        out[_POINT_EMBED_RELEASE.format(i)] = points[i:i + 1].clone()
+    return out
+
+
+def sam2_release_names(native_names: Iterable[str]) -> set[str]:
+    """The release key names that a ``Sam2VideoModel`` with these parameter names needs."""
+    out = set()
+    for key in native_names:
+        if key == _POINT_EMBED_NATIVE:
+            out.update(_POINT_EMBED_RELEASE.format(i) for i in range(_NUM_POINT_EMBEDDINGS))
+        else:
+            release = sam2_key_to_release(key)
+            if release is not None:
+                out.add(release)
+    return out

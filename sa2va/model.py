@@ -1,0 +1,309 @@
+"""Sa2VAModel: generate -> [SEG] hidden states -> projection -> SAM2 -> mask probabilities.
+
+One engine for every family; the family adapter builds the language model, the prompt and the pixel inputs.
+The reference algorithm is ``predict_forward`` of the upstream Sa2VA code (SPEC-qwen.md section 2); this
+implementation returns the same token ids and mask logits with less work:
+
+* only the last layer's hidden state at [SEG] positions is kept during generation (a hook on the final norm and a
+  score-neutral logits processor), not every layer at every step;
+* the SAM2 image encoder runs once per image, not once per [SEG];
+* all masks of an image are decoded in one mask-decoder call; no memory-encoder pass for single images.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import keymap
+from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
+from .errors import InputError, ModelFolderError
+from .families import FamilyAdapter, adapter_for
+from .families.base import LoadOptions
+from .quantization import QUANTIZATION_MODES
+from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 2048
+SEG_TOKEN = "[SEG]"
+MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`Sa2VAModel.predict` for one image.
+
+    text: the answer without special tokens and [SEG] markers; raw_text: the decoded answer with special tokens
+    (as the reference returns it); token_ids: generated ids, 1-D LongTensor; masks: float32 ``[N, H, W]``
+    sigmoid probabilities at the input resolution, one per [SEG] that was fed back into the model;
+    phrases: N strings naming what each mask shows."""
+
+    text: str
+    raw_text: str
+    token_ids: torch.Tensor
+    masks: torch.Tensor
+    phrases: list[str] = field(default_factory=list)
+
+
+class _SegStateCollector:
+    """Keeps the final-layer hidden state of each decoding step whose *input* token is [SEG].
+
+    A forward hook on the final norm stores the last position's state of the current step (pre-norm input or
+    post-norm output); a logits processor, which runs after that forward and sees the ids fed so far, keeps the
+    stored state when the last fed id is [SEG]. Scores pass through unchanged."""
+
+    def __init__(self, norm: torch.nn.Module, seg_id: int, pre_norm: bool) -> None:
+        self.seg_id = seg_id
+        self.pre_norm = pre_norm
+        self.current: torch.Tensor | None = None
+        self.states: list[torch.Tensor] = []
+        self.handle = norm.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output) -> None:
+        tensor = inputs[0] if self.pre_norm else output
+        self.current = tensor[0, -1].detach()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if int(input_ids[0, -1]) == self.seg_id and self.current is not None:
+            self.states.append(self.current)
+        return scores
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.current = None
+
+
+def _to_pil(image) -> Image.Image:
+    """Accept a PIL image or an HxW / HxWxC uint8 array; return an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"Image must be HxW or HxWxC with 1, 3 or 4 channels, got shape {list(array.shape)}.")
+    if array.dtype != np.uint8:
+        raise InputError(f"Image arrays must be uint8 (0..255), got {array.dtype}; convert with "
+                         f"(x * 255).round().clip(0, 255).astype(np.uint8).")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise InputError(f"Image is empty (shape {list(array.shape)}).")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    if array.shape[2] == 4:
+        return _to_pil(Image.fromarray(array, "RGBA"))
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+def phrases_for(raw_text: str, count: int) -> list[str]:
+    """Name each of the first ``count`` [SEG] of an answer (DESIGN.md: ``pred.phrases``).
+
+    The text inside ``<p>...</p>`` right before the [SEG]; otherwise the words since the previous [SEG] or the start
+    of the sentence; "" when there are none."""
+    pieces = raw_text.split(SEG_TOKEN)
+    out = []
+    for piece in pieces[:count]:
+        tagged = re.search(r"<p>(.*?)</p>\s*$", piece, flags=re.S)
+        if tagged:
+            out.append(tagged.group(1).strip())
+            continue
+        text = re.sub(r"<\|[^>]*\|>|</?p>|</?vp>", "", piece)
+        sentence = re.split(r"[.!?\n]", text)[-1]
+        out.append(re.sub(r"\s+", " ", sentence).strip(" ,;:"))
+    return out
+
+
+def clean_text(tokenizer, token_ids: torch.Tensor) -> str:
+    """The answer without special tokens or [SEG] markers, whitespace tidied."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True).replace(SEG_TOKEN, "")
+    text = re.sub(r"[ \t]+([.,;:!?])", r"\1", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+class Sa2VAModel:
+    """A loaded Sa2VA model: native vision-language model + [SEG] projection + SAM2 grounding head.
+
+    Build it with :func:`load_model`. It holds no per-call state, so one instance serves many predictions."""
+
+    def __init__(self, folder: Path, config: dict, adapter: FamilyAdapter, vlm: torch.nn.Module, processor,
+                 projection: torch.nn.Module, grounding: GroundingHead, options: LoadOptions) -> None:
+        self.folder = folder
+        self.config = config
+        self.adapter = adapter
+        self.vlm = vlm
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.projection = projection
+        self.grounding = grounding
+        self.options = options
+        self.seg_id: int = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+
+    @property
+    def family(self) -> str:
+        return self.adapter.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.grounding.device
+
+    def _generate(self, inputs: dict, max_new_tokens: int, logits_processor) -> tuple[torch.Tensor, list]:
+        """Greedy generation; returns (generated ids [n], [SEG] states of the fed [SEG] tokens)."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        collector = _SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
+                                       self.adapter.seg_state == "pre_norm")
+        processors = LogitsProcessorList(list(logits_processor or []))
+        processors.append(collector)
+        eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
+        generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                      eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos[0])
+        device = next(self.vlm.parameters()).device
+        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        try:
+            sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors)
+        finally:
+            collector.remove()
+        generated = sequences[0, inputs["input_ids"].shape[1]:].cpu()
+        return generated, collector.states
+
+    @torch.inference_mode()
+    def predict(self, image, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                logits_processor=None) -> Prediction:
+        """Answer ``prompt`` about ``image`` and segment every [SEG] of the answer.
+
+        image: PIL image or HxWx3 uint8 array; prompt: text, with or without ``<image>``. ``logits_processor`` is
+        passed to ``generate`` unchanged. A [SEG] generated as the very last token has no hidden state and gives no
+        mask; a "[SEG]" typed in the prompt never requests a mask."""
+        if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
+            raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        pil = _to_pil(image)
+        text = prompt.replace("<image>", "")
+        inputs = self.adapter.build_inputs(self.processor, [pil], text)
+        generated, states = self._generate(inputs, max_new_tokens, logits_processor)
+        raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
+        masks = self._masks([pil], states)
+        return Prediction(text=clean_text(self.tokenizer, generated), raw_text=raw_text, token_ids=generated,
+                          masks=masks, phrases=phrases_for(raw_text, masks.shape[0]))
+
+    def _masks(self, images: list[Image.Image], states: list[torch.Tensor]) -> torch.Tensor:
+        """Probabilities ``[N, H, W]`` for N [SEG] states on one image (size of ``images[0]``)."""
+        width, height = images[0].size
+        if not states:
+            return torch.zeros(0, height, width, dtype=torch.float32)
+        head = self.grounding
+        hidden = torch.stack(states).to(device=head.device, dtype=next(self.projection.parameters()).dtype)
+        embeddings = self.projection(hidden)
+        features = head.encode(sam2_pixels(images, head.image_size))
+        low = head.image_logits(features, embeddings)
+        return upsample_logits(low, head.image_size, height, width).sigmoid().cpu()
+
+
+def _projection(hidden: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(inplace=True),
+                               torch.nn.Linear(hidden, 256), torch.nn.Dropout(0.0))
+
+
+def _load_projection(folder: Path, index: ShardIndex, hidden: int, dtype: torch.dtype,
+                     device: torch.device) -> torch.nn.Module:
+    expected = {f"{keymap.PROJECTION_PREFIX}{k}": s for k, s in
+                (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
+                 ("2.bias", (256,)))}
+    check_keys(set(expected), set(index.names(keymap.PROJECTION_PREFIX)), folder, "[SEG] projection")
+    check_shapes(expected, index, folder, "[SEG] projection")
+    state = {k[len(keymap.PROJECTION_PREFIX):]: v for k, v in index.iter_tensors(keymap.PROJECTION_PREFIX, dtype)}
+    module = _projection(hidden).to(dtype)
+    module.load_state_dict(state, strict=True)
+    return module.to(device).eval()
+
+
+def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
+               device: torch.device) -> GroundingHead:
+    from transformers import Sam2VideoModel
+    from transformers.initialization import no_init_weights
+
+    sam_cfg = sam2_config(config.get("sam2_config"))
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Sam2VideoModel(sam_cfg).state_dict().items()}
+    release_names = keymap.sam2_release_names(shapes)
+    present = {n[len(keymap.SAM2_PREFIX):] for n in index.names(keymap.SAM2_PREFIX)}
+    # releases may name the fuser scale '.gamma' instead of '.g_weight'
+    present_norm = {re.sub(r"\.gamma$", ".g_weight", n) for n in present}
+    check_keys(release_names, present_norm, folder, "SAM2")
+    release = {k[len(keymap.SAM2_PREFIX):]: v for k, v in index.iter_tensors(keymap.SAM2_PREFIX, dtype)}
+    native = keymap.sam2_state_to_native(release)
+    wrong = [(k, tuple(v.shape), shapes[k]) for k, v in native.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    if wrong:
+        raise ModelFolderError(f"{folder}: SAM2 tensor {wrong[0][0]} has shape {list(wrong[0][1])}, expected "
+                               f"{list(wrong[0][2])}; the grounding encoder is not SAM2 Hiera-L v1 as config.json "
+                               f"implies. Download the model again.")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
+    try:
+        with no_init_weights():
+            model = Sam2VideoModel(sam_cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    model.load_state_dict(native, strict=True)
+    return GroundingHead(model.to(device=device, dtype=dtype).eval())
+
+
+def resolve_folder(path_or_name: str | os.PathLike) -> Path:
+    """A model folder path, or a folder name under ``$SA2VA_MODELS_DIR``."""
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        return path
+    base = os.environ.get(MODELS_DIR_ENV)
+    if base and not path.is_absolute() and (Path(base) / path).is_dir():
+        return Path(base) / path
+    raise ModelFolderError(f"Model folder not found: {path_or_name}. Give the path of a downloaded Sa2VA model "
+                           f"folder (or set {MODELS_DIR_ENV} to the folder that holds it).")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA when supported, else fp16 on CUDA; fp32 on CPU (DESIGN.md: dtype "auto")."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: torch.dtype | str | None = torch.bfloat16, quantization: str | None = None,
+               attn_implementation: str | None = None) -> Sa2VAModel:
+    """Load a Sa2VA model folder in the release format onto ``device``.
+
+    dtype: a torch dtype, or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
+    (bitsandbytes; the language model only). attn_implementation: None means "sdpa"; "eager" for exact parity.
+    Never downloads: use :mod:`sa2va.download` for that."""
+    device = torch.device(device)
+    if dtype is None or dtype == "auto":
+        dtype = default_dtype(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or 'auto', got {dtype!r}.")
+    if quantization not in QUANTIZATION_MODES:
+        raise InputError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}.")
+    folder = resolve_folder(path_or_name)
+    config = read_config(folder)
+    family = detect_family(config, folder)
+    adapter = adapter_for(family)
+    index = read_index(folder)
+    options = LoadOptions(dtype=dtype, device=device, quantization=quantization,
+                          attn_implementation=attn_implementation or "sdpa")
+    processor = adapter.load_processor(folder, config)
+    grounding = _load_sam2(folder, config, index, dtype, device)
+    projection = _load_projection(folder, index, adapter.hidden_size(config), dtype, device)
+    vlm = adapter.load_vlm(folder, config, index, options)
+    logger.info("Loaded %s (%s) on %s as %s%s", folder.name, family, device, dtype,
+                f", {quantization}" if quantization else "")
+    return Sa2VAModel(folder, config, adapter, vlm, processor, projection, grounding, options)

@@ -1,0 +1,28 @@
+"""bitsandbytes settings shared by every family: which modules are quantised and which stay in the compute dtype."""
+from __future__ import annotations
+
+import torch
+
+from .errors import DependencyError
+
+QUANTIZATION_MODES = (None, "8bit", "4bit")
+#: modules never quantised: the output head and the vision tower (and InternVL's projector)
+SKIP_MODULES = ["lm_head", "visual", "vision_tower", "multi_modal_projector"]
+
+
+def quantization_config(mode: str, dtype: torch.dtype):
+    """bitsandbytes settings: the language model quantised; lm_head and the vision tower kept in ``dtype``."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as exc:
+        raise DependencyError(f"quantization={mode!r} needs bitsandbytes: pip install bitsandbytes") from exc
+    skip = list(SKIP_MODULES)
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    if mode == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                  llm_int8_skip_modules=skip)
+    raise ValueError(f"quantization must be None, '8bit' or '4bit', not {mode!r}")
+
+

@@ -1,0 +1,189 @@
+"""The grounding head: Sa2VA's language-prompted SAM2 on transformers' own SAM2 modules.
+
+Sa2VA prompts SAM2 with one 256-d embedding per [SEG] token instead of clicks. transformers' SAM2 classes
+have no argument for such a token and clamp the logits of "absent" objects to -1024, which Sa2VA disabled,
+so this module drives the public sub-modules (vision encoder, prompt encoder, mask decoder) directly.
+
+Semantics reproduced from the reference (SPEC-qwen.md sections 2.3, 2.4 and 3):
+
+* SAM2 **v1.0** Hiera-L settings: no temporal encoding of object pointers, no occlusion embedding;
+* input: PIL bicubic resize to ``image_size`` x ``image_size`` (aspect ratio not kept), ``/255``, then
+  ImageNet mean/std **as bfloat16-rounded constants** (the reference builds them in bf16);
+* sparse prompt = ``[not_a_point, pad point, language]``; dense prompt = ``no_mask_embed``; image embedding =
+  top FPN level + ``no_memory_embedding``; multimask output, best of masks 1..3 by predicted IoU;
+* **no object-score clamp**: the returned values are mask logits (not probabilities), never -1024-masked.
+
+The image encoder runs once per image; all [SEG] embeddings of an image are decoded in one mask-decoder call.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+#: SAM2 v1.0 Hiera-L, the grounding encoder every Sa2VA release hard-codes (keyword arguments of
+#: transformers' ``Sam2VideoConfig``; everything not listed keeps its default).
+SAM2_HIERA_LARGE_V1: dict = {
+    "vision_config": {
+        "backbone_config": {
+            "model_type": "sam2_hiera_det_model",
+            "hidden_size": 144,
+            "embed_dim_per_stage": [144, 288, 576, 1152],
+            "num_attention_heads_per_stage": [2, 4, 8, 16],
+            "blocks_per_stage": [2, 6, 36, 4],
+            "global_attention_blocks": [23, 33, 43],
+            "window_positional_embedding_background_size": [7, 7],
+            "window_size_per_stage": [8, 4, 16, 8],
+        },
+        "backbone_channel_list": [1152, 576, 288, 144],
+    },
+    "enable_temporal_pos_encoding_for_object_pointers": False,
+    "enable_occlusion_spatial_embedding": False,
+}
+
+# ImageNet constants exactly as the reference applies them: built as bfloat16, then used in fp32.
+SAM2_PIXEL_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.bfloat16).float()
+SAM2_PIXEL_STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.bfloat16).float()
+
+
+def sam2_config(overrides: dict | None = None):
+    """Build the ``Sam2VideoConfig`` of a checkpoint.
+
+    ``overrides`` is the optional ``sam2_config`` block of a test checkpoint's config.json (keyword arguments of
+    ``Sam2VideoConfig``); without it the config is SAM2 v1.0 Hiera-L at 1024 px. The v1.0 flags are forced
+    either way, because the release weights are SAM2 v1.0."""
+    from transformers import Sam2VideoConfig
+
+    kwargs = copy.deepcopy(overrides) if overrides else copy.deepcopy(SAM2_HIERA_LARGE_V1)
+    kwargs["enable_temporal_pos_encoding_for_object_pointers"] = False
+    kwargs["enable_occlusion_spatial_embedding"] = False
+    return Sam2VideoConfig(**kwargs)
+
+
+def sam2_pixels(images: list[Image.Image], image_size: int) -> torch.Tensor:
+    """Normalised SAM2 input for a list of RGB PIL images.
+
+    Returns float32 ``[B, 3, image_size, image_size]``: each image is resized with PIL's default filter
+    (bicubic) to a square, ignoring its aspect ratio, scaled to 0..1 and normalised with the bf16-rounded
+    ImageNet constants."""
+    arrays = [np.asarray(im.convert("RGB").resize((image_size, image_size))) for im in images]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - SAM2_PIXEL_MEAN[:, None, None]) / SAM2_PIXEL_STD[:, None, None]
+
+
+@dataclass
+class ImageFeatures:
+    """SAM2 image-encoder output for a batch of B images.
+
+    high_res: ``[s0 [B, C0, 4h, 4w], s1 [B, C1, 2h, 2w]]`` after the decoder's ``conv_s0``/``conv_s1``;
+    top: top FPN level, ``[h*w, B, 256]``; position: its positional encoding, ``[h*w, B, 256]``;
+    size: ``(h, w)`` of the top level (64x64 at 1024 px)."""
+
+    high_res: list[torch.Tensor]
+    top: torch.Tensor
+    position: torch.Tensor
+    size: tuple[int, int]
+
+    def select(self, index: int) -> "ImageFeatures":
+        """Features of image ``index`` alone (batch of one)."""
+        return ImageFeatures([f[index:index + 1] for f in self.high_res], self.top[:, index:index + 1],
+                             self.position[:, index:index + 1], self.size)
+
+
+@dataclass
+class DecodeOutput:
+    """Mask-decoder output for K prompts.
+
+    low_res_logits: ``[K, 1, 4h, 4w]`` logits of the best of the 3 multimask outputs (256x256 at 1024 px);
+    object_pointer: ``[K, 256]``, gated by the object score as SAM2 does; object_score: ``[K, 1]`` logits."""
+
+    low_res_logits: torch.Tensor
+    object_pointer: torch.Tensor
+    object_score: torch.Tensor
+
+
+class GroundingHead:
+    """Language-prompted SAM2 around a transformers ``Sam2VideoModel``.
+
+    The model holds the weights; this class holds no state between calls."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.image_size: int = int(model.config.image_size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.no_memory_embedding.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.no_memory_embedding.device
+
+    def encode(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """Run the image encoder once. ``pixel_values``: ``[B, 3, S, S]`` from :func:`sam2_pixels`."""
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        out = self.model.get_image_features(pixel_values, return_dict=True)
+        levels, positions = out.fpn_hidden_states, out.fpn_position_encoding
+        batch = pixel_values.shape[0]
+        # get_image_features returns flattened [HW, B, C] levels with conv_s0/conv_s1 already applied
+        shapes = [tuple(s) for s in self.model.backbone_feature_sizes]
+        high_res = [levels[i].permute(1, 2, 0).reshape(batch, -1, *shapes[i]) for i in range(2)]
+        return ImageFeatures(high_res, levels[2], positions[2], shapes[2])
+
+    def _pixel_embedding(self, features: ImageFeatures) -> torch.Tensor:
+        """Top level + ``no_memory_embedding`` as ``[B, 256, h, w]`` (frames prompted without memory)."""
+        top = features.top + self.model.no_memory_embedding
+        return top.permute(1, 2, 0).reshape(top.shape[1], -1, *features.size)
+
+    def decode(self, pixel_embedding: torch.Tensor, high_res: list[torch.Tensor],
+               language: torch.Tensor | None) -> DecodeOutput:
+        """Decode K masks of one image in a single mask-decoder call.
+
+        pixel_embedding: ``[1, 256, h, w]``; high_res: the image's ``[s0, s1]`` (batch 1);
+        language: ``[K, 256]`` projected [SEG] embeddings, or None for a memory-tracked frame (K = 1)."""
+        model = self.model
+        count = 1 if language is None else language.shape[0]
+        device, dtype = pixel_embedding.device, pixel_embedding.dtype
+        points = torch.zeros(1, count, 1, 2, device=device, dtype=dtype)
+        labels = -torch.ones(1, count, 1, dtype=torch.int32, device=device)
+        sparse, dense = model.prompt_encoder(input_points=points, input_labels=labels, input_boxes=None,
+                                             input_masks=None)
+        if language is not None:
+            sparse = torch.cat([sparse, language.view(1, count, 1, -1).to(sparse.dtype)], dim=2)
+        position = model.get_image_wide_positional_embeddings()
+        masks, iou, tokens, object_score = model.mask_decoder(
+            image_embeddings=pixel_embedding, image_positional_embeddings=position,
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+            high_resolution_features=list(high_res))
+        masks, iou, tokens, object_score = masks[0], iou[0], tokens[0], object_score[0]  # [K,3,H,W] [K,3] [K,3,C] [K,1]
+        best = iou.argmax(-1)
+        rows = torch.arange(count, device=device)
+        low = masks[rows, best].unsqueeze(1)
+        appear = (object_score > 0).to(tokens.dtype)
+        pointer = model.object_pointer_proj(tokens[rows, best])
+        pointer = appear * pointer + (1 - appear) * model.no_object_pointer
+        return DecodeOutput(low, pointer, object_score)
+
+    def image_logits(self, features: ImageFeatures, embeddings: torch.Tensor) -> torch.Tensor:
+        """Low-resolution mask logits ``[K, 1, 4h, 4w]`` for K embeddings on one image (batch-1 features)."""
+        embeddings = embeddings.to(device=self.device, dtype=self.dtype)
+        out = self.decode(self._pixel_embedding(features), features.high_res, embeddings)
+        return out.low_res_logits
+
+
+def upsample_logits(low_res: torch.Tensor, image_size: int, height: int, width: int) -> torch.Tensor:
+    """The reference's two-step upsampling of mask logits.
+
+    ``low_res``: ``[K, 1, h, w]``. Resized bilinearly (``align_corners=False``) to ``image_size`` squared, then
+    to ``(height, width)``. Going to (height, width) directly changes 0.3-0.5% of the thresholded pixels, so
+    both steps are kept. Returns float32 logits ``[K, height, width]``."""
+    x = F.interpolate(low_res.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x[:, 0]

@@ -386,3 +386,20 @@ def _save_sharded(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes:
             total += tensor.numel() * tensor.element_size()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+class ForceTokens:
+    """A logits processor that makes greedy decoding emit ``token_ids`` in order, then repeat the last id.
+
+    Steps are counted from ``prompt_length`` (``generate`` keeps the prompt in ``input_ids``). Used by tests and
+    benchmarks to get answers with an exact number of [SEG] tokens from random weights."""
+
+    def __init__(self, prompt_length: int, token_ids: list[int]) -> None:
+        self.prompt_length = prompt_length
+        self.token_ids = list(token_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = min(input_ids.shape[1] - self.prompt_length, len(self.token_ids) - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.token_ids[step]] = 0
+        return forced

@@ -1,0 +1,92 @@
+"""Command line: ``python -m sa2va segment|info ...``.
+
+    python -m sa2va segment --model DIR --image IMG --prompt TEXT --out OUTDIR
+        writes OUTDIR/answer.txt, OUTDIR/mask_<i>.png (probabilities as 8-bit grey) and OUTDIR/overlay.png
+    python -m sa2va info --model DIR
+        prints the family, the tensors and the config facts of a model folder without loading it
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("sa2va")
+
+DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from . import load_model
+    from .masks import overlay, to_uint8
+
+    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    model = load_model(args.model, device=args.device, dtype=dtype, quantization=args.quantization,
+                       attn_implementation=args.attn)
+    image = Image.open(args.image).convert("RGB")
+    pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "answer.txt").write_text(pred.text + "\n", encoding="utf-8")
+    for i, mask in enumerate(pred.masks):
+        Image.fromarray(to_uint8(mask), "L").save(out / f"mask_{i}.png")
+    pixels = torch.from_numpy(np.asarray(image)).float() / 255.0
+    Image.fromarray(to_uint8(overlay(pixels, pred.masks)), "RGB").save(out / "overlay.png")
+    summary = {"text": pred.text, "raw_text": pred.raw_text, "phrases": pred.phrases,
+               "masks": [f"mask_{i}.png" for i in range(pred.masks.shape[0])]}
+    (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(pred.text)
+    print(f"{pred.masks.shape[0]} mask(s) written to {out}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoint import detect_family, read_config, read_index
+
+    config = read_config(args.model)
+    family = detect_family(config, args.model)
+    index = read_index(args.model)
+    size = sum(Path(args.model, s).stat().st_size for s in index.shards)
+    print(json.dumps({"family": family, "shards": index.shards, "tensors": len(index.tensors),
+                      "bytes": size, "sam2": "custom (sam2_config)" if "sam2_config" in config else
+                      "Hiera-L v1, 1024 px"}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sa2va", description="Sa2VA segmentation from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    seg = sub.add_parser("segment", help="answer a prompt about an image and write its masks")
+    seg.add_argument("--model", required=True, help="model folder (release format)")
+    seg.add_argument("--image", required=True, help="input image file")
+    seg.add_argument("--prompt", required=True, help='e.g. "Please segment the person."')
+    seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    seg.add_argument("--dtype", choices=list(DTYPES), default="auto",
+                     help="auto = bf16 on CUDA when supported, fp16 on older GPUs, fp32 on CPU")
+    seg.add_argument("--quantization", choices=["8bit", "4bit"], default=None, help="bitsandbytes quantisation")
+    seg.add_argument("--attn", default=None, help="attention kernel: sdpa (default), eager, flash_attention_2")
+    seg.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
+    seg.set_defaults(func=_segment)
+    info = sub.add_parser("info", help="describe a model folder without loading it")
+    info.add_argument("--model", required=True)
+    info.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .errors import Sa2VAError
+
+    try:
+        return args.func(args)
+    except Sa2VAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

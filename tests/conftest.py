@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny release-format checkpoints, built once per test session, and loaded models."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+# the suite never talks to the model hub
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from sa2va import synthetic  # noqa: E402
+
+FAMILIES = ["qwen3_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """checkpoint_factory(family, **options) -> folder; equal requests share one folder."""
+    cache: dict = {}
+
+    def make(family: str = "qwen3_vl", **options) -> Path:
+        key = (family, tuple(sorted((k, str(v)) for k, v in options.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"ckpt_{family}")
+            cache[key] = synthetic.write_checkpoint(folder, family, **options)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_factory(checkpoint_factory):
+    """model_factory(family, **load_options) -> loaded Sa2VAModel (fp32 CPU by default), cached per session."""
+    import sa2va
+
+    cache: dict = {}
+
+    def make(family: str = "qwen3_vl", **load_options):
+        load_options.setdefault("dtype", torch.float32)
+        key = (family, tuple(sorted((k, str(v)) for k, v in load_options.items())))
+        if key not in cache:
+            cache[key] = sa2va.load_model(checkpoint_factory(family), **load_options)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def image() -> np.ndarray:
+    """A deterministic 480x640 RGB test picture: gradients plus a few filled shapes."""
+    rng = np.random.RandomState(0)
+    y, x = np.mgrid[0:480, 0:640]
+    img = np.stack([x / 640 * 255, y / 480 * 255, (x + y) / 1120 * 255], -1)
+    img[100:300, 150:350] = [220, 40, 40]
+    img[((y - 300) ** 2 + (x - 480) ** 2) < 80 ** 2] = [40, 200, 60]
+    img += rng.randn(*img.shape) * 4
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def forced(model, image, prompt: str, answer_ids: list[int], **kwargs):
+    """Run predict with decoding forced to ``answer_ids``."""
+    from sa2va.families.qwen_vl import fetch_resize  # noqa: F401  (import check of the adapter)
+    from sa2va.model import _to_pil
+
+    inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], prompt.replace("<image>", ""))
+    processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], answer_ids)
+    return model.predict(image, prompt, logits_processor=[processor], **kwargs)
+
+
+def ids(model, text: str) -> list[int]:
+    """Token ids of ``text`` with [SEG] and other added tokens recognised."""
+    return model.tokenizer.encode(text, add_special_tokens=False)

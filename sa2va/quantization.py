@@ -6,8 +6,8 @@ import torch
 from .errors import DependencyError
 
 QUANTIZATION_MODES = (None, "8bit", "4bit")
-#: modules never quantised: the output head and the vision tower (and InternVL's projector)
-SKIP_MODULES = ["lm_head", "visual", "vision_tower", "multi_modal_projector"]
+#: modules never quantised (prefixes of runtime names): the output head, the vision tower, InternVL's projector
+SKIP_MODULES = ["lm_head", "model.visual", "model.vision_tower", "model.multi_modal_projector"]
 
 
 def quantization_config(mode: str, dtype: torch.dtype):

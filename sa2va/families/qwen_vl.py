@@ -37,6 +37,14 @@ FETCH_MIN_PIXELS = 4 * 28 * 28
 FETCH_MAX_PIXELS = 16384 * 28 * 28
 MAX_ASPECT_RATIO = 200
 
+#: release name -> runtime name, as regexes for ``from_pretrained(key_mapping=...)`` (both release layouts)
+KEY_MAPPING = {
+    r"^model\.lm_head\.": "lm_head.",
+    r"^model\.model\.language_model\.": "model.language_model.",
+    r"^model\.model\.visual\.": "model.visual.",
+    r"^model\.model\.(?!language_model\.|visual\.)": "model.language_model.",
+    r"^model\.visual\.": "model.visual.",
+}
 _CONFIG_DROP = {"template", "auto_map", "architectures", "model_type", "transformers_version", "dtype",
                 "torch_dtype", "sam2_config", "_name_or_path"}
 
@@ -129,8 +137,9 @@ def native_to_release(key: str, layout: str = "v4") -> str:
     if key.startswith("lm_head."):
         return "model." + key
     if layout == "legacy":
-        key = re.sub(r"^model\.language_model\.", "model.", key)
-        return "model." + key
+        if key.startswith("model.visual."):
+            return key
+        return "model." + re.sub(r"^model\.language_model\.", "model.", key)
     return "model." + key
 
 
@@ -170,8 +179,7 @@ class QwenVLAdapter:
         native = native_config(self.name, config, options.dtype)
         kwargs: dict = {"config": native, "dtype": options.dtype,
                         "attn_implementation": options.attn_implementation,
-                        "key_mapping": {r"^model\.lm_head\.": "lm_head.", r"^model\.model\.": "model.",
-                                        r"^model\.visual\.": "model.visual."},
+                        "key_mapping": KEY_MAPPING,
                         "output_loading_info": True}
         if options.quantization:
             kwargs["quantization_config"] = quantization_config(options.quantization, options.dtype)

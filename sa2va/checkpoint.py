@@ -118,7 +118,8 @@ def _read_header(path: Path) -> dict:
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) < 8:
-            raise ModelFolderError(f"{path} is truncated ({size} bytes): delete it and download it again.")
+            raise ModelFolderError(f"Truncated safetensors file {path} ({size} bytes): delete it and download it "
+                                   f"again.")
         (length,) = struct.unpack("<Q", raw)
         if length > min(size - 8, 100 * 2**20):
             raise ModelFolderError(f"{path} is not a valid safetensors file (header of {length} bytes in a file of "

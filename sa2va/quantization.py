@@ -16,7 +16,8 @@ def quantization_config(mode: str, dtype: torch.dtype):
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError as exc:
-        raise DependencyError(f"quantization={mode!r} needs bitsandbytes: pip install bitsandbytes") from exc
+        raise DependencyError(f"bitsandbytes is required for quantization={mode!r}: pip install bitsandbytes, or "
+                              f"load without quantization.") from exc
     skip = list(SKIP_MODULES)
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)

@@ -191,10 +191,11 @@ def write_tokenizer(folder: Path, family: str) -> dict[str, int]:
     specials = [t for t in QWEN_SPECIAL if t != "<|endoftext|>"]
     processor_class = "Qwen3VLProcessor" if family == "qwen3_vl" else "Qwen2_5_VLProcessor"
     tokenizer_config = {
-        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": decoder,
+        "add_prefix_space": False, "added_tokens_decoder": decoder,
         "additional_special_tokens": specials, "bos_token": None, "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>", "errors": "replace", "extra_special_tokens": {},
         "model_max_length": 262144 if family == "qwen3_vl" else 131072, "pad_token": "<|endoftext|>",
+        "padding_side": "right",
         "processor_class": processor_class, "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
     }
@@ -212,28 +213,30 @@ def write_tokenizer(folder: Path, family: str) -> dict[str, int]:
 
 
 def write_processor_configs(folder: Path, family: str) -> None:
-    """preprocessor_config.json and video_preprocessor_config.json with the base models' settings."""
-    if family == "qwen3_vl":
-        image = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 16,
-                 "size": {"longest_edge": 16777216, "shortest_edge": 65536},
-                 "image_processor_type": "Qwen2VLImageProcessorFast", "processor_class": "Qwen3VLProcessor"}
-        video = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 16,
-                 "size": {"longest_edge": 25165824, "shortest_edge": 4096}, "fps": 2,
-                 "video_processor_type": "Qwen3VLVideoProcessor", "processor_class": "Qwen3VLProcessor"}
-    else:
-        mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-        image = {"image_mean": mean, "image_std": std, "patch_size": 14, "min_pixels": 3136, "max_pixels": 12845056,
-                 "size": {"longest_edge": 12845056, "shortest_edge": 3136},
-                 "image_processor_type": "Qwen2VLImageProcessorFast", "processor_class": "Qwen2_5_VLProcessor"}
-        video = {"image_mean": mean, "image_std": std, "patch_size": 14, "min_pixels": 3136, "max_pixels": 12845056,
-                 "size": {"longest_edge": 12845056, "shortest_edge": 3136},
-                 "video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2_5_VLProcessor"}
-    common = {"do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-              "merge_size": 2, "resample": 3, "rescale_factor": 0.00392156862745098, "temporal_patch_size": 2}
-    (folder / "preprocessor_config.json").write_text(json.dumps({**common, **image}, indent=2) + "\n",
-                                                     encoding="utf-8")
-    (folder / "video_preprocessor_config.json").write_text(json.dumps({**common, **video}, indent=2) + "\n",
-                                                           encoding="utf-8")
+    """preprocessor_config.json and video_preprocessor_config.json as transformers 4.57 writes the base settings."""
+    qwen3 = family == "qwen3_vl"
+    processor_class = "Qwen3VLProcessor" if qwen3 else "Qwen2_5_VLProcessor"
+    mean = [0.5, 0.5, 0.5] if qwen3 else [0.48145466, 0.4578275, 0.40821073]
+    std = [0.5, 0.5, 0.5] if qwen3 else [0.26862954, 0.26130258, 0.27577711]
+    common = {"crop_size": None, "data_format": "channels_first", "default_to_square": True, "device": None,
+              "do_center_crop": None, "do_convert_rgb": True, "do_normalize": True, "do_rescale": True,
+              "do_resize": True, "image_mean": mean, "image_std": std, "input_data_format": None, "merge_size": 2,
+              "pad_size": None, "patch_size": 16 if qwen3 else 14, "processor_class": processor_class,
+              "resample": 3, "rescale_factor": 0.00392156862745098, "temporal_patch_size": 2}
+    pixels = {"max_pixels": None, "min_pixels": None} if qwen3 else {"max_pixels": 12845056, "min_pixels": 3136}
+    image = {**common, **pixels, "disable_grouping": None, "do_pad": None,
+             "image_processor_type": "Qwen2VLImageProcessorFast", "return_tensors": None,
+             "size": {"longest_edge": 16777216, "shortest_edge": 65536} if qwen3 else
+             {"longest_edge": 12845056, "shortest_edge": 3136}}
+    video = {**common, "do_sample_frames": qwen3, "fps": 2 if qwen3 else None, "max_frames": 768, "min_frames": 4,
+             "num_frames": None, "return_metadata": False, "video_metadata": None,
+             "size": {"longest_edge": 25165824, "shortest_edge": 4096} if qwen3 else
+             {"longest_edge": 12845056, "shortest_edge": 3136},
+             "video_processor_type": "Qwen3VLVideoProcessor" if qwen3 else "Qwen2VLVideoProcessor"}
+    if not qwen3:
+        video.update({"max_pixels": 12845056, "min_pixels": 3136})
+    for name, content in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video)):
+        (folder / name).write_text(json.dumps(dict(sorted(content.items())), indent=2) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -270,9 +273,23 @@ def release_config(family: str, ids: dict[str, int], vocab_size: int, sam2: dict
         "model_type": "sa2va_chat", "template": "qwen_chat", "text_config": text, "tie_word_embeddings": False,
         "transformers_version": "4.57.0", "vision_config": vision,
     }
+    if family == "qwen2_5_vl":
+        # Sa2VAChatConfigQwen under 4.57 keeps Qwen2.5-VL's flat base config: the text fields also stand at the top
+        # level (with the base's stale padded vocab_size), the base architecture stays on top and the Sa2VA one
+        # moves into text_config; text_config also gets layer_types and vision_token_id.
+        text["architectures"] = ["Sa2VAChatModelQwen"]
+        text["layer_types"] = ["full_attention"] * text["num_hidden_layers"]
+        text["vision_token_id"] = ids["<|vision_pad|>"]
+        text["sliding_window"] = None
+        flat = {k: v for k, v in text.items() if k not in ("architectures", "dtype", "layer_types", "model_type",
+                                                            "tie_word_embeddings")}
+        flat.update({"vocab_size": vocab_size + 11, "sliding_window": 4096})
+        config.update(flat)
+        config["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
+        vision.update({"in_channels": 3, "spatial_patch_size": 14})
     if sam2 is not None:
         config["sam2_config"] = sam2
-    return config
+    return dict(sorted(config.items()))
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -384,7 +401,9 @@ def _save_sharded(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes:
         for name, tensor in shard.items():
             weight_map[name] = fname
             total += tensor.numel() * tensor.element_size()
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    parameters = sum(t.numel() for t in state.values())
+    index = {"metadata": {"total_parameters": parameters, "total_size": total},
+             "weight_map": dict(sorted(weight_map.items()))}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 

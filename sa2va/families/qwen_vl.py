@@ -98,6 +98,11 @@ def native_config(family: str, config: dict, dtype: torch.dtype):
     its weights are fp32)."""
     config_class, _ = _classes(family)
     kwargs = {k: copy.deepcopy(v) for k, v in config.items() if k not in _CONFIG_DROP}
+    text = kwargs.get("text_config")
+    if isinstance(text, dict):
+        # Qwen2.5-VL releases repeat the text fields at the top level, with a stale vocab_size: text_config wins
+        for key in [k for k in kwargs if k in text and k != "tie_word_embeddings"]:
+            del kwargs[key]
     kwargs["tie_word_embeddings"] = False
     for sub in ("text_config", "vision_config"):
         part = kwargs.get(sub)
@@ -110,7 +115,8 @@ def native_config(family: str, config: dict, dtype: torch.dtype):
             if part.get("model_type") in ("qwen3_vl", "qwen2_5_vl"):
                 # transformers 4.57 wrote the outer model_type into vision_config
                 part["model_type"] = part["model_type"] + ("_vision" if family == "qwen3_vl" else "")
-    native = config_class(**kwargs)
+    with quiet_transformers():
+        native = config_class(**kwargs)
     native.dtype = dtype
     for sub in ("text_config", "vision_config"):
         getattr(native, sub).dtype = dtype
@@ -203,7 +209,8 @@ class QwenVLAdapter:
         from transformers import AutoProcessor
 
         try:
-            processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False)
+            with quiet_transformers():
+                processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ModelFolderError(f"{folder}: the tokenizer/processor files cannot be loaded ({exc}). Copy "
                                    f"tokenizer.json, tokenizer_config.json, preprocessor_config.json and "

@@ -1,0 +1,117 @@
+"""The repository itself: layout, the README's commands, documented errors, and no remote code."""
+import ast
+import re
+from pathlib import Path
+
+from conftest import ROOT
+
+TOP_LEVEL = ["__init__.py", "nodes", "sa2va", "install.py", "requirements.txt", "test_sa2va.py", "docs", "README.md",
+             "TROUBLESHOOTING.md", "LICENSE", "tests", "pyproject.toml", ".ci/run"]
+
+
+def test_mission_layout_exists():
+    missing = [p for p in TOP_LEVEL if not (ROOT / p).exists()]
+    assert not missing
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    command = "python -m pytest -q tests"
+    assert any(b.strip() == command for b in blocks)
+    ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    assert command in ci
+
+
+def test_requirements_never_pull_torch():
+    names = [re.split(r"[<>=!~ ;\[]", line.strip())[0].lower() for line in
+             (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert "torch" not in names and "torchvision" not in names
+
+
+def _library_sources():
+    return [p for p in (ROOT / "sa2va").rglob("*.py")] + [p for p in (ROOT / "nodes").rglob("*.py")] + \
+        [ROOT / "__init__.py", ROOT / "install.py"]
+
+
+def _calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else \
+                ("" if isinstance(func, ast.Name) else "?")
+            yield owner, name, node
+
+
+def test_no_remote_code_no_eval_no_runtime_installs():
+    offenders = []
+    for path in _library_sources():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("subprocess", "pip") for n in names):
+                    offenders.append(f"{path.name}: imports {names}")
+        for owner, name, call in _calls(tree):
+            if name in ("eval", "exec") and owner == "" or (owner, name) == ("os", "system"):
+                offenders.append(f"{path.name}: calls {name}")
+            for kw in call.keywords:
+                if kw.arg == "trust_remote_code" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    offenders.append(f"{path.name}: trust_remote_code={ast.unparse(kw.value)}")
+    assert not offenders
+
+
+def test_the_scan_above_would_catch_remote_code(tmp_path):
+    tree = ast.parse("AutoModel.from_pretrained(p, trust_remote_code=True)\neval('1')")
+    found = [(n, [k.arg for k in c.keywords]) for _, n, c in _calls(tree)]
+    assert ("from_pretrained", ["trust_remote_code"]) in found and ("eval", []) in found
+
+
+def test_library_never_imports_comfyui():
+    for path in (ROOT / "sa2va").rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(comfy|folder_paths|comfy_api)\b", text, flags=re.M), path
+
+
+def raised_messages(folder: Path) -> list[tuple[str, str]]:
+    """(file, message with placeholders as '...') of every exception raised with a message in ``folder``."""
+    out = []
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
+                arg = node.exc.args[0]
+                if isinstance(arg, ast.JoinedStr):
+                    text = "".join(v.value if isinstance(v, ast.Constant) else "..." for v in arg.values)
+                elif isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    text = arg.value
+                else:
+                    continue
+                out.append((path.name, text))
+    return out
+
+
+def documented_key(message: str) -> str:
+    """The fixed words TROUBLESHOOTING.md must quote for a message: the first 3 words of its first literal run of
+    at least 3 words."""
+    for run in message.split("..."):
+        words = run.strip(" :,.;()'\"").split()
+        if len(words) >= 3:
+            return " ".join(words[:3]).rstrip(":,;.(")
+    return message.strip()
+
+
+def test_every_error_message_is_in_troubleshooting():
+    doc = (ROOT / "TROUBLESHOOTING.md").read_text()
+    messages = [(f, m) for f, m in raised_messages(ROOT / "sa2va") if not m.startswith(("unknown ", "quantization must be None"))]
+    assert len(messages) > 25
+    missing = [(f, m) for f, m in messages if documented_key(m) not in doc]
+    assert not missing, missing
+
+
+def test_markdown_links_resolve():
+    for doc in [ROOT / "README.md", ROOT / "TROUBLESHOOTING.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name}: {target}"

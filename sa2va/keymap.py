@@ -86,8 +86,10 @@ _SAM2_INVERSE_RULES: list[tuple[str, str]] = [
     (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
     (r"^prompt_encoder\.", "sam_prompt_encoder."),
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.", r"mask_decoder.transformer.layers.\1.mlp.layers.0."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.", r"mask_decoder.transformer.layers.\1.mlp.layers.1."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.",
+     r"mask_decoder.transformer.layers.\1.mlp.layers.0."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.",
+     r"mask_decoder.transformer.layers.\1.mlp.layers.1."),
     (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
     (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
     (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
@@ -99,7 +101,8 @@ _SAM2_INVERSE_RULES: list[tuple[str, str]] = [
     (r"^memory_encoder\.feature_projection\.", "memory_encoder.pix_feat_proj."),
     (r"^memory_encoder\.projection\.", "memory_encoder.out_proj."),
     (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.depthwise_conv\.", r"memory_encoder.fuser.layers.\1.dwconv."),
-    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv(\d)\.", r"memory_encoder.fuser.layers.\1.pwconv\2."),
+    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv(\d)\.",
+     r"memory_encoder.fuser.layers.\1.pwconv\2."),
     (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.layer_norm\.", r"memory_encoder.fuser.layers.\1.norm."),
     (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.scale$", r"memory_encoder.fuser.layers.\1.g_weight"),
     (r"^memory_temporal_positional_encoding$", "maskmem_tpos_enc"),
@@ -110,14 +113,15 @@ _SAM2_INVERSE_RULES: list[tuple[str, str]] = [
     (r"^occlusion_spatial_embedding_parameter$", "no_obj_embed_spatial"),
     (r"^object_pointer_proj\.", "obj_ptr_proj."),
 ]
-_MLP3 = re.compile(r"^((?:mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head))"
-                   r"|object_pointer_proj)\.layers\.(\d)\.(weight|bias)$")
+_MLP3_HEADS = (r"((?:mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head))"
+               r"|object_pointer_proj)")
+_MLP3 = re.compile(rf"^{_MLP3_HEADS}\.layers\.(\d)\.(weight|bias)$")
 _MLP3_NAMES = {"0": "proj_in", "1": "layers.0", "2": "proj_out"}
-_MLP3_NATIVE = re.compile(r"^((?:mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head))"
-                          r"|object_pointer_proj)\.(proj_in|layers\.0|proj_out)\.(weight|bias)$")
+_MLP3_NATIVE = re.compile(rf"^{_MLP3_HEADS}\.(proj_in|layers\.0|proj_out)\.(weight|bias)$")
 _MLP3_RELEASE = {v: k for k, v in _MLP3_NAMES.items()}
 _DOWNSAMPLER = re.compile(r"^memory_encoder\.mask_downsampler\.encoder\.(\d+)\.(weight|bias)$")
-_DOWNSAMPLER_NATIVE = re.compile(r"^memory_encoder\.mask_downsampler\.layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
+_DOWNSAMPLER_NATIVE = re.compile(
+    r"^memory_encoder\.mask_downsampler\.layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
 _POINT_EMBEDDING = re.compile(r"^sam_prompt_encoder\.point_embeddings\.\d+\.weight$")
 
 

@@ -340,7 +340,7 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself."""
     from safetensors.torch import save_file
 
-    from .families.qwen_vl import _classes, native_config, native_to_release
+    from .families.qwen_vl import model_classes, native_config, native_to_release
 
     if family not in ("qwen3_vl", "qwen2_5_vl"):
         raise ValueError(f"unknown family {family!r}")
@@ -355,7 +355,7 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     config = release_config(family, ids, vocab_size, TINY_SAM2 if sam2 == "tiny" else None)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
-    _, model_class = _classes(family)
+    _, model_class = model_classes(family)
     with torch.device("meta"):
         vlm = model_class(native_config(family, config, torch.float32))
         sam = __import__("transformers").Sam2VideoModel(sam2_config(config.get("sam2_config")))

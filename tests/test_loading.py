@@ -83,8 +83,8 @@ def test_sam2_and_projection_weights_are_the_release_tensors(model_factory, chec
     sam = model.grounding.model
     assert torch.equal(sam.memory_encoder.memory_fuser.layers[0].scale,
                        _release_tensor(folder, "grounding_encoder.sam2_model.memory_encoder.fuser.layers.0.g_weight"))
-    assert torch.equal(sam.prompt_encoder.point_embed.weight[2:3],
-                       _release_tensor(folder, "grounding_encoder.sam2_model.sam_prompt_encoder.point_embeddings.2.weight"))
+    point = "grounding_encoder.sam2_model.sam_prompt_encoder.point_embeddings.2.weight"
+    assert torch.equal(sam.prompt_encoder.point_embed.weight[2:3], _release_tensor(folder, point))
     assert torch.equal(model.projection[2].weight, _release_tensor(folder, "text_hidden_fcs.2.weight"))
 
 
@@ -206,3 +206,14 @@ def test_bad_dtype_and_quantization_values():
         sa2va.load_model("/x", dtype=torch.int8)
     with pytest.raises(sa2va.InputError, match="quantization"):
         sa2va.load_model("/x", quantization="3bit")
+
+
+def test_internvl_release_gets_a_clear_not_yet_supported_error(checkpoint_factory, tmp_path):
+    folder = _copy(checkpoint_factory("qwen3_vl"), tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("text_config", "vision_config"):
+        config.pop(key)
+    config["llm_config"] = {"model_type": "qwen2"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="InternVL3 releases are not supported"):
+        sa2va.load_model(folder)

@@ -12,7 +12,7 @@ def _answer_with_segs(model, count):
     seg = model.tokenizer.convert_tokens_to_ids("[SEG]")
     end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     out = ids(model, "Sure,")
-    for i in range(count):
+    for _ in range(count):
         out += ids(model, " it is") + [seg]
     return out + [end]
 

@@ -81,7 +81,8 @@ def fetch_resize(image: Image.Image) -> Image.Image:
     return image.resize((width, height))
 
 
-def _classes(family: str):
+def model_classes(family: str):
+    """(config class, model class) of transformers for a Qwen flavour."""
     if family == "qwen3_vl":
         from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
@@ -96,7 +97,7 @@ def native_config(family: str, config: dict, dtype: torch.dtype):
 
     Untied lm_head everywhere and ``dtype`` on every sub-config (the release's text_config says bf16 while
     its weights are fp32)."""
-    config_class, _ = _classes(family)
+    config_class, _ = model_classes(family)
     kwargs = {k: copy.deepcopy(v) for k, v in config.items() if k not in _CONFIG_DROP}
     text = kwargs.get("text_config")
     if isinstance(text, dict):
@@ -161,7 +162,7 @@ class QwenVLAdapter:
 
     def expected_shapes(self, config: dict) -> dict[str, tuple[int, ...]]:
         """Runtime names and shapes of every persistent tensor of the native model (built on the meta device)."""
-        _, model_class = _classes(self.name)
+        _, model_class = model_classes(self.name)
         with torch.device("meta"):
             model = model_class(native_config(self.name, config, torch.float32))
         return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -181,7 +182,7 @@ class QwenVLAdapter:
 
     def load_vlm(self, folder, config: dict, index: ShardIndex, options: LoadOptions) -> torch.nn.Module:
         self.check_checkpoint(folder, config, index)
-        _, model_class = _classes(self.name)
+        _, model_class = model_classes(self.name)
         native = native_config(self.name, config, options.dtype)
         kwargs: dict = {"config": native, "dtype": options.dtype,
                         "attn_implementation": options.attn_implementation,

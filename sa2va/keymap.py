@@ -165,6 +165,20 @@ def sam2_key_to_release(key: str) -> str | None:
     return key
 
 
+def sam2_tensor_to_native(key: str, tensor) -> list[tuple[str, int | None, object]]:
+    """Where one release tensor goes in ``Sam2VideoModel``: ``[(native name, row or None, tensor), ...]``.
+
+    A point embedding ``[1, 256]`` fills row i of ``point_embed.weight``; the gaussian matrix fills both of its
+    native copies; every other tensor maps one to one. Used to stream a checkpoint into a model tensor by tensor."""
+    m = _POINT_EMBEDDING.match(key)
+    if m:
+        return [(_POINT_EMBED_NATIVE, int(key.split(".")[2]), tensor)]
+    native = sam2_key_to_native(key)
+    if native == _GAUSSIAN_NATIVE:
+        return [(_GAUSSIAN_NATIVE, None, tensor), (_GAUSSIAN_NATIVE_COPY, None, tensor)]
+    return [(native, None, tensor)]
+
+
 def sam2_state_to_native(release: dict, point_embeddings: list | None = None) -> dict:
     """Map SAM2 tensors (release names, prefix stripped) onto ``Sam2VideoModel`` names.
 

@@ -241,21 +241,28 @@ def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype
     # releases may name the fuser scale '.gamma' instead of '.g_weight'
     present_norm = {re.sub(r"\.gamma$", ".g_weight", n) for n in present}
     check_keys(release_names, present_norm, folder, "SAM2")
-    release = {k[len(keymap.SAM2_PREFIX):]: v for k, v in index.iter_tensors(keymap.SAM2_PREFIX, dtype)}
-    native = keymap.sam2_state_to_native(release)
-    wrong = [(k, tuple(v.shape), shapes[k]) for k, v in native.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    stored = {n: tuple(index.tensors[keymap.SAM2_PREFIX + n].shape) for n in present}
+    wrong = [(n, stored[n], shapes[native]) for n in present
+             if (native := keymap.sam2_key_to_native(n)) in shapes and stored[n] != shapes[native]]
     if wrong:
-        raise ModelFolderError(f"{folder}: SAM2 tensor {wrong[0][0]} has shape {list(wrong[0][1])}, expected "
-                               f"{list(wrong[0][2])}; the grounding encoder is not SAM2 Hiera-L v1 as config.json "
-                               f"implies. Download the model again.")
+        name, got, want = wrong[0]
+        raise ModelFolderError(f"{folder}: SAM2 tensor {name} has shape {list(got)}, expected {list(want)}; the "
+                               f"grounding encoder is not SAM2 Hiera-L v1 as config.json implies. Download the model "
+                               f"again.")
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype if dtype.is_floating_point else torch.float32)
+    torch.set_default_dtype(dtype)
     try:
         with no_init_weights():
             model = Sam2VideoModel(sam_cfg)
     finally:
         torch.set_default_dtype(previous)
-    model.load_state_dict(native, strict=True)
+    # Stream every tensor straight into its parameter (cast on copy): no second copy of SAM2 is ever held.
+    targets = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in index.iter_tensors(keymap.SAM2_PREFIX):
+            for native, row, value in keymap.sam2_tensor_to_native(name[len(keymap.SAM2_PREFIX):], tensor):
+                target = targets[native] if row is None else targets[native][row:row + 1]
+                target.copy_(value)
     return GroundingHead(model.to(device=device, dtype=dtype).eval())
 
 

@@ -294,6 +294,12 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     (bitsandbytes; the language model only). attn_implementation: None means "sdpa"; "eager" for exact parity.
     Never downloads: use :mod:`sa2va.download` for that."""
     device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"Device {device} was requested but CUDA is not available to this PyTorch; use "
+                             f"device='cpu' or install a CUDA build of PyTorch.")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     if dtype is None or dtype == "auto":
         dtype = default_dtype(device)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

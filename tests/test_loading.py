@@ -217,3 +217,9 @@ def test_internvl_release_gets_a_clear_not_yet_supported_error(checkpoint_factor
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFolderError, match="InternVL3 releases are not supported"):
         sa2va.load_model(folder)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(sa2va.InputError, match="CUDA is not available"):
+        sa2va.load_model("/x", device="cuda")

@@ -112,7 +112,7 @@ class ShardIndex:
                     yield name, tensor.to(device)
 
 
-def _read_header(path: Path) -> dict:
+def read_safetensors_header(path: Path) -> dict:
     """The JSON header of a safetensors file, checked against the file size (detects truncation)."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -168,7 +168,7 @@ def read_index(folder: str | os.PathLike) -> ShardIndex:
                                f"to resume the download, or place these files by hand.")
     index = ShardIndex(folder, shards)
     for shard in shards:
-        header = _read_header(folder / shard)
+        header = read_safetensors_header(folder / shard)
         for name, meta in header.items():
             if name != "__metadata__":
                 index.tensors[name] = TensorInfo(shard, meta["dtype"], tuple(meta["shape"]))

@@ -156,9 +156,10 @@ class Sa2VAModel:
     def device(self) -> torch.device:
         return self.grounding.device
 
-    def _generate(self, inputs: dict, max_new_tokens: int, logits_processor) -> tuple[torch.Tensor, list]:
+    def _generate(self, inputs: dict, max_new_tokens: int, logits_processor,
+                  stopping_criteria=None) -> tuple[torch.Tensor, list]:
         """Greedy generation; returns (generated ids [n], [SEG] states of the fed [SEG] tokens)."""
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         collector = _SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
                                        self.adapter.seg_state == "pre_norm")
@@ -170,7 +171,8 @@ class Sa2VAModel:
         device = next(self.vlm.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         try:
-            sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors)
+            sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
+                                          stopping_criteria=StoppingCriteriaList(list(stopping_criteria or [])))
         finally:
             collector.remove()
         generated = sequences[0, inputs["input_ids"].shape[1]:].cpu()
@@ -178,11 +180,12 @@ class Sa2VAModel:
 
     @torch.inference_mode()
     def predict(self, image, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                logits_processor=None) -> Prediction:
+                logits_processor=None, stopping_criteria=None) -> Prediction:
         """Answer ``prompt`` about ``image`` and segment every [SEG] of the answer.
 
         image: PIL image or HxWx3 uint8 array; prompt: text, with or without ``<image>``. ``logits_processor`` is
-        passed to ``generate`` unchanged. A [SEG] generated as the very last token has no hidden state and gives no
+        passed to ``generate`` unchanged, and so are ``stopping_criteria`` (called once per generated token: the
+        node layer uses them for per-token progress and cancel). A [SEG] generated as the very last token has no hidden state and gives no
         mask; a "[SEG]" typed in the prompt never requests a mask."""
         if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
             raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
@@ -191,7 +194,7 @@ class Sa2VAModel:
         pil = _to_pil(image)
         text = prompt.replace("<image>", "")
         inputs = self.adapter.build_inputs(self.processor, [pil], text)
-        generated, states = self._generate(inputs, max_new_tokens, logits_processor)
+        generated, states = self._generate(inputs, max_new_tokens, logits_processor, stopping_criteria)
         raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
         masks = self._masks([pil], states)
         return Prediction(text=clean_text(self.tokenizer, generated), raw_text=raw_text, token_ids=generated,

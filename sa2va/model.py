@@ -185,8 +185,8 @@ class Sa2VAModel:
 
         image: PIL image or HxWx3 uint8 array; prompt: text, with or without ``<image>``. ``logits_processor`` is
         passed to ``generate`` unchanged, and so are ``stopping_criteria`` (called once per generated token: the
-        node layer uses them for per-token progress and cancel). A [SEG] generated as the very last token has no hidden state and gives no
-        mask; a "[SEG]" typed in the prompt never requests a mask."""
+        node layer uses them for per-token progress and cancel). A [SEG] generated as the very last token has no
+        hidden state and gives no mask; a "[SEG]" typed in the prompt never requests a mask."""
         if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
             raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
         if max_new_tokens < 1:

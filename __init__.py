@@ -1,14 +1,18 @@
-"""ComfyUI-Sa2VA: ComfyUI entry point.
+"""ComfyUI-Sa2VA: ComfyUI entry point (V3 nodes: Sa2VA Loader, Sa2VA Segmentation).
 
-The nodes (Sa2VA Loader, Sa2VA Segmentation) are built on the ``sa2va`` library in this folder and registered
-through ComfyUI's V3 schema once they are in (see nodes/). Importing this package must never break ComfyUI's
-start-up, so it imports nothing heavy at module level.
+Importing this package must never break ComfyUI's start-up: with a ComfyUI older than the V3 node API (0.3.48)
+the pack logs one line and registers nothing; heavy dependencies (transformers, bitsandbytes) are imported only
+when a node runs, so a missing or old one shows up as an error on that node, not at start-up.
 """
+import importlib.util
 import logging
 
 logger = logging.getLogger(__name__)
 
-# ComfyUI reads these (V1 loader); the pack exposes no nodes yet: the library and CLI come first.
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+if importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None:
+    from .nodes.v3 import comfy_entrypoint  # noqa: F401
+
+    __all__ = ["comfy_entrypoint"]
+elif importlib.util.find_spec("comfy") is not None:
+    logger.warning("ComfyUI-Sa2VA needs ComfyUI 0.3.48 or newer (V3 node API); its nodes are disabled. "
+                   "Update ComfyUI to use them.")

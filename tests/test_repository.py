@@ -105,7 +105,8 @@ def documented_key(message: str) -> str:
 def test_every_error_message_is_in_troubleshooting():
     doc = (ROOT / "TROUBLESHOOTING.md").read_text()
     internal = ("unknown ", "quantization must be None")  # programming errors, not user-facing
-    messages = [(f, m) for f, m in raised_messages(ROOT / "sa2va") if not m.startswith(internal)]
+    found = raised_messages(ROOT / "sa2va") + raised_messages(ROOT / "nodes")
+    messages = [(f, m) for f, m in found if not m.startswith(internal)]
     assert len(messages) > 25
     missing = [(f, m) for f, m in messages if documented_key(m) not in doc]
     assert not missing, missing

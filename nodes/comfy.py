@@ -1,0 +1,144 @@
+"""The one bridge to ComfyUI services: model folders, progress, interrupt, memory management.
+
+Inside ComfyUI it uses ``folder_paths``, ``comfy.utils.ProgressBar``, ``comfy.model_management`` and
+``comfy.model_patcher``. Outside ComfyUI (tests, scripts) it falls back to plain behaviour: the models folder
+comes from ``$SA2VA_MODELS_DIR`` (default ``./models/sa2va``), progress goes to tqdm, nothing is ever
+interrupted, and models live on the device they were loaded to.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+FOLDER_NAME = "sa2va"
+
+try:  # ComfyUI's modules exist only inside a running ComfyUI
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _cutils
+    import folder_paths as _folder_paths
+
+    IN_COMFY = True
+except ImportError:
+    _mm = _patcher = _cutils = _folder_paths = None
+    IN_COMFY = False
+
+
+class Interrupted(Exception):
+    """Raised outside ComfyUI when a run is cancelled (inside ComfyUI its own interrupt exception is raised)."""
+
+
+# ------------------------------------------------------------------------------------------- model folders
+def register_model_folder() -> None:
+    """Add ``<models>/sa2va`` to ComfyUI's folder list (appends to a user's extra_model_paths.yaml entries)."""
+    if IN_COMFY:
+        _folder_paths.add_model_folder_path(FOLDER_NAME, os.path.join(_folder_paths.models_dir, FOLDER_NAME))
+
+
+def model_dirs() -> list[Path]:
+    """Every registered ``sa2va`` models folder, the default download target first."""
+    if IN_COMFY:
+        return [Path(p) for p in _folder_paths.get_folder_paths(FOLDER_NAME)]
+    return [Path(os.environ.get("SA2VA_MODELS_DIR", os.path.join("models", FOLDER_NAME)))]
+
+
+# -------------------------------------------------------------------------------------- progress, cancel
+class Progress:
+    """A progress bar: ComfyUI's ProgressBar on the node, else tqdm (silent when disabled)."""
+
+    def __init__(self, total: int, description: str = "") -> None:
+        self.total = max(int(total), 1)
+        self.value = 0
+        if IN_COMFY:
+            self._bar = _cutils.ProgressBar(self.total)
+            self._tqdm = None
+        else:
+            from tqdm import tqdm
+
+            self._bar = None
+            self._tqdm = tqdm(total=self.total, desc=description, disable=True, leave=False)
+
+    def set(self, value: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = max(int(total), 1)
+        self.value = min(int(value), self.total)
+        if self._bar is not None:
+            self._bar.update_absolute(self.value, self.total)
+        elif self._tqdm is not None:
+            self._tqdm.total = self.total
+            self._tqdm.n = self.value
+            self._tqdm.refresh()
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+def interrupted() -> bool:
+    """True when the user pressed Cancel in ComfyUI (never outside it)."""
+    return bool(IN_COMFY and _mm.processing_interrupted())
+
+
+def throw_if_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception (it shows "interrupted", not an error) when Cancel was pressed."""
+    if IN_COMFY:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+# ------------------------------------------------------------------------------------- devices, memory
+def torch_device() -> torch.device:
+    """Where models run: ComfyUI's device (the CPU with ``--cpu``), else CUDA when available, else the CPU."""
+    if IN_COMFY:
+        return _mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    """Where an idle unquantised model waits: ComfyUI's offload device, else the run device."""
+    if IN_COMFY:
+        return _mm.unet_offload_device()
+    return torch_device()
+
+
+def output_device() -> torch.device:
+    return _mm.intermediate_device() if IN_COMFY else torch.device("cpu")
+
+
+def free_memory(bytes_needed: int, device: torch.device) -> None:
+    """Ask ComfyUI to evict its own models until ``bytes_needed`` are free on ``device`` (no-op outside)."""
+    if IN_COMFY and device.type != "cpu":
+        _mm.free_memory(bytes_needed, device)
+
+
+def soft_empty_cache() -> None:
+    if IN_COMFY:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _Holder(torch.nn.Module):
+    """Holds the Sa2VA modules for ComfyUI's ModelPatcher (which assigns ``.device``, read-only on HF models)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+
+
+def make_patcher(modules: dict[str, torch.nn.Module], load_device: torch.device,
+                 offload: torch.device):
+    """A ModelPatcher registering ``modules`` with ComfyUI's memory manager (None outside ComfyUI)."""
+    if not IN_COMFY:
+        return None
+    return _patcher.ModelPatcher(_Holder(modules), load_device=load_device, offload_device=offload)
+
+
+def load_patcher(patcher, memory_required: int = 0) -> None:
+    """Move a registered model fully onto its load device right before use (ComfyUI may have evicted it)."""
+    if patcher is not None:
+        _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)

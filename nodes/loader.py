@@ -1,0 +1,170 @@
+"""Sa2VA Loader logic: model choices, folder resolution, download, and the SA2VA_MODEL handle.
+
+Plain functions (no ComfyUI import): the V3 node class in nodes/v3.py only forwards to :func:`load_handle`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..sa2va import catalog
+from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files
+from ..sa2va.errors import InputError, ModelFolderError
+from ..sa2va.model import Sa2VAModel, load_model
+from . import comfy
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+QUANTIZATIONS = {"none": None, "8bit": "8bit", "4bit": "4bit"}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def attention_choices() -> list[str]:
+    """sdpa (default), eager, and flash_attention_2 when the flash-attn package is installed."""
+    choices = ["sdpa", "eager"]
+    try:
+        import flash_attn  # noqa: F401
+
+        choices.append("flash_attention_2")
+    except ImportError:
+        pass
+    return choices
+
+
+def device_choices() -> list[str]:
+    """auto (ComfyUI's device), cpu, and every visible CUDA device."""
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def local_models() -> list[str]:
+    """Names of the sub-folders of every registered sa2va folder that hold a config.json (sorted, unique)."""
+    names: set[str] = set()
+    for base in comfy.model_dirs():
+        if base.is_dir():
+            names.update(p.name for p in base.iterdir() if (p / "config.json").is_file() and _SAFE_NAME.match(p.name))
+    return sorted(names)
+
+
+def model_choices() -> list[str]:
+    """The six official models (the default first), then every other local model folder."""
+    official = [entry.name for entry in catalog.CATALOG]
+    return official + [name for name in local_models() if name not in official]
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise InputError(f"Model name {name!r} is not a plain folder name; pick a model from the list (folders "
+                         f"live in the sa2va models folder).")
+
+
+def find_local(name: str) -> Path | None:
+    """The folder ``name`` under a registered sa2va folder, never outside it (no '..', no symlink out)."""
+    _check_name(name)
+    for base in comfy.model_dirs():
+        candidate = base / name
+        if not candidate.is_dir():
+            continue
+        real_base, real = os.path.realpath(base), os.path.realpath(candidate)
+        if os.path.commonpath([real_base, real]) != real_base:
+            raise InputError(f"Symlinked model folder {candidate} points outside {base}; models must live inside "
+                             f"the sa2va models folder.")
+        return candidate
+    return None
+
+
+def ensure_model_folder(name: str, progress_factory=comfy.Progress) -> Path:
+    """A complete local folder for ``name``: found locally (no network), else downloaded if it is official."""
+    folder = find_local(name)
+    if folder is not None and is_complete(folder):
+        return folder
+    entry = catalog.find(name)
+    if entry is None:
+        if folder is not None:
+            raise ModelFolderError(f"Incomplete model folder {folder}: {', '.join(missing_files(folder)[:5])} "
+                                   f"missing, and it is not an official model the loader can download; copy the "
+                                   f"missing files.")
+        dirs = ", ".join(str(d) for d in comfy.model_dirs())
+        raise ModelFolderError(f"Model {name!r} not found in {dirs}; pick one of the listed models.")
+    target = folder if folder is not None else comfy.model_dirs()[0] / entry.name
+    logger.info("Downloading %s into %s", entry.repo_id, target)
+    bar = progress_factory(1, f"download {entry.name}")
+    try:
+        download(entry.repo_id, target, progress=lambda done, total: bar.set(done, total),
+                 cancelled=comfy.interrupted)
+    except DownloadCancelled:
+        comfy.throw_if_interrupted()
+        raise
+    finally:
+        bar.close()
+    return target
+
+
+@dataclass
+class Sa2VAHandle:
+    """What travels on an SA2VA_MODEL socket: the loaded model plus how ComfyUI manages its memory.
+
+    Unquantised models are registered with ComfyUI's memory manager through ``patcher`` and moved onto the run
+    device by :meth:`prepare` before each use, so "Unload models" frees their VRAM. Quantised models are placed
+    on the run device at load time, never moved, and not registered; :meth:`prepare` asks ComfyUI to make room."""
+
+    model: Sa2VAModel
+    name: str
+    quantization: str | None
+    device: torch.device
+    patcher: object | None = None
+    options: dict = field(default_factory=dict)
+
+    def prepare(self, activation_bytes: int = 0) -> None:
+        if self.patcher is not None:
+            comfy.load_patcher(self.patcher, activation_bytes)
+        else:
+            comfy.free_memory(activation_bytes, self.device)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return comfy.torch_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"Unknown device name {device!r}; use auto, cpu or cuda:N.") from exc
+    return resolved
+
+
+def load_handle(model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quantization: str = "none",
+                attention: str = "sdpa", device: str = "auto") -> Sa2VAHandle:
+    """Load (downloading first when needed) a Sa2VA model and wrap it for ComfyUI's memory manager."""
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if quantization not in QUANTIZATIONS:
+        raise InputError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}.")
+    run_device = resolve_device(device)
+    quant = QUANTIZATIONS[quantization]
+    if quant and run_device.type not in ("cuda", "cpu"):
+        raise InputError(f"{quantization} quantization needs a CUDA device or the CPU, got {run_device}.")
+    folder = ensure_model_folder(model)
+    comfy.throw_if_interrupted()
+    if quant:
+        size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+        comfy.free_memory(size // (4 if quant == "8bit" else 8), run_device)
+        loaded = load_model(folder, device=run_device, dtype=DTYPES[dtype], quantization=quant,
+                            attn_implementation=attention)
+        return Sa2VAHandle(loaded, model, quant, run_device, None, {"dtype": dtype, "attention": attention})
+    offload = comfy.offload_device() if comfy.IN_COMFY else run_device
+    dtype_value = DTYPES[dtype] if DTYPES[dtype] is not None else _auto_dtype(run_device)
+    loaded = load_model(folder, device=offload, dtype=dtype_value, attn_implementation=attention)
+    patcher = comfy.make_patcher({"vlm": loaded.vlm, "projection": loaded.projection,
+                                  "sam2": loaded.grounding.model}, run_device, offload)
+    return Sa2VAHandle(loaded, model, None, run_device, patcher, {"dtype": dtype, "attention": attention})
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    from ..sa2va.model import default_dtype
+
+    return default_dtype(device)

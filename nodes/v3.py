@@ -1,0 +1,111 @@
+"""ComfyUI V3 node classes: schemas (inputs, outputs, tooltips) and forwarding to the plain logic functions."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+from ..sa2va import catalog
+from . import comfy
+from .loader import DTYPES, QUANTIZATIONS, attention_choices, device_choices, load_handle, model_choices
+from .segmentation import DEFAULT_MASK_THRESHOLD, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, segment
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Sa2VA"
+Sa2VAModelType = io.Custom("SA2VA_MODEL")
+MODEL_TOOLTIP = ("Official models are downloaded into models/sa2va/<name>/ on first use (progress on the node, "
+                 "Cancel stops it, the next run resumes). Folders you place there yourself are listed too.")
+
+
+class Sa2VALoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Sa2VALoader",
+            display_name="Sa2VA Loader",
+            category=CATEGORY,
+            description="Load a Sa2VA model (downloading it first when needed) for one or more Sa2VA "
+                        "Segmentation nodes. The model is loaded once and shared by every connected node.",
+            inputs=[
+                io.Combo.Input("model", options=model_choices(), default=catalog.DEFAULT_MODEL, tooltip=MODEL_TOOLTIP),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="Compute precision. auto: bf16 on GPUs that support it, fp16 on older GPUs, "
+                                       "fp32 on the CPU."),
+                io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none",
+                               tooltip="8bit / 4bit (bitsandbytes) shrink the language model about 2x / 4x; the "
+                                       "vision tower and SAM2 stay in the compute dtype. Quantised models stay on "
+                                       "the GPU until the workflow stops using them."),
+                io.Combo.Input("attention", options=attention_choices(), default="sdpa",
+                               tooltip="Attention kernel: sdpa (default), eager (exact reference numerics), "
+                                       "flash_attention_2 (listed when flash-attn is installed)."),
+                io.Combo.Input("device", options=device_choices(), default="auto",
+                               tooltip="auto uses ComfyUI's device (the CPU when ComfyUI runs with --cpu)."),
+            ],
+            outputs=[Sa2VAModelType.Output(display_name="model", tooltip="A loaded Sa2VA model")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, dtype: str, quantization: str, attention: str, device: str) -> io.NodeOutput:
+        return io.NodeOutput(load_handle(model, dtype, quantization, attention, device))
+
+
+class Sa2VASegmentation(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Sa2VASegmentation",
+            display_name="Sa2VA Segmentation",
+            category=CATEGORY,
+            description="Describe what to segment in plain words; get one mask per object the model finds, for "
+                        "every image of the batch, plus the model's answer.",
+            inputs=[
+                io.Image.Input("image", tooltip="One image or a batch; every image is segmented."),
+                io.String.Input("segmentation_prompt", multiline=True, default=DEFAULT_PROMPT,
+                                tooltip="What to segment, e.g. 'the woman holding the red umbrella'. A bare noun "
+                                        "('hair') becomes 'Please segment the hair.'. Questions get text answers."),
+                io.Combo.Input("model_name", options=model_choices(), default=catalog.DEFAULT_MODEL,
+                               tooltip="Used when no Sa2VA Loader is connected. " + MODEL_TOOLTIP),
+                io.Int.Input("max_new_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=1, max=2048,
+                             tooltip="Longest answer in tokens. Each mask needs only a few; long descriptions "
+                                     "need more."),
+                io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                               tooltip="With apply_mask_threshold on, pixels whose probability is above this "
+                                       "become 1, the rest 0."),
+                io.Boolean.Input("apply_mask_threshold", default=True,
+                                 tooltip="Off: output the model's soft probabilities (0..1) instead of binary masks."),
+                io.Boolean.Input("clean_vram_after", default=False,
+                                 tooltip="Release the model's memory after this run (the next run loads it again)."),
+                Sa2VAModelType.Input("model", optional=True,
+                                     tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="masks", tooltip="One mask per object per image, in image order; an "
+                                                             "empty mask for an image with none."),
+                io.Mask.Output(display_name="merged_mask", tooltip="Union of each image's masks, one per image."),
+                io.Image.Output(display_name="mask_images", tooltip="The masks as grey images."),
+                io.Image.Output(display_name="overlay", tooltip="The masks coloured over each image."),
+                io.String.Output(display_name="text", tooltip="The model's answer (per image, blank-line "
+                                                              "separated)."),
+                io.String.Output(display_name="phrases", tooltip="One line per mask: 'image_index: phrase'."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, segmentation_prompt: str, model_name: str, max_new_tokens: int,
+                mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool,
+                model=None) -> io.NodeOutput:
+        result = segment(image, segmentation_prompt, model, model_name, max_new_tokens, mask_threshold,
+                         apply_mask_threshold, clean_vram_after)
+        return io.NodeOutput(result.masks, result.merged, result.mask_images, result.overlay, result.text,
+                             result.phrases)
+
+
+class Sa2VAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [Sa2VALoader, Sa2VASegmentation]
+
+
+async def comfy_entrypoint() -> Sa2VAExtension:
+    comfy.register_model_folder()
+    return Sa2VAExtension()

@@ -1,0 +1,232 @@
+"""The node logic called directly (bridge in plain mode) on tiny checkpoints, and the declared V3 schemas."""
+import functools
+import os
+import shutil
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import ids
+from fakehub import FakeHub
+from pack import PACK_NAME, load_pack, pack_module
+
+segmentation = pack_module("nodes.segmentation")
+loader = pack_module("nodes.loader")
+comfy = pack_module("nodes.comfy")
+errors = pack_module("sa2va.errors")
+synthetic = pack_module("sa2va.synthetic")
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch, checkpoint_factory):
+    base = tmp_path / "models" / "sa2va"
+    base.mkdir(parents=True)
+    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
+    return base
+
+
+@pytest.fixture
+def handle(models_dir):
+    return loader.load_handle("tiny-qwen3", dtype="fp32", device="cpu")
+
+
+def _force(handle, monkeypatch, text_ids):
+    """Make the handle's model answer ``text_ids`` for every image."""
+    model = handle.model
+    original = model.predict
+
+    def predict(image, prompt, **kwargs):
+        from sa2va.model import _to_pil
+
+        inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], prompt.replace("<image>", ""))
+        processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], text_ids)
+        return original(image, prompt, logits_processor=[processor], **kwargs)
+
+    monkeypatch.setattr(model, "predict", predict)
+
+
+def test_batch_outputs_are_aligned(handle, monkeypatch):
+    tok = handle.model.tokenizer
+    seg, end = tok.convert_tokens_to_ids("[SEG]"), tok.convert_tokens_to_ids("<|im_end|>")
+    _force(handle, monkeypatch, ids(handle.model, "<p>cat</p>") + [seg] + ids(handle.model, " <p>dog</p>") + [seg, end])
+    images = torch.rand(3, 48, 64, 3)
+    r = segmentation.segment(images, "cats and dogs", handle, max_new_tokens=16)
+    assert r.masks.shape == (6, 48, 64) and r.masks.dtype == torch.float32
+    assert r.merged.shape == (3, 48, 64)
+    assert r.mask_images.shape == (6, 48, 64, 3) and r.overlay.shape == (3, 48, 64, 3)
+    assert r.phrases.splitlines() == ["0: cat", "0: dog", "1: cat", "1: dog", "2: cat", "2: dog"]
+    assert len(r.text.split("\n\n")) == 3
+    for i in range(3):
+        assert torch.equal(r.merged[i], r.masks[2 * i:2 * i + 2].amax(0))
+    assert float(r.overlay.min()) >= 0 and float(r.overlay.max()) <= 1
+
+
+def test_threshold_semantics(handle):
+    image = torch.rand(1, 40, 50, 3)
+    soft = segmentation.segment(image, "person", handle, max_new_tokens=16, apply_mask_threshold=False)
+    assert soft.masks.shape[0] == 1
+    assert ((soft.masks > 0) & (soft.masks < 1)).any(), "unthresholded masks are probabilities"
+    hard = segmentation.segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.3)
+    assert set(hard.masks.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(hard.masks, (soft.masks > 0.3).float())
+    higher = segmentation.segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.9)
+    assert higher.masks.sum() <= hard.masks.sum()
+
+
+def test_answer_without_seg_gives_empty_masks_and_text(handle, monkeypatch):
+    end = handle.model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    _force(handle, monkeypatch, ids(handle.model, "It is a dog.") + [end])
+    r = segmentation.segment(torch.rand(2, 30, 40, 3), "What is this?", handle, max_new_tokens=16)
+    assert r.masks.shape == (2, 30, 40) and float(r.masks.abs().sum()) == 0
+    assert r.merged.shape == (2, 30, 40)
+    assert r.text == "It is a dog.\n\nIt is a dog."
+    assert r.phrases.splitlines() == ["0: (none)", "1: (none)"]
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("hair", "Please segment the hair."), ("red car", "Please segment the red car."),
+    ("the tall man", "Please segment the tall man."), ("What is this?", "What is this?"),
+    ("Please segment the cat.", "Please segment the cat."), ("segment the dog", "segment the dog"),
+    ("a dog running on the beach at dusk", "a dog running on the beach at dusk"),
+])
+def test_bare_noun_becomes_a_segmentation_request(prompt, expected):
+    assert segmentation.as_segmentation_request(prompt) == expected
+
+
+def test_bad_inputs(handle):
+    with pytest.raises(errors.InputError, match="segmentation prompt is empty"):
+        segmentation.segment(torch.rand(1, 8, 8, 3), "   ", handle)
+    with pytest.raises(errors.InputError, match=r"Expected a ComfyUI IMAGE"):
+        segmentation.segment(torch.rand(8, 8, 3), "cat", handle)
+    with pytest.raises(errors.InputError, match="mask_threshold"):
+        segmentation.segment(torch.rand(1, 8, 8, 3), "cat", handle, mask_threshold=1.5)
+
+
+def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
+    calls = {"n": 0}
+
+    def interrupted():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    def throw():
+        if calls["n"] >= 3:
+            raise comfy.Interrupted("cancelled")
+
+    monkeypatch.setattr(comfy, "interrupted", interrupted)
+    monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
+    tokens = []
+    original = handle.model.predict
+    monkeypatch.setattr(handle.model, "predict", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
+    with pytest.raises(comfy.Interrupted):
+        segmentation.segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
+    assert len(tokens) == 1 and tokens[0].token_ids.numel() <= 3
+
+
+def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(models_dir):
+    segmentation.release_slot()
+    image = torch.rand(1, 20, 24, 3)
+    segmentation.segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
+    first = segmentation._SLOT["handle"]
+    segmentation.segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
+    assert segmentation._SLOT["handle"] is first, "the same model is reused, not reloaded"
+    segmentation.segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8, clean_vram_after=True)
+    assert segmentation._SLOT == {}
+
+
+def test_model_choices_list_official_then_local(models_dir):
+    choices = loader.model_choices()
+    assert choices[0] == "Sa2VA-Qwen3-VL-4B" and len(choices) == 7 and choices[-1] == "tiny-qwen3"
+    (models_dir / "not-a-model").mkdir()
+    assert "not-a-model" not in loader.model_choices()
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc", "a/b", "..", ".hidden"])
+def test_model_names_cannot_escape_the_models_folder(models_dir, name):
+    with pytest.raises(errors.InputError, match="not a plain folder name"):
+        loader.find_local(name)
+
+
+def test_symlink_out_of_the_models_folder_is_refused(models_dir, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (models_dir / "sneaky").symlink_to(outside)
+    with pytest.raises(errors.InputError, match="Symlinked model folder .* points outside"):
+        loader.find_local("sneaky")
+
+
+def test_complete_folder_loads_without_network(models_dir, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network used for a complete local folder")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    shutil.copytree(models_dir / "tiny-qwen3", models_dir / "Sa2VA-Qwen3-VL-4B")
+    handle = loader.load_handle("Sa2VA-Qwen3-VL-4B", dtype="fp32", device="cpu")
+    assert handle.model.folder == models_dir / "Sa2VA-Qwen3-VL-4B"
+
+
+def test_missing_official_model_is_downloaded_then_loaded(models_dir, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with FakeHub({"ByteDance/Sa2VA-Qwen2_5-VL-3B": models_dir / "tiny-qwen3"}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        handle = loader.load_handle("Sa2VA-Qwen2_5-VL-3B", dtype="fp32", device="cpu")
+    assert handle.model.folder == models_dir / "Sa2VA-Qwen2_5-VL-3B"
+    assert not list((models_dir / "Sa2VA-Qwen2_5-VL-3B").glob("*.part"))
+
+
+def test_unknown_local_name_is_a_clear_error(models_dir):
+    with pytest.raises(errors.ModelFolderError, match="not found in"):
+        loader.load_handle("no-such-model")
+
+
+def test_v3_schema_with_a_test_double(monkeypatch):
+    """The declared schema (ids, defaults, tooltips) checked against a stand-in for comfy_api.latest."""
+    recorded = {}
+
+    class Spec:
+        def __init__(self, kind, name=None, **kw):
+            self.kind, self.name, self.kw = kind, name, kw
+
+    def input_type(kind):
+        return types.SimpleNamespace(Input=lambda name, **kw: Spec(kind, name, **kw),
+                                     Output=lambda **kw: Spec(kind, **kw))
+
+    io = types.SimpleNamespace(
+        ComfyNode=object, Schema=lambda **kw: recorded.setdefault(kw["node_id"], kw),
+        NodeOutput=lambda *a: a, Custom=lambda name: input_type(name),
+        **{k: input_type(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
+    latest = types.ModuleType("comfy_api.latest")
+    latest.io, latest.ComfyExtension = io, object
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
+    load_pack()
+    v3 = pack_module("nodes.v3")
+    v3.Sa2VALoader.define_schema()
+    v3.Sa2VASegmentation.define_schema()
+    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
+    loader_schema, seg_schema = recorded["Sa2VALoader"], recorded["Sa2VASegmentation"]
+    assert loader_schema["category"] == seg_schema["category"] == "Sa2VA"
+    for schema in (loader_schema, seg_schema):
+        for spec in schema["inputs"] + schema["outputs"]:
+            assert spec.kw.get("tooltip"), f"{schema['node_id']}.{spec.name or spec.kw.get('display_name')}"
+    inputs = {s.name: s for s in seg_schema["inputs"]}
+    assert inputs["mask_threshold"].kw["default"] == 0.30
+    assert inputs["apply_mask_threshold"].kw["default"] is True
+    assert inputs["segmentation_prompt"].kw["multiline"] is True
+    assert inputs["model"].kind == "SA2VA_MODEL" and inputs["model"].kw["optional"] is True
+    assert inputs["model_name"].kw["options"][0] == "Sa2VA-Qwen3-VL-4B"
+    assert [s.kw["display_name"] for s in seg_schema["outputs"]] == [
+        "masks", "merged_mask", "mask_images", "overlay", "text", "phrases"]
+    assert {s.name for s in loader_schema["inputs"]} == {"model", "dtype", "quantization", "attention", "device"}
+
+
+def test_pack_imports_outside_comfyui_without_registering_nodes():
+    module = load_pack()
+    assert not hasattr(module, "NODE_CLASS_MAPPINGS")
+    assert os.path.isfile(module.__file__)

@@ -142,3 +142,14 @@ def load_patcher(patcher, memory_required: int = 0) -> None:
     """Move a registered model fully onto its load device right before use (ComfyUI may have evicted it)."""
     if patcher is not None:
         _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+
+
+def unload_patcher(patcher) -> None:
+    """Move a registered model back to its offload device now and drop it from ComfyUI's loaded list."""
+    if patcher is None or not IN_COMFY:
+        return
+    for loaded in list(_mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            _mm.current_loaded_models.remove(loaded)
+    soft_empty_cache()

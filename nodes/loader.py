@@ -121,10 +121,18 @@ class Sa2VAHandle:
     options: dict = field(default_factory=dict)
 
     def prepare(self, activation_bytes: int = 0) -> None:
+        """Make the model ready on its run device (call right before each use)."""
         if self.patcher is not None:
             comfy.load_patcher(self.patcher, activation_bytes)
         else:
             comfy.free_memory(activation_bytes, self.device)
+
+    def release_vram(self) -> None:
+        """Move an unquantised model off the GPU now (a quantised one cannot move: only the cache is emptied)."""
+        if self.patcher is not None:
+            comfy.unload_patcher(self.patcher)
+        else:
+            comfy.soft_empty_cache()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -133,7 +133,7 @@ def segment(image: torch.Tensor, segmentation_prompt: str, model: Sa2VAHandle | 
             if model is None:
                 release_slot()
             else:
-                comfy.soft_empty_cache()
+                handle.release_vram()
     out = comfy.output_device()
     all_masks = torch.cat(masks).to(out)
     return SegmentationResult(masks=all_masks, merged=torch.stack(merged).to(out),

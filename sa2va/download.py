@@ -34,7 +34,7 @@ TIMEOUT_S = 30.0
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
 #: never fetched: remote code, docs and repository media
 SKIPPED_SUFFIXES = (".py", ".md", ".gitattributes", ".png", ".jpg", ".jpeg", ".gif", ".mp4", ".webp")
-LOCK_NAME = ".sa2va-download.lock"
+LOCK_SUFFIX = ".sa2va-download.lock"
 
 
 class DownloadCancelled(Sa2VAError):
@@ -127,11 +127,19 @@ def list_remote(repo_id: str, revision: str = "main") -> list[RemoteFile]:
     return sorted(files, key=lambda f: (f.path.endswith(".safetensors"), f.path))
 
 
+def _by_hand(repo_id: str, folder: Path) -> str:
+    files = ", ".join(missing_files(folder)) if folder.is_dir() else "config.json, " + INDEX_FILE + \
+        " and every shard it lists, the tokenizer and processor files"
+    return f"Or place these files from https://huggingface.co/{repo_id} in {folder} by hand: {files}."
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, cancelled: CancelCallback | None = None) -> Iterator[None]:
-    """An exclusive lock on ``folder`` across processes (fcntl) and threads; waits, checking ``cancelled``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_NAME, "a+")
+    """An exclusive lock on ``folder`` across processes (fcntl) and threads; waits, checking ``cancelled``.
+
+    The lock file sits beside the folder (``.<name>.sa2va-download.lock``), so nothing is created inside it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(folder.parent / f".{folder.name}{LOCK_SUFFIX}", "a+")
     try:
         try:
             import fcntl
@@ -206,11 +214,14 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
     Files already present in full are not fetched again."""
     folder = Path(folder)
     if offline():
-        raise DownloadError(f"{folder} is incomplete and HF_HUB_OFFLINE is set, so nothing is downloaded. Place "
-                            f"these files from https://huggingface.co/{repo_id} there by hand: "
-                            f"{', '.join(missing_files(folder)) or 'all files'}.")
-    with folder_lock(folder, cancelled):
+        raise DownloadError(f"{folder} is incomplete and HF_HUB_OFFLINE is set, so nothing is downloaded. "
+                            f"{_by_hand(repo_id, folder)}")
+    try:
         remote = list_remote(repo_id, revision)
+    except DownloadError as exc:
+        raise DownloadError(f"{exc} {_by_hand(repo_id, folder)}") from exc
+    with folder_lock(folder, cancelled):
+        folder.mkdir(parents=True, exist_ok=True)
         if not any(f.path == "config.json" for f in remote):
             raise DownloadError(f"{repo_id} on {endpoint()} has no config.json; it is not a model repository.")
         todo = [f for f in remote if not ((folder / f.path).is_file() and (folder / f.path).stat().st_size == f.size)]

@@ -93,13 +93,16 @@ def test_offline_error_names_folder_and_files(tmp_path, monkeypatch):
     target = tmp_path / "Sa2VA-Qwen3-VL-4B"
     with pytest.raises(DownloadError, match=r"HF_HUB_OFFLINE is set.*Sa2VA-Qwen3-VL-4B.*config\.json"):
         download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target)
+    assert not target.exists(), "nothing is created when nothing is downloaded"
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(DownloadError, match="Cannot reach the model hub"):
+    with pytest.raises(DownloadError, match=r"Cannot reach the model hub.*place these files from "
+                                             r"https://huggingface.co/ByteDance/Sa2VA-Tiny in .*x by hand"):
         download.download(REPO, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_token_is_sent(hub, tmp_path, monkeypatch):
@@ -118,3 +121,23 @@ def test_truncated_or_missing_shard_is_not_complete(checkpoint_factory, tmp_path
     assert download.missing_files(folder) == [shards[0].name]
     shards[1].unlink()
     assert download.missing_files(folder) == [shards[0].name, shards[1].name]
+
+
+def test_concurrent_downloads_of_one_model_do_not_corrupt_it(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.delay_per_chunk = 0.002
+    failures = []
+
+    def run():
+        try:
+            download.download(REPO, target)
+        except Exception as exc:  # noqa: BLE001 - collect for the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures
+    assert _digest(target) == {k: v for k, v in _digest(hub_repo).items() if not k.endswith((".py", ".md"))}

@@ -106,7 +106,8 @@ def test_every_error_message_is_in_troubleshooting():
     doc = (ROOT / "TROUBLESHOOTING.md").read_text()
     internal = ("unknown ", "quantization must be None")  # programming errors, not user-facing
     found = raised_messages(ROOT / "sa2va") + raised_messages(ROOT / "nodes")
-    messages = [(f, m) for f, m in found if not m.startswith(internal)]
+    # a message made only of placeholders re-raises another (documented) message with more context
+    messages = [(f, m) for f, m in found if not m.startswith(internal) and m.replace("...", "").strip()]
     assert len(messages) > 25
     missing = [(f, m) for f, m in messages if documented_key(m) not in doc]
     assert not missing, missing

@@ -6,6 +6,7 @@ import logging
 from comfy_api.latest import ComfyExtension, io
 
 from ..sa2va import catalog
+from ..sa2va.compat import transformers_problem
 from . import comfy
 from .loader import DTYPES, QUANTIZATIONS, attention_choices, device_choices, load_handle, model_choices
 from .segmentation import DEFAULT_MASK_THRESHOLD, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, segment
@@ -108,4 +109,7 @@ class Sa2VAExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> Sa2VAExtension:
     comfy.register_model_folder()
+    problem = transformers_problem()
+    if problem:
+        logger.warning("ComfyUI-Sa2VA: %s. The Sa2VA nodes will report this when they run.", problem)
     return Sa2VAExtension()

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from . import keymap
+from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
 from .errors import InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
@@ -309,6 +310,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
         raise InputError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or 'auto', got {dtype!r}.")
     if quantization not in QUANTIZATION_MODES:
         raise InputError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}.")
+    require_transformers()
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
     family = detect_family(config, folder)

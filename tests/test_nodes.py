@@ -230,3 +230,26 @@ def test_pack_imports_outside_comfyui_without_registering_nodes():
     module = load_pack()
     assert not hasattr(module, "NODE_CLASS_MAPPINGS")
     assert os.path.isfile(module.__file__)
+
+
+def test_nodes_import_without_transformers_and_fail_clearly_when_run(monkeypatch, models_dir):
+    """A missing transformers must not break ComfyUI's start-up: only running a node reports it."""
+    import importlib.metadata as metadata
+
+    compat = pack_module("sa2va.compat")
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "4.46.0" if name == "transformers" else real(name))
+    assert "too old" in compat.transformers_problem()
+    with pytest.raises(errors.DependencyError, match=r"Transformers 4\.46\.0 is too old.*pip install -U"):
+        loader.load_handle("tiny-qwen3", dtype="fp32", device="cpu")
+
+
+def test_node_modules_do_not_import_transformers_at_import_time():
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from pack import pack_module; pack_module('nodes.loader'); "
+            "pack_module('nodes.segmentation'); print('transformers' in sys.modules)")
+    root = str(pack_module("nodes.comfy").__file__).rsplit("/nodes/", 1)[0]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -16,6 +16,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "sa2va"
+MATTING_FOLDER_NAME = "vitmatte"
 
 try:  # ComfyUI's modules exist only inside a running ComfyUI
     import comfy.model_management as _mm
@@ -35,16 +36,21 @@ class Interrupted(Exception):
 
 # ------------------------------------------------------------------------------------------- model folders
 def register_model_folder() -> None:
-    """Add ``<models>/sa2va`` to ComfyUI's folder list (appends to a user's extra_model_paths.yaml entries)."""
+    """Add ``<models>/sa2va`` and ``<models>/vitmatte`` to ComfyUI's folder list (appends to a user's
+    extra_model_paths.yaml entries)."""
     if IN_COMFY:
-        _folder_paths.add_model_folder_path(FOLDER_NAME, os.path.join(_folder_paths.models_dir, FOLDER_NAME))
+        for name in (FOLDER_NAME, MATTING_FOLDER_NAME):
+            _folder_paths.add_model_folder_path(name, os.path.join(_folder_paths.models_dir, name))
 
 
-def model_dirs() -> list[Path]:
-    """Every registered ``sa2va`` models folder, the default download target first."""
+def model_dirs(name: str = FOLDER_NAME) -> list[Path]:
+    """Every registered models folder of kind ``name`` (sa2va or vitmatte), the default download target first.
+
+    Outside ComfyUI: ``$SA2VA_MODELS_DIR`` (default ``./models/sa2va``) and its sibling ``vitmatte`` folder."""
     if IN_COMFY:
-        return [Path(p) for p in _folder_paths.get_folder_paths(FOLDER_NAME)]
-    return [Path(os.environ.get("SA2VA_MODELS_DIR", os.path.join("models", FOLDER_NAME)))]
+        return [Path(p) for p in _folder_paths.get_folder_paths(name)]
+    base = Path(os.environ.get("SA2VA_MODELS_DIR", os.path.join("models", FOLDER_NAME)))
+    return [base if name == FOLDER_NAME else base.parent / name]
 
 
 # -------------------------------------------------------------------------------------- progress, cancel

@@ -1,14 +1,15 @@
 """Sa2VA Segmentation logic: every image of a batch -> masks, merged masks, previews, text, phrases.
 
 Plain functions (no ComfyUI import); the V3 node class in nodes/v3.py only forwards to :func:`segment`.
-Threshold semantics: with ``apply_mask_threshold`` a pixel is 1 when its probability is strictly above
-``mask_threshold`` and 0 otherwise; without it the masks are the model's soft probabilities (0..1).
+The probabilities go through the refinement stack of :mod:`sa2va.refine` (black/white points, detail method,
+erode/dilate, threshold). Threshold semantics: with ``apply_mask_threshold`` a pixel is 1 when its refined value
+is at least ``mask_threshold`` and 0 otherwise; without it the masks stay soft (0..1).
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
-import re
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +17,10 @@ import torch
 from ..sa2va import catalog
 from ..sa2va.errors import InputError
 from ..sa2va.masks import overlay
+from ..sa2va.refine import RefineSettings
 from . import comfy
 from .loader import Sa2VAHandle, load_handle
+from .refine import refine_batch, release_matter
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +96,16 @@ def release_slot() -> None:
 def segment(image: torch.Tensor, segmentation_prompt: str, model: Sa2VAHandle | None = None,
             model_name: str = catalog.DEFAULT_MODEL, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
             mask_threshold: float = DEFAULT_MASK_THRESHOLD, apply_mask_threshold: bool = True,
-            clean_vram_after: bool = False) -> SegmentationResult:
-    """Segment every image of a ComfyUI IMAGE batch ``[B, H, W, 3]`` with one prompt."""
+            clean_vram_after: bool = False, refinement: RefineSettings | None = None) -> SegmentationResult:
+    """Segment every image of a ComfyUI IMAGE batch ``[B, H, W, 3]`` with one prompt.
+
+    ``refinement`` holds the refinement controls (defaults: the seed README's); the threshold arguments override
+    its threshold fields."""
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         raise InputError(f"Expected a ComfyUI IMAGE [B, H, W, 3], got {getattr(image, 'shape', type(image))}.")
-    if not 0.0 <= mask_threshold <= 1.0:
-        raise InputError(f"mask_threshold must be between 0 and 1, got {mask_threshold}.")
+    settings = dataclasses.replace(refinement or RefineSettings(), mask_threshold=mask_threshold,
+                                   apply_mask_threshold=apply_mask_threshold)
+    settings.validate()
     prompt = as_segmentation_request(segmentation_prompt or "")
     if not prompt.replace("<image>", "").strip():
         raise InputError("The segmentation prompt is empty: describe what to segment, e.g. 'the red car'.")
@@ -106,34 +113,36 @@ def segment(image: torch.Tensor, segmentation_prompt: str, model: Sa2VAHandle | 
     batch, height, width = image.shape[0], image.shape[1], image.shape[2]
     rgb = image[..., :3] if image.shape[-1] >= 3 else image.expand(-1, -1, -1, 3)
     bar = comfy.Progress(batch * max_new_tokens, "Sa2VA")
-    masks, merged, overlays, texts, phrases = [], [], [], [], []
+    predictions = []
     try:
         for i in range(batch):
             comfy.throw_if_interrupted()
             handle.prepare()
-            pred = handle.model.predict(_to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
-                                        stopping_criteria=[_TokenProgress(bar, i * max_new_tokens)])
+            predictions.append(handle.model.predict(_to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
+                                                    stopping_criteria=[_TokenProgress(bar, i * max_new_tokens)]))
             comfy.throw_if_interrupted()
-            probabilities = pred.masks.float()
-            chosen = (probabilities > mask_threshold).float() if apply_mask_threshold else probabilities
-            if chosen.shape[0] == 0:
-                chosen = torch.zeros(1, height, width)
-                phrases.append(f"{i}: (none)")
-            else:
-                phrases.extend(f"{i}: {p}" for p in pred.phrases)
-            masks.append(chosen)
-            merged.append(chosen.amax(0))
-            overlays.append(overlay(rgb[i].float().cpu().clamp(0, 1), chosen if pred.masks.shape[0] else
-                                    chosen[:0], threshold=0.5))
-            texts.append(pred.text)
             bar.set((i + 1) * max_new_tokens)
+        refined = refine_batch(rgb, [p.masks for p in predictions], settings)
     finally:
         bar.close()
         if clean_vram_after:
+            release_matter()
             if model is None:
                 release_slot()
             else:
                 handle.release_vram()
+    masks, merged, overlays, texts, phrases = [], [], [], [], []
+    for i, (pred, chosen) in enumerate(zip(predictions, refined)):
+        image_rgb = rgb[i].float().cpu().clamp(0, 1)
+        overlays.append(overlay(image_rgb, chosen, threshold=0.5))
+        if chosen.shape[0] == 0:
+            chosen = torch.zeros(1, height, width)
+            phrases.append(f"{i}: (none)")
+        else:
+            phrases.extend(f"{i}: {p}" for p in pred.phrases)
+        masks.append(chosen)
+        merged.append(chosen.amax(0))
+        texts.append(pred.text)
     out = comfy.output_device()
     all_masks = torch.cat(masks).to(out)
     return SegmentationResult(masks=all_masks, merged=torch.stack(merged).to(out),

@@ -9,6 +9,9 @@ from ..sa2va import catalog
 from ..sa2va.compat import transformers_problem
 from . import comfy
 from .loader import DTYPES, QUANTIZATIONS, attention_choices, device_choices, load_handle, model_choices
+from ..sa2va.matting import DEFAULT_MAX_MEGAPIXELS
+from ..sa2va.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
+from .refine import refine_mask
 from .segmentation import DEFAULT_MASK_THRESHOLD, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, segment
 
 logger = logging.getLogger(__name__)
@@ -17,6 +20,45 @@ CATEGORY = "Sa2VA"
 Sa2VAModelType = io.Custom("SA2VA_MODEL")
 MODEL_TOOLTIP = ("Official models are downloaded into models/sa2va/<name>/ on first use (progress on the node, "
                  "Cancel stops it, the next run resumes). Folders you place there yourself are listed too.")
+
+
+def refine_inputs() -> list:
+    """The refinement controls shared by Sa2VA Segmentation and Sa2VA Refine Mask (advanced ones optional)."""
+    return [
+        io.Boolean.Input("process_details", default=True,
+                         tooltip="Run the refinement stack (black/white points, detail method, erode/dilate). "
+                                 "Off: the model's probabilities go straight to the threshold."),
+        io.Float.Input("black_point", default=0.05, min=0.0, max=0.99, step=0.01,
+                       tooltip="Probabilities at or below this become 0 (and are sure background for VITMatte)."),
+        io.Float.Input("white_point", default=0.95, min=0.01, max=1.0, step=0.01,
+                       tooltip="Probabilities at or above this become 1 (and are sure foreground for VITMatte)."),
+        io.Combo.Input("detail_method", options=list(DETAIL_METHODS), default="FastMatte",
+                       tooltip="FastMatte: guided filter that snaps soft edges to the image's edges (fast, no "
+                               "weights). VITMatte: ViTMatte matting for hair and fur (downloads ~100 MB once). "
+                               "none: no edge refinement."),
+        io.Int.Input("detail_erode", default=0, min=0, max=10,
+                     tooltip="Shrink the masks by this many pixels (round kernel). With VITMatte: widen the "
+                             "uncertain band inward instead."),
+        io.Int.Input("detail_dilate", default=0, min=0, max=10,
+                     tooltip="Grow the masks by this many pixels (round kernel), after eroding. With VITMatte: "
+                             "widen the uncertain band outward instead."),
+        io.Int.Input("guided_radius", default=DEFAULT_GUIDED_RADIUS, min=1, max=64, optional=True,
+                     tooltip="FastMatte window radius in pixels (larger follows edges from farther away)."),
+        io.Float.Input("guided_eps", default=DEFAULT_GUIDED_EPS, min=0.00001, max=1.0, step=0.001, optional=True,
+                       tooltip="FastMatte smoothing: image variation below this (variance, 0..1 units) counts as "
+                               "flat; smaller follows finer edges."),
+        io.Float.Input("vitmatte_max_megapixels", default=DEFAULT_MAX_MEGAPIXELS, min=0.1, max=16.0, step=0.1,
+                       optional=True, tooltip="VITMatte works at most at this size; its alpha is upscaled back."),
+    ]
+
+
+def refine_settings(process_details: bool, black_point: float, white_point: float, detail_method: str,
+                    detail_erode: int, detail_dilate: int, guided_radius: int = DEFAULT_GUIDED_RADIUS,
+                    guided_eps: float = DEFAULT_GUIDED_EPS, vitmatte_max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                    mask_threshold: float = DEFAULT_MASK_THRESHOLD, apply_mask_threshold: bool = True,
+                    ) -> RefineSettings:
+    return RefineSettings(process_details, black_point, white_point, detail_method, detail_erode, detail_dilate,
+                          guided_radius, guided_eps, vitmatte_max_megapixels, mask_threshold, apply_mask_threshold)
 
 
 class Sa2VALoader(io.ComfyNode):
@@ -71,12 +113,13 @@ class Sa2VASegmentation(io.ComfyNode):
                              tooltip="Longest answer in tokens. Each mask needs only a few; long descriptions "
                                      "need more."),
                 io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
-                               tooltip="With apply_mask_threshold on, pixels whose probability is above this "
-                                       "become 1, the rest 0."),
+                               tooltip="With apply_mask_threshold on, pixels whose refined value is at least this "
+                                       "become 1, the rest 0. Applied last."),
                 io.Boolean.Input("apply_mask_threshold", default=True,
                                  tooltip="Off: output the model's soft probabilities (0..1) instead of binary masks."),
                 io.Boolean.Input("clean_vram_after", default=False,
                                  tooltip="Release the model's memory after this run (the next run loads it again)."),
+                *refine_inputs(),
                 Sa2VAModelType.Input("model", optional=True,
                                      tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
             ],
@@ -94,17 +137,52 @@ class Sa2VASegmentation(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, segmentation_prompt: str, model_name: str, max_new_tokens: int,
-                mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool,
-                model=None) -> io.NodeOutput:
+                mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool, model=None,
+                **refinement) -> io.NodeOutput:
+        settings = refine_settings(**refinement, mask_threshold=mask_threshold,
+                                   apply_mask_threshold=apply_mask_threshold)
         result = segment(image, segmentation_prompt, model, model_name, max_new_tokens, mask_threshold,
-                         apply_mask_threshold, clean_vram_after)
+                         apply_mask_threshold, clean_vram_after, settings)
         return io.NodeOutput(result.masks, result.merged, result.mask_images, result.overlay, result.text,
                              result.phrases)
 
 
+class Sa2VARefineMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Sa2VARefineMask",
+            display_name="Sa2VA Refine Mask",
+            category=CATEGORY,
+            description="Refine any mask on its image with the Sa2VA refinement stack: black/white points, "
+                        "FastMatte (guided filter) or VITMatte, erode/dilate, optional threshold.",
+            inputs=[
+                io.Image.Input("image", tooltip="The image the mask belongs to (guides the edge refinement)."),
+                io.Mask.Input("mask", tooltip="Any mask; resized to the image if its size differs."),
+                io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                               tooltip="With apply_mask_threshold on, values at least this become 1, the rest 0."),
+                io.Boolean.Input("apply_mask_threshold", default=False,
+                                 tooltip="Off (default): keep the refined soft alpha."),
+                io.Boolean.Input("clean_vram_after", default=False,
+                                 tooltip="Release the ViTMatte model after this run."),
+                *refine_inputs(),
+            ],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The refined mask(s), one per image."),
+                     io.Image.Output(display_name="mask_image", tooltip="The refined mask(s) as grey images.")],
+        )
+
+    @classmethod
+    def execute(cls, image, mask, mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool,
+                **refinement) -> io.NodeOutput:
+        settings = refine_settings(**refinement, mask_threshold=mask_threshold,
+                                   apply_mask_threshold=apply_mask_threshold)
+        out = refine_mask(image, mask, settings, clean_vram_after)
+        return io.NodeOutput(out, out.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous())
+
+
 class Sa2VAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [Sa2VALoader, Sa2VASegmentation]
+        return [Sa2VALoader, Sa2VASegmentation, Sa2VARefineMask]
 
 
 async def comfy_entrypoint() -> Sa2VAExtension:

@@ -73,13 +73,14 @@ def _headers() -> dict[str, str]:
     return headers
 
 
-def missing_files(folder: str | os.PathLike) -> list[str]:
-    """Files a complete release folder still lacks, from local files only (no network).
+def missing_files(folder: str | os.PathLike, required: tuple[str, ...] = REQUIRED_FILES) -> list[str]:
+    """Files a complete model folder still lacks, from local files only (no network).
 
-    Complete means: config.json, the tokenizer and processor files, the shard index and every shard it lists,
-    each shard whole (its size matches its safetensors header)."""
+    Complete means: the ``required`` files (for a Sa2VA release: config.json, the tokenizer and processor files),
+    the shard index and every shard it lists (or one model.safetensors), each shard whole (its size matches its
+    safetensors header)."""
     folder = Path(folder)
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    missing = [name for name in required if not (folder / name).is_file()]
     index = folder / INDEX_FILE
     if (folder / "model.safetensors").is_file() and not index.is_file():
         shards = ["model.safetensors"]
@@ -102,8 +103,8 @@ def missing_files(folder: str | os.PathLike) -> list[str]:
     return missing
 
 
-def is_complete(folder: str | os.PathLike) -> bool:
-    return Path(folder).is_dir() and not missing_files(folder)
+def is_complete(folder: str | os.PathLike, required: tuple[str, ...] = REQUIRED_FILES) -> bool:
+    return Path(folder).is_dir() and not missing_files(folder, required)
 
 
 def list_remote(repo_id: str, revision: str = "main") -> list[RemoteFile]:
@@ -206,7 +207,7 @@ def _fetch(url: str, target: Path, size: int, on_bytes: Callable[[int], None], s
 
 def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
              progress: ProgressCallback | None = None, cancelled: CancelCallback | None = None,
-             poll_s: float = 0.1) -> Path:
+             poll_s: float = 0.1, required: tuple[str, ...] = REQUIRED_FILES) -> Path:
     """Download a release into ``folder`` as plain files; resume partial files; return the folder.
 
     progress(done, total) is called with byte counts from the calling thread; cancelled() is polled every
@@ -262,7 +263,7 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
                 raise exc
             raise DownloadError(f"Download of {repo_id} into {folder} failed ({exc}); run the loader again to "
                                 f"resume.") from exc
-    left = missing_files(folder)
+    left = missing_files(folder, required)
     if left:
         raise DownloadError(f"{folder} is still incomplete after downloading {repo_id}: {', '.join(left)}.")
     return folder

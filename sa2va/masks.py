@@ -8,6 +8,7 @@ from __future__ import annotations
 import colorsys
 
 import torch
+import torch.nn.functional as F
 
 MASK_ALPHA = 0.5
 
@@ -48,3 +49,105 @@ def overlay(image: torch.Tensor, masks: torch.Tensor, alpha: float = MASK_ALPHA,
 def to_uint8(x: torch.Tensor):
     """Float 0..1 tensor -> uint8 numpy array (rounded), for saving as PNG."""
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------- refinement
+def remap_levels(masks: torch.Tensor, black_point: float, white_point: float) -> torch.Tensor:
+    """Black/white point remap of probabilities: ``(p - black) / (white - black)``, clamped to 0..1.
+
+    masks: ``[N, H, W]`` in 0..1. Values at or below ``black_point`` become 0, at or above ``white_point`` 1,
+    linear in between. Requires ``0 <= black_point < white_point <= 1``."""
+    if not 0.0 <= black_point < white_point <= 1.0:
+        raise ValueError(f"need 0 <= black_point < white_point <= 1, got {black_point} and {white_point}")
+    return ((masks - black_point) / (white_point - black_point)).clamp(0.0, 1.0)
+
+
+def _grey_morphology(masks: torch.Tensor, iterations: int, dilate: bool) -> torch.Tensor:
+    """``iterations`` passes of a 3x3 max (dilate) or min (erode) filter, alternating a cross and a square
+    structuring element: after n passes the element is an octagon of radius n, a close digital disk."""
+    if iterations <= 0:
+        return masks
+    x = masks.unsqueeze(1)
+    sign = 1.0 if dilate else -1.0
+    x = x * sign
+    for i in range(iterations):
+        if i % 2 == 0:  # cross
+            x = torch.maximum(F.max_pool2d(x, (1, 3), stride=1, padding=(0, 1)),
+                              F.max_pool2d(x, (3, 1), stride=1, padding=(1, 0)))
+        else:  # square
+            x = F.max_pool2d(x, 3, stride=1, padding=1)
+    return (x * sign).squeeze(1)
+
+
+def erode(masks: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Grey erosion of ``[N, H, W]`` masks by ``iterations`` pixels with a round (octagonal) kernel."""
+    return _grey_morphology(masks, int(iterations), dilate=False)
+
+
+def dilate(masks: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Grey dilation of ``[N, H, W]`` masks by ``iterations`` pixels with a round (octagonal) kernel."""
+    return _grey_morphology(masks, int(iterations), dilate=True)
+
+
+def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a ``(2r+1)`` square window of ``[B, C, H, W]``, windows clipped at the borders (as He et al.)."""
+    return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+
+
+def guided_filter(image: torch.Tensor, masks: torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
+    """Edge-aware refinement of soft masks guided by a colour image (He, Sun, Tang: Guided Image Filtering).
+
+    image: ``[H, W, 3]`` in 0..1 (the guide); masks: ``[N, H, W]`` in 0..1 (the filtering input);
+    radius: window radius in pixels; eps: regularisation (larger = smoother, less edge-following).
+    Per window the output is a linear function of the guide's colour, ``q = a . I + b``, fitted to the mask in the
+    least-squares sense, then averaged. Edges in the mask that coincide with edges in the image stay sharp; others
+    are smoothed. Returns ``[N, H, W]`` clamped to 0..1."""
+    if masks.shape[0] == 0:
+        return masks
+    radius = max(int(radius), 1)
+    guide = image.permute(2, 0, 1).unsqueeze(0).to(masks.dtype).to(masks.device)  # [1, 3, H, W]
+    p = masks.unsqueeze(1)  # [N, 1, H, W]
+    mean_i = box_filter(guide, radius)  # [1, 3, H, W]
+    mean_p = box_filter(p, radius)  # [N, 1, H, W]
+    # covariance of the guide: 6 unique entries of the symmetric 3x3 matrix per pixel
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    products = torch.stack([guide[:, a] * guide[:, b] for a, b in pairs], 1)
+    cov = box_filter(products, radius) - torch.stack([mean_i[:, a] * mean_i[:, b] for a, b in pairs], 1)
+    s00, s01, s02, s11, s12, s22 = (cov[:, k] + (eps if k in (0, 3, 5) else 0.0) for k in range(6))
+    # inverse of the symmetric matrix by its adjugate
+    i00 = s11 * s22 - s12 * s12
+    i01 = s02 * s12 - s01 * s22
+    i02 = s01 * s12 - s02 * s11
+    i11 = s00 * s22 - s02 * s02
+    i12 = s01 * s02 - s00 * s12
+    i22 = s00 * s11 - s01 * s01
+    det = s00 * i00 + s01 * i01 + s02 * i02
+    mean_ip = box_filter(guide * p, radius)  # [N, 3, H, W]
+    cov_ip = mean_ip - mean_i * mean_p  # [N, 3, H, W]
+    c0, c1, c2 = cov_ip[:, 0], cov_ip[:, 1], cov_ip[:, 2]
+    a = torch.stack([(i00 * c0 + i01 * c1 + i02 * c2) / det,
+                     (i01 * c0 + i11 * c1 + i12 * c2) / det,
+                     (i02 * c0 + i12 * c1 + i22 * c2) / det], 1)  # [N, 3, H, W]
+    b = mean_p - (a * mean_i).sum(1, keepdim=True)
+    q = (box_filter(a, radius) * guide).sum(1, keepdim=True) + box_filter(b, radius)
+    return q.squeeze(1).clamp(0.0, 1.0)
+
+
+def threshold(masks: torch.Tensor, value: float) -> torch.Tensor:
+    """Binary masks: 1 where ``p >= value``, else 0 (a probability of exactly ``value`` is in)."""
+    return (masks >= value).to(masks.dtype)
+
+
+def trimap(masks: torch.Tensor, black_point: float, white_point: float, erode_px: int = 0,
+           dilate_px: int = 0) -> torch.Tensor:
+    """Trimaps for matting from probabilities: 1 = foreground (p >= white_point), 0 = background
+    (p <= black_point), 0.5 = unknown. The sure foreground shrinks by ``erode_px`` and the sure background by
+    ``dilate_px`` (a round kernel), widening the unknown band on either side. Returns ``[N, H, W]``."""
+    fg = (masks >= white_point).to(masks.dtype)
+    bg = (masks <= black_point).to(masks.dtype)
+    fg = erode(fg, erode_px)
+    bg = erode(bg, dilate_px)
+    out = torch.full_like(masks, 0.5)
+    out[bg > 0.5] = 0.0
+    out[fg > 0.5] = 1.0
+    return out

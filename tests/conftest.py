@@ -84,3 +84,19 @@ def forced(model, image, prompt: str, answer_ids: list[int], **kwargs):
 def ids(model, text: str) -> list[int]:
     """Token ids of ``text`` with [SEG] and other added tokens recognised."""
     return model.tokenizer.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_vitmatte(tmp_path_factory):
+    """A tiny random ViTMatte saved in its real on-disk format (config.json, model.safetensors, preprocessor)."""
+    from transformers import VitDetConfig, VitMatteConfig, VitMatteForImageMatting, VitMatteImageProcessor
+
+    torch.manual_seed(0)
+    config = VitMatteConfig(backbone_config=VitDetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                         num_channels=4, image_size=64, patch_size=16,
+                                                         out_features=["stage2"], mlp_ratio=2),
+                            hidden_size=32, convstream_hidden_sizes=[8, 16, 16], fusion_hidden_sizes=[16, 8, 8, 8])
+    folder = tmp_path_factory.mktemp("vitmatte")
+    VitMatteForImageMatting(config).save_pretrained(folder)
+    VitMatteImageProcessor().save_pretrained(folder)
+    return folder

@@ -71,7 +71,7 @@ def test_threshold_semantics(handle):
     assert ((soft.masks > 0) & (soft.masks < 1)).any(), "unthresholded masks are probabilities"
     hard = segmentation.segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.3)
     assert set(hard.masks.unique().tolist()) <= {0.0, 1.0}
-    assert torch.equal(hard.masks, (soft.masks > 0.3).float())
+    assert torch.equal(hard.masks, (soft.masks >= 0.3).float())
     higher = segmentation.segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.9)
     assert higher.masks.sum() <= hard.masks.sum()
 
@@ -209,6 +209,7 @@ def test_v3_schema_with_a_test_double(monkeypatch):
     v3 = pack_module("nodes.v3")
     v3.Sa2VALoader.define_schema()
     v3.Sa2VASegmentation.define_schema()
+    v3.Sa2VARefineMask.define_schema()
     monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
     loader_schema, seg_schema = recorded["Sa2VALoader"], recorded["Sa2VASegmentation"]
     assert loader_schema["category"] == seg_schema["category"] == "Sa2VA"
@@ -224,6 +225,13 @@ def test_v3_schema_with_a_test_double(monkeypatch):
     assert [s.kw["display_name"] for s in seg_schema["outputs"]] == [
         "masks", "merged_mask", "mask_images", "overlay", "text", "phrases"]
     assert {s.name for s in loader_schema["inputs"]} == {"model", "dtype", "quantization", "attention", "device"}
+    for name, default in (("black_point", 0.05), ("white_point", 0.95), ("detail_method", "FastMatte"),
+                          ("detail_erode", 0), ("detail_dilate", 0), ("process_details", True),
+                          ("vitmatte_max_megapixels", 2.0)):
+        assert inputs[name].kw["default"] == default, name
+    refine_schema = recorded["Sa2VARefineMask"]
+    assert [s.name for s in refine_schema["inputs"]][:2] == ["image", "mask"]
+    assert all(s.kw.get("tooltip") for s in refine_schema["inputs"])
 
 
 def test_pack_imports_outside_comfyui_without_registering_nodes():
@@ -253,3 +261,33 @@ def test_node_modules_do_not_import_transformers_at_import_time():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+refine_nodes = pack_module("nodes.refine")
+RefineSettings = pack_module("sa2va.refine").RefineSettings
+
+
+def test_refine_mask_node_broadcasts_and_resizes():
+    image = torch.rand(3, 32, 48, 3)
+    mask = torch.zeros(1, 16, 24)
+    mask[:, 4:12, 6:18] = 1.0
+    out = refine_nodes.refine_mask(image, mask, RefineSettings(apply_mask_threshold=False))
+    assert out.shape == (3, 32, 48) and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    hard = refine_nodes.refine_mask(image, mask, RefineSettings(apply_mask_threshold=True, mask_threshold=0.5))
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(errors.InputError, match="and MASK batch"):
+        refine_nodes.refine_mask(torch.rand(3, 8, 8, 3), torch.rand(2, 8, 8), RefineSettings())
+
+
+def test_segmentation_with_vitmatte_uses_the_local_model_and_frees_it(handle, models_dir, tiny_vitmatte):
+    target = models_dir.parent / "vitmatte" / "vitmatte-small-composition-1k"
+    shutil.copytree(tiny_vitmatte, target)
+    settings = RefineSettings(detail_method="VITMatte", detail_erode=2, detail_dilate=2, max_megapixels=0.01)
+    r = segmentation.segment(torch.rand(2, 40, 48, 3), "person", handle, max_new_tokens=16,
+                             apply_mask_threshold=False, refinement=settings)
+    assert r.masks.shape == (2, 40, 48)
+    assert "model" in refine_nodes._MATTER
+    segmentation.segment(torch.rand(1, 40, 48, 3), "person", handle, max_new_tokens=16, refinement=settings,
+                         clean_vram_after=True)
+    assert refine_nodes._MATTER == {}

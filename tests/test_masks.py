@@ -147,3 +147,20 @@ def test_vitmatte_end_to_end_keeps_soft_alpha_and_known_regions(tiny_vitmatte):
     settings = RefineSettings(detail_method="VITMatte", apply_mask_threshold=False, max_megapixels=0.002)
     out = refine(image, p, settings, matter)
     assert out.shape == (1, 70, 90) and ((out > 0) & (out < 1)).any()
+
+
+def test_fast_guided_filter_on_large_images_stays_close_to_full_resolution():
+    torch.manual_seed(1)
+    image = torch.zeros(1100, 1000, 3)
+    image[:, 500:] = 1.0
+    image += 0.05 * torch.rand_like(image)
+    mask = torch.zeros(2, 1100, 1000)
+    mask[:, :, 480:] = 1.0  # a coarse mask 20 px off the image edge
+    full = M.guided_filter(image, mask, radius=24, eps=1e-3, subsample=1)
+    fast = M.guided_filter(image, mask, radius=24, eps=1e-3)  # auto: subsampled by 2
+    assert (full - fast).abs().mean() < 0.01
+    # both put a jump where the image has its edge (x = 500), which the input mask did not have
+    for out in (full, fast):
+        row = out[0, 550]
+        assert float(row[502] - row[497]) > 0.2 and float(row[505]) > 0.95
+    assert float(mask[0, 550, 502] - mask[0, 550, 497]) == 0.0

@@ -54,11 +54,19 @@ def release_matter() -> None:
     comfy.soft_empty_cache()
 
 
-def refine_batch(image: torch.Tensor, probabilities: list[torch.Tensor], settings: RefineSettings) -> list[torch.Tensor]:
-    """Refine per-image probability stacks (``[N_i, H, W]``) of an IMAGE batch ``[B, H, W, 3]``."""
+def sanitize(image: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI IMAGE ``[B, H, W, C]`` as float32 RGB in 0..1 on the CPU: NaN -> 0, +Inf -> 1, -Inf -> 0, values
+    clamped, greyscale repeated to 3 channels, alpha dropped."""
+    rgb = image[..., :3] if image.shape[-1] >= 3 else image[..., :1].expand(-1, -1, -1, 3)
+    return torch.nan_to_num(rgb.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1).cpu()
+
+
+def refine_batch(image: torch.Tensor, probabilities: list[torch.Tensor],
+                 settings: RefineSettings) -> list[torch.Tensor]:
+    """Refine per-image probability stacks (``[N_i, H, W]``) of a sanitised IMAGE batch ``[B, H, W, 3]``."""
     settings.validate()
     shared = matter() if settings.needs_matter and any(p.shape[0] for p in probabilities) else None
-    return [refine(image[i, ..., :3].float().cpu(), p, settings, shared) for i, p in enumerate(probabilities)]
+    return [refine(image[i], p, settings, shared) for i, p in enumerate(probabilities)]
 
 
 def refine_mask(image: torch.Tensor, mask: torch.Tensor, settings: RefineSettings,
@@ -80,6 +88,7 @@ def refine_mask(image: torch.Tensor, mask: torch.Tensor, settings: RefineSetting
     mask = torch.nan_to_num(mask.float(), nan=0.0).clamp(0, 1)
     if mask.shape[1:] != (height, width):
         mask = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    image = sanitize(image)
     image = image.expand(batch, -1, -1, -1) if image.shape[0] == 1 else image
     mask = mask.expand(batch, -1, -1) if mask.shape[0] == 1 else mask
     try:

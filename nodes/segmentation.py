@@ -20,7 +20,7 @@ from ..sa2va.masks import overlay
 from ..sa2va.refine import RefineSettings
 from . import comfy
 from .loader import Sa2VAHandle, load_handle
-from .refine import refine_batch, release_matter
+from .refine import refine_batch, release_matter, sanitize
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,8 @@ class _TokenProgress:
 
 
 def _to_uint8(image: torch.Tensor):
-    """ComfyUI IMAGE [H, W, 3] float 0..1 -> uint8 numpy (NaN/Inf become 0, values clamped)."""
-    clean = torch.nan_to_num(image.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-    return (clean * 255).round().to(torch.uint8).cpu().numpy()
+    """A sanitised ``[H, W, 3]`` float image -> uint8 numpy."""
+    return (image * 255).round().to(torch.uint8).numpy()
 
 
 def slot_handle(model_name: str) -> Sa2VAHandle:
@@ -111,7 +110,7 @@ def segment(image: torch.Tensor, segmentation_prompt: str, model: Sa2VAHandle | 
         raise InputError("The segmentation prompt is empty: describe what to segment, e.g. 'the red car'.")
     handle = model if model is not None else slot_handle(model_name)
     batch, height, width = image.shape[0], image.shape[1], image.shape[2]
-    rgb = image[..., :3] if image.shape[-1] >= 3 else image.expand(-1, -1, -1, 3)
+    rgb = sanitize(image)
     bar = comfy.Progress(batch * max_new_tokens, "Sa2VA")
     predictions = []
     try:
@@ -133,8 +132,7 @@ def segment(image: torch.Tensor, segmentation_prompt: str, model: Sa2VAHandle | 
                 handle.release_vram()
     masks, merged, overlays, texts, phrases = [], [], [], [], []
     for i, (pred, chosen) in enumerate(zip(predictions, refined)):
-        image_rgb = rgb[i].float().cpu().clamp(0, 1)
-        overlays.append(overlay(image_rgb, chosen, threshold=0.5))
+        overlays.append(overlay(rgb[i], chosen, threshold=0.5))
         if chosen.shape[0] == 0:
             chosen = torch.zeros(1, height, width)
             phrases.append(f"{i}: (none)")

@@ -1,5 +1,4 @@
 """The node logic called directly (bridge in plain mode) on tiny checkpoints, and the declared V3 schemas."""
-import functools
 import os
 import shutil
 import sys

@@ -1,0 +1,96 @@
+"""Write the UI-format example workflows in example_workflows/: ``python docs/make_workflows.py``.
+
+UI format (nodes with positions, widget values and links), which ComfyUI's template browser loads as graphs.
+Widget values follow the order of each node's widget inputs in its schema (nodes/v3.py).
+"""
+import json
+from pathlib import Path
+OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+
+class WF:
+    """A tiny builder for UI-format workflows."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+    def node(self, type_, pos, widgets, inputs=(), outputs=(), size=(320, 260), title=None):
+        nid = len(self.nodes) + 1
+        n = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1, "mode": 0,
+             "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
+             "outputs": [{"name": name, "type": t, "links": [], "slot_index": i}
+                         for i, (name, t) in enumerate(outputs)],
+             "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+        if title:
+            n["title"] = title
+        self.nodes.append(n)
+        return nid
+    def link(self, a, a_slot, b, b_input):
+        lid = len(self.links) + 1
+        src, dst = self.nodes[a - 1], self.nodes[b - 1]
+        t = src["outputs"][a_slot]["type"]
+        src["outputs"][a_slot]["links"].append(lid)
+        for inp in dst["inputs"]:
+            if inp["name"] == b_input:
+                inp["link"] = lid
+                slot = dst["inputs"].index(inp)
+        self.links.append([lid, a, a_slot, b, slot, t])
+    def save(self, name):
+        wf = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+              "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+              "version": 0.4}
+        (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
+
+SEG_IN = [("image", "IMAGE"), ("model", "SA2VA_MODEL")]
+SEG_OUT = [("masks", "MASK"), ("merged_mask", "MASK"), ("mask_images", "IMAGE"), ("overlay", "IMAGE"),
+           ("text", "STRING"), ("phrases", "STRING")]
+LOAD_OUTPUTS = [("IMAGE", "IMAGE"), ("MASK", "MASK")]
+LOADER_WIDGETS = ["Sa2VA-Qwen3-VL-4B", "auto", "none", "sdpa", "auto"]
+
+def seg_widgets(prompt):
+    """prompt, model_name, max_new_tokens, mask_threshold, apply_mask_threshold, clean_vram_after, then the
+    refinement widgets: process_details, black/white point, detail_method, erode, dilate, radius, eps, megapixels."""
+    return [prompt, "Sa2VA-Qwen3-VL-4B", 512, 0.3, True, False, True, 0.05, 0.95, "FastMatte", 0, 0, 8, 0.01, 2.0]
+
+def previews(wf, seg, x, y):
+    p1 = wf.node("PreviewImage", (x, y), [], [("images", "IMAGE")], size=(300, 280), title="Overlay")
+    wf.link(seg, 3, p1, "images")
+    p2 = wf.node("MaskPreview", (x + 320, y), [], [("mask", "MASK")], size=(300, 280), title="Merged mask")
+    wf.link(seg, 1, p2, "mask")
+    p3 = wf.node("PreviewAny", (x, y + 310), [], [("source", "*")], size=(620, 160), title="Answer")
+    wf.link(seg, 4, p3, "source")
+
+# 1. basic: the Segmentation node alone (seed README Quick Start)
+wf = WF()
+img = wf.node("LoadImage", (40, 120), ["example.png", "image"], [], LOAD_OUTPUTS, size=(320, 360))
+seg = wf.node("Sa2VASegmentation", (400, 60), seg_widgets("the person"), SEG_IN, SEG_OUT, size=(380, 600))
+wf.link(img, 0, seg, "image")
+previews(wf, seg, 820, 60)
+wf.save("sa2va_basic_segmentation")
+
+# 2. one loader shared by two segmentation branches
+wf = WF()
+img = wf.node("LoadImage", (40, 120), ["example.png", "image"], [], LOAD_OUTPUTS, size=(320, 360))
+ld = wf.node("Sa2VALoader", (40, 520), LOADER_WIDGETS, [], [("model", "SA2VA_MODEL")], size=(320, 180))
+s1 = wf.node("Sa2VASegmentation", (400, 40), seg_widgets("the person"), SEG_IN, SEG_OUT, size=(380, 600))
+s2 = wf.node("Sa2VASegmentation", (400, 680), seg_widgets("the sky"), SEG_IN, SEG_OUT, size=(380, 600))
+for s in (s1, s2):
+    wf.link(img, 0, s, "image")
+    wf.link(ld, 0, s, "model")
+previews(wf, s1, 820, 40)
+previews(wf, s2, 820, 680)
+wf.save("sa2va_shared_loader_two_prompts")
+
+# 3. an image batch
+wf = WF()
+a = wf.node("LoadImage", (40, 40), ["example.png", "image"], [], LOAD_OUTPUTS, size=(300, 320))
+b = wf.node("LoadImage", (40, 400), ["example.png", "image"], [], LOAD_OUTPUTS, size=(300, 320))
+batch = wf.node("ImageBatch", (380, 260), [], [("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")],
+                size=(220, 80))
+wf.link(a, 0, batch, "image1")
+wf.link(b, 0, batch, "image2")
+ld = wf.node("Sa2VALoader", (380, 420), LOADER_WIDGETS, [], [("model", "SA2VA_MODEL")], size=(320, 180))
+seg = wf.node("Sa2VASegmentation", (740, 40), seg_widgets("the main subject"), SEG_IN, SEG_OUT,
+              size=(380, 600))
+wf.link(batch, 0, seg, "image")
+wf.link(ld, 0, seg, "model")
+previews(wf, seg, 1160, 40)
+wf.save("sa2va_image_batch")

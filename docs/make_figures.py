@@ -2,7 +2,8 @@
 
 Needs scikit-image for its bundled CC0 sample photo (``pip install scikit-image``); nothing is downloaded.
 Writes docs/images/refinement_methods.png: a real photo with a hand-made coarse mask (a blocky ellipse, like an
-upsampled low-resolution SAM2 mask) and what each weight-free refinement control makes of it.
+upsampled low-resolution SAM2 mask) and what each weight-free refinement control makes of it; and
+docs/images/overlay_labelled.png: the Segmentation node's overlay for three hand-made object masks.
 """
 from __future__ import annotations
 
@@ -74,5 +75,28 @@ def refinement_methods() -> Path:
     return path
 
 
+def labelled_overlay() -> Path:
+    """The Segmentation node's overlay output: each object in its own colour, outlined and labelled."""
+    from skimage import data
+
+    from sa2va.masks import draw_labels
+
+    photo = torch.from_numpy(data.coffee()).float() / 255.0
+    height, width = photo.shape[:2]
+    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    half_width = 118 - (y - 110) * (118 - 70) / 160  # the cup narrows from the rim (y=110) to its foot (y=270)
+    cup = (((y - 110) / 95) ** 2 + ((x - 292) / 118) ** 2 <= 1) | ((y > 110) & (y < 270) & ((x - 290).abs() < half_width))
+    saucer = (((y - 232) / 158) ** 2 + ((x - 278) / 203) ** 2 <= 1) & ~cup
+    handle_x = 410 - (y - 70) * (410 - 380) / 180  # the handle runs from (410, 70) to (380, 250)
+    spoon = (((y - 285) / 42) ** 2 + ((x - 366) / 40) ** 2 <= 1) | ((y > 70) & (y < 250) & ((x - handle_x).abs() < 9))
+    masks = torch.stack([cup, saucer & ~spoon, spoon]).float()
+    refined = refine(photo, masks, RefineSettings(mask_threshold=0.5))
+    picture = draw_labels(overlay(photo, refined), refined, ["the espresso cup", "the saucer", "the spoon"])
+    path = OUT / "overlay_labelled.png"
+    Image.fromarray(to_uint8(picture)).save(path, optimize=True)
+    return path
+
+
 if __name__ == "__main__":
     print(refinement_methods())
+    print(labelled_overlay())

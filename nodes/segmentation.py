@@ -16,7 +16,7 @@ import torch
 
 from ..sa2va import catalog
 from ..sa2va.errors import InputError
-from ..sa2va.masks import overlay
+from ..sa2va.masks import draw_labels, overlay
 from ..sa2va.refine import RefineSettings
 from . import comfy
 from .loader import Sa2VAHandle, load_handle
@@ -132,7 +132,7 @@ def segment(image: torch.Tensor, segmentation_prompt: str, model: Sa2VAHandle | 
                 handle.release_vram()
     masks, merged, overlays, texts, phrases = [], [], [], [], []
     for i, (pred, chosen) in enumerate(zip(predictions, refined)):
-        overlays.append(overlay(rgb[i], chosen, threshold=0.5))
+        overlays.append(draw_labels(overlay(rgb[i], chosen, threshold=0.5), chosen, pred.phrases))
         if chosen.shape[0] == 0:
             chosen = torch.zeros(1, height, width)
             phrases.append(f"{i}: (none)")

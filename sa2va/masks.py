@@ -8,6 +8,7 @@ from __future__ import annotations
 import colorsys
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -182,3 +183,35 @@ def trimap(masks: torch.Tensor, black_point: float, white_point: float, erode_px
     out[bg > 0.5] = 0.0
     out[fg > 0.5] = 1.0
     return out
+
+
+def draw_labels(image: torch.Tensor, masks: torch.Tensor, labels: list[str], threshold: float = 0.5) -> torch.Tensor:
+    """Write each mask's label in its overlay colour at the top-left of the mask's bounding box.
+
+    image: ``[H, W, 3]`` in 0..1 (typically :func:`overlay`'s output); masks: ``[N, H, W]``; labels: N strings
+    (empty strings and empty masks are skipped). Returns a new ``[H, W, 3]`` tensor."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if masks.shape[0] == 0 or not any(labels):
+        return image
+    height, width = image.shape[:2]
+    picture = Image.fromarray(to_uint8(image), "RGB")
+    draw = ImageDraw.Draw(picture)
+    size = max(10, min(height, width) // 28)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has a single bitmap size
+        font = ImageFont.load_default()
+    colours = (palette(masks.shape[0]) * 255).round().to(torch.uint8).tolist()
+    for mask, label, colour in zip(masks, labels, colours):
+        rows, cols = torch.nonzero(mask > threshold, as_tuple=True)
+        if not label or rows.numel() == 0:
+            continue
+        x, y = int(cols.min()), int(rows.min())
+        left, top, right, bottom = draw.textbbox((x, y), label, font=font)
+        shift_x, shift_y = max(0, right + 4 - width), max(0, bottom + 2 - height)
+        box = (left - 2 - shift_x, top - 2 - shift_y, right + 2 - shift_x, bottom + 2 - shift_y)
+        draw.rectangle(box, fill=tuple(colour))
+        text_colour = (0, 0, 0) if sum(colour) > 382 else (255, 255, 255)
+        draw.text((x - shift_x, y - shift_y), label, fill=text_colour, font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).float() / 255.0

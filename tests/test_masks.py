@@ -164,3 +164,15 @@ def test_fast_guided_filter_on_large_images_stays_close_to_full_resolution():
         row = out[0, 550]
         assert float(row[502] - row[497]) > 0.2 and float(row[505]) > 0.95
     assert float(mask[0, 550, 502] - mask[0, 550, 497]) == 0.0
+
+
+def test_draw_labels_writes_at_each_masks_corner_only():
+    image = torch.zeros(120, 160, 3)
+    masks = torch.zeros(2, 120, 160)
+    masks[0, 10:40, 20:60] = 1.0
+    masks[1, 70:110, 90:150] = 1.0
+    out = M.draw_labels(image, masks, ["cat", ""])
+    changed = (out != image).any(-1)
+    assert changed[8:30, 18:60].any(), "the first label is drawn at its mask's top-left"
+    assert not changed[60:, :].any(), "an empty label draws nothing"
+    assert torch.equal(M.draw_labels(image, masks[:0], []), image)

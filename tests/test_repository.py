@@ -119,3 +119,15 @@ def test_markdown_links_resolve():
             if target.startswith(("http://", "https://")):
                 continue
             assert (doc.parent / target).exists(), f"{doc.name}: {target}"
+
+
+def test_repository_paths_named_in_the_docs_exist():
+    """`path/like.py` spans in the docs that point into this repository must exist (tests::names allowed)."""
+    docs = [ROOT / "README.md", ROOT / "TROUBLESHOOTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    top_level = {p.name for p in ROOT.iterdir()}
+    missing = []
+    for doc in docs:
+        for span in re.findall(r"`([A-Za-z0-9_./-]+\.(?:py|md|json|png|jpg))(?:::[\w\[\]-]+)?`", doc.read_text()):
+            if "/" in span and span.split("/")[0] in top_level and not (ROOT / span).exists():
+                missing.append(f"{doc.name}: {span}")
+    assert not missing

@@ -208,17 +208,6 @@ def test_bad_dtype_and_quantization_values():
         sa2va.load_model("/x", quantization="3bit")
 
 
-def test_internvl_release_gets_a_clear_not_yet_supported_error(checkpoint_factory, tmp_path):
-    folder = _copy(checkpoint_factory("qwen3_vl"), tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    for key in ("text_config", "vision_config"):
-        config.pop(key)
-    config["llm_config"] = {"model_type": "qwen2"}
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelFolderError, match="InternVL3 releases are not supported"):
-        sa2va.load_model(folder)
-
-
 def test_cuda_request_without_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(sa2va.InputError, match="CUDA is not available"):

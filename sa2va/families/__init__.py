@@ -5,7 +5,6 @@ turns images and a prompt into model inputs, and says which hidden state feeds t
 """
 from __future__ import annotations
 
-from ..errors import ModelFolderError
 from .base import FamilyAdapter
 
 
@@ -16,8 +15,9 @@ def adapter_for(family: str) -> FamilyAdapter:
 
         return QwenVLAdapter(family)
     if family == "internvl":
-        raise ModelFolderError("Sa2VA-InternVL3 releases are not supported by this version of the pack yet; use a "
-                               "Sa2VA-Qwen3-VL or Sa2VA-Qwen2_5-VL model.")
+        from .internvl import InternVLAdapter
+
+        return InternVLAdapter()
     raise ValueError(f"unknown Sa2VA family {family!r}")
 
 

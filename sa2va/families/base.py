@@ -32,8 +32,11 @@ class FamilyAdapter(Protocol):
     def load_processor(self, folder, config: dict):
         """The processor (tokenizer + image processor) of the folder, without remote code."""
 
-    def build_inputs(self, processor, images: list[Image.Image], text: str) -> dict:
-        """Chat prompt + pixel inputs for one user turn with ``images`` followed by ``text``."""
+    def build_inputs(self, processor, images: list[Image.Image], text: str, regions: list | None = None) -> dict:
+        """Chat prompt + pixel inputs for one user turn with ``images`` followed by ``text``.
+
+        ``regions``: optional region masks (HxW arrays of the image's size) for a region prompt; families without
+        region prompts raise :class:`~sa2va.errors.InputError` when given any."""
 
     def final_norm(self, vlm: torch.nn.Module) -> torch.nn.Module:
         """The language model's final norm, hooked to read the [SEG] hidden state."""

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..checkpoint import ShardIndex, check_keys, check_shapes
-from ..errors import ModelFolderError
+from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config
 from .base import LoadOptions, quiet_transformers
 
@@ -58,8 +58,6 @@ def smart_resize(height: int, width: int, factor: int = FETCH_FACTOR, min_pixels
     """Target (height, width) of ``qwen_vl_utils.smart_resize``: multiples of ``factor`` with the pixel count
     inside [min_pixels, max_pixels] and the aspect ratio nearly kept."""
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        from ..errors import InputError
-
         raise InputError(f"Image aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme "
                          f"(at most {MAX_ASPECT_RATIO}:1); crop the image.")
     h_bar = max(factor, _round_by(height, factor))
@@ -223,7 +221,10 @@ class QwenVLAdapter:
                                    f"Copy the tokenizer files of the Sa2VA release, not of the base Qwen model.")
         return processor
 
-    def build_inputs(self, processor, images: list[Image.Image], text: str) -> dict:
+    def build_inputs(self, processor, images: list[Image.Image], text: str, regions: list | None = None) -> dict:
+        if regions is not None and len(regions):
+            raise InputError(f"Region prompts need a Sa2VA-InternVL3 model; {self.name} releases of Sa2VA were not "
+                             f"trained with them. Load an InternVL3 model or leave the regions out.")
         content = [{"type": "image", "image": image} for image in images]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]

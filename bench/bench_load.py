@@ -1,0 +1,102 @@
+"""Load time and peak anonymous memory of load_model for an fp32 release loaded as bf16 (and as fp32).
+
+    python bench/bench_load.py                  # 3 fresh processes per dtype
+    python bench/bench_load.py --model /path/to/Sa2VA-Qwen3-VL-4B --dtypes bf16
+
+Without ``--model`` it builds (once, cached under bench/results/checkpoints/) a ~1.3 GB fp32 checkpoint in the
+release format, in 256 MB shards: full-size SAM2 Hiera-L (0.86 GiB) and a language model enlarged to hidden 1024,
+8 layers (0.35 GiB; ``write_checkpoint(text_size=...)``).
+
+Each measurement runs in a fresh Python process. Imports are warmed up first; then ``RssAnon`` (anonymous resident
+memory: memory-mapped shard pages do not count, they are page cache the kernel can drop) is sampled every
+millisecond in a thread while ``sa2va.load_model`` runs. The peak growth is compared with the bytes the loaded
+model keeps (parameters and buffers of the language model, SAM2 and the projection). Load times include reading
+the shards, from the page cache after the first run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+CHILD = r"""
+import json, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+import common
+import torch
+import sa2va
+from transformers import Sam2VideoModel, Qwen3VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration  # noqa
+
+dtype = common.parse_dtype(sys.argv[4])
+with common.PeakSampler("RssAnon", interval=0.001) as anon, common.PeakSampler("VmRSS", interval=0.001) as rss:
+    start = time.perf_counter()
+    model = sa2va.load_model(sys.argv[3], dtype=dtype)
+    seconds = time.perf_counter() - start
+parts = (model.vlm, model.grounding.model, model.projection)
+resident = sum(t.numel() * t.element_size() for p in parts for t in list(p.parameters()) + list(p.buffers()))
+print(json.dumps({"load_s": seconds, "resident_bytes": resident, "peak_anon_growth": anon.growth,
+                  "peak_rss_growth": rss.growth}))
+"""
+
+
+def measure(folder: Path, dtype: str) -> dict:
+    here = Path(__file__).resolve().parent
+    result = subprocess.run([sys.executable, "-c", CHILD, str(common.ROOT), str(here), str(folder), dtype],
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"load in a child process failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="a model folder (default: build the ~1.3 GB fp32 synthetic checkpoint)")
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32", "fp16"])
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per dtype")
+    parser.add_argument("--json", help="output path (default bench/results/load.json)")
+    args = parser.parse_args(argv)
+
+    folder = Path(args.model) if args.model else common.checkpoint(
+        "qwen3_vl", "qwen3_vl-load-1.3GB", sam2="full", text_size=common.LOAD_TEXT_SIZE,
+        max_shard_bytes=256 * 2**20)
+    shards = sorted(folder.glob("*.safetensors"))
+    stored = sum(p.stat().st_size for p in shards)
+    import torch
+
+    env = common.environment(torch.device("cpu"))
+    print(f"checkpoint {folder}: {stored / 2**30:.2f} GiB in {len(shards)} shards", flush=True)
+    results = []
+    for dtype in args.dtypes:
+        runs = []
+        for _ in range(args.runs):
+            runs.append(measure(folder, dtype))
+            print(f"  {dtype}: {runs[-1]}", flush=True)
+        resident = runs[0]["resident_bytes"]
+        peaks = [r["peak_anon_growth"] for r in runs]
+        results.append({"dtype": dtype, "runs": runs, "resident_bytes": resident,
+                        "median_load_s": round(statistics.median(r["load_s"] for r in runs), 3),
+                        "median_peak_anon_growth": statistics.median(peaks), "max_peak_anon_growth": max(peaks),
+                        "ratio_median": round(statistics.median(peaks) / resident, 3),
+                        "ratio_max": round(max(peaks) / resident, 3)})
+    rows = [[r["dtype"], f"{r['median_load_s']:.1f}", common.mb(r["resident_bytes"]),
+             common.mb(r["median_peak_anon_growth"]), common.mb(r["max_peak_anon_growth"]),
+             f"{r['ratio_median']:.2f}", f"{r['ratio_max']:.2f}"] for r in results]
+    print()
+    print(f"{stored / 2**30:.2f} GiB fp32 checkpoint in {len(shards)} shards, {args.runs} fresh processes per dtype")
+    print(common.table(["load as", "median load s", "resident MB", "median peak RssAnon growth MB",
+                        "max peak RssAnon growth MB", "peak / resident (median)", "peak / resident (max)"], rows))
+    path = common.write_json({"benchmark": "load", "environment": env, "model": str(folder), "stored_bytes": stored,
+                              "shards": len(shards), "results": results}, args.json, "load.json")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""predict_batch: one SAM2 encoder call for the images of a batch, and the same results as predict image by image."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sa2va
+from conftest import ids
+from sa2va.model import _to_pil
+
+
+class ForceByPromptLength:
+    """Forces a different answer per image: the prompt length (it grows with the image's token count) picks it.
+
+    ``schedules``: prompt length -> answer ids. The prompts must differ by more than the longest answer."""
+
+    def __init__(self, schedules: dict[int, list[int]]) -> None:
+        self.schedules = dict(sorted(schedules.items()))
+
+    def __call__(self, input_ids, scores):
+        length = input_ids.shape[1]
+        prompt = max(p for p in self.schedules if p <= length)
+        answer = self.schedules[prompt]
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, answer[min(length - prompt, len(answer) - 1)]] = 0
+        return forced
+
+
+def _answer(model, count: int) -> list[int]:
+    seg = model.tokenizer.convert_tokens_to_ids("[SEG]")
+    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = ids(model, "Sure,")
+    for _ in range(count):
+        out += ids(model, " it is") + [seg]
+    return out + ids(model, ".") + [end]
+
+
+def _images(image: np.ndarray) -> list[np.ndarray]:
+    """Three pictures whose prompts differ in length: 480x640, a crop enlarged to 800x1000, a 960x1280 resize."""
+    return [image, np.asarray(Image.fromarray(image[60:460, 100:600]).resize((1000, 800))),
+            np.asarray(Image.fromarray(image).resize((1280, 960)))]
+
+
+def _forcing(model, images, prompt, seg_counts):
+    schedules = {}
+    for img, count in zip(images, seg_counts):
+        inputs = model.adapter.build_inputs(model.processor, [_to_pil(img)], prompt.replace("<image>", ""))
+        schedules[inputs["input_ids"].shape[1]] = _answer(model, count)
+    lengths = sorted(schedules)
+    assert len(lengths) == len(images) and min(np.diff(lengths)) > max(len(a) for a in schedules.values()), lengths
+    return ForceByPromptLength(schedules)
+
+
+def _encoder_batches(model):
+    """Records the batch size of every SAM2 image-encoder pass."""
+    seen = []
+    patch_embed = model.grounding.model.vision_encoder.backbone.patch_embed
+    handle = patch_embed.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    return seen, handle
+
+
+@pytest.mark.parametrize("encode_batch_size", [None, 1])
+def test_predict_batch_equals_predict_per_image(model_factory, family, image, encode_batch_size):
+    model = model_factory(family)
+    images = _images(image)
+    prompt = "<image>Please segment the person."
+    forcing = _forcing(model, images, prompt, [2, 0, 1])
+    singles = [model.predict(img, prompt, logits_processor=[forcing]) for img in images]
+    seen, handle = _encoder_batches(model)
+    try:
+        batch = model.predict_batch(images, prompt, logits_processor=[forcing], encode_batch_size=encode_batch_size)
+    finally:
+        handle.remove()
+    # the image without [SEG] is never encoded; the two others share one pass unless the batch size is 1
+    assert seen == ([2] if encode_batch_size is None else [1, 1])
+    assert [p.masks.shape[0] for p in batch] == [2, 0, 1]
+    for one, many, img in zip(singles, batch, images):
+        assert torch.equal(one.token_ids, many.token_ids)
+        assert (one.raw_text, one.text, one.phrases) == (many.raw_text, many.text, many.phrases)
+        assert many.masks.shape == (one.masks.shape[0], *img.shape[:2]) and many.masks.dtype == torch.float32
+        assert torch.allclose(one.masks, many.masks, atol=1e-5, rtol=0)
+
+
+def test_predict_batch_takes_a_bhwc_array_and_runs_one_encoder_pass(model_factory, image):
+    model = model_factory("qwen3_vl")
+    stack = np.stack([image, image[::-1].copy(), np.ascontiguousarray(image[:, ::-1])])
+    seen, handle = _encoder_batches(model)
+    try:
+        batch = model.predict_batch(stack, "Please segment the person.", max_new_tokens=16)
+    finally:
+        handle.remove()
+    assert len(batch) == 3 and all(p.masks.shape == (1, 480, 640) for p in batch)
+    assert seen == [3]
+    single = model.predict(stack[1], "Please segment the person.", max_new_tokens=16)
+    assert torch.allclose(single.masks, batch[1].masks, atol=1e-5, rtol=0)
+
+
+def test_predict_batch_rejects_single_images_and_bad_group_sizes(model_factory, image):
+    model = model_factory("qwen3_vl")
+    with pytest.raises(sa2va.InputError, match="list of images"):
+        model.predict_batch(image, "Segment it.")
+    with pytest.raises(sa2va.InputError, match="list of images"):
+        model.predict_batch(Image.fromarray(image), "Segment it.")
+    with pytest.raises(sa2va.InputError, match="encode_batch_size"):
+        model.predict_batch([image], "Segment it.", encode_batch_size=0)
+    with pytest.raises(sa2va.InputError, match="prompt is empty"):
+        model.predict_batch([image], " <image> ")
+    assert model.predict_batch([], "Segment it.") == []

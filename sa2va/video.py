@@ -1,0 +1,238 @@
+"""Video: segment what a prompt asks for through every frame of a clip (Sa2VA's video path).
+
+Reference semantics (``predict_forward(video=...)``, SPEC-qwen.md sections 2.4 and 6, items 9-11):
+
+1. the key frames (the reference: the first 5) go to the language model as separate images, after which the
+   answer is generated and the [SEG] hidden states are projected, as for one image;
+2. every [SEG] embedding prompts SAM2 on every key frame, each an independent *conditioning frame*: top-level
+   features + ``no_memory_embedding``, sparse prompt ``[not_a_point, pad, language]``, multimask output and the best
+   mask by predicted IoU, **no** -1024 object-score clamp, the object pointer gated by the object score;
+3. mode ``"memory"`` (the reference): the conditioning frames are memory-encoded (``sigmoid * 20 - 10`` of the
+   logits, never binarised) and the other frames are tracked in frame order with SAM2's memory attention (every
+   conditioning frame + the last 6 tracked frames + object pointers), decoded without a language token;
+   mode ``"consistent"`` (Sa2VA-i, arXiv 2509.19082): every frame is decoded from the [SEG] embedding alone, as a
+   single image is, with no memory;
+4. each frame's 256x256 logits go to the model's image size and then to the size of frame 0 (bilinear both times),
+   then through a sigmoid.
+
+Unlike the reference, the SAM2 image encoder runs once per frame (the reference encodes each key frame twice and the
+whole clip once per [SEG]); all [SEG] of a frame share that pass. Frames are converted and resized one at a time, so
+only one frame's pixels and features exist at once, and the memory bank (:mod:`sa2va.sam2_memory`) holds only what
+attention can still read: memory stays flat in the clip length apart from the returned masks themselves.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import Cancelled, InputError
+from .sam2 import sam2_pixels, upsample_logits
+from .sam2_memory import MemoryBank, encode_memory
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEY_FRAMES = 5
+KEY_FRAME_SPACINGS = ("first", "even")
+VIDEO_MODES = ("memory", "consistent")
+
+
+@dataclass
+class VideoPrediction:
+    """Result of :meth:`Sa2VAModel.predict_video` for one clip of T frames.
+
+    text: the answer without special tokens and [SEG] markers; raw_text: the decoded answer with special tokens;
+    token_ids: generated ids, 1-D LongTensor; masks: float32 ``[N, T, H, W]`` sigmoid probabilities at the size of
+    frame 0, one track per [SEG] that was fed back into the model; phrases: N strings naming what each track shows;
+    key_frames: the indices of the frames the language model saw (SAM2's conditioning frames)."""
+
+    text: str
+    raw_text: str
+    token_ids: torch.Tensor
+    masks: torch.Tensor
+    phrases: list[str] = field(default_factory=list)
+    key_frames: list[int] = field(default_factory=list)
+
+
+class FrameSource:
+    """Random access to the frames of a clip, each converted to an RGB PIL image only when asked for.
+
+    frames: a ``[T, H, W, 3]`` uint8 numpy array or torch tensor, a list of PIL images / HxWx3 uint8 arrays, or any
+    object with ``__len__`` and ``__getitem__`` returning one such image (e.g. a lazy video reader)."""
+
+    def __init__(self, frames: Sequence | np.ndarray | torch.Tensor) -> None:
+        if isinstance(frames, (Image.Image, str, bytes)) or not hasattr(frames, "__len__") or \
+                not hasattr(frames, "__getitem__") or \
+                (isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4):
+            raise InputError("predict_video takes a sequence of frames (a list of images or a [T, H, W, 3] uint8 "
+                             "array); use predict for one image.")
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def pil(self, index: int) -> Image.Image:
+        from .model import _to_pil
+
+        frame = self.frames[index]
+        if isinstance(frame, torch.Tensor):
+            frame = frame.detach().cpu().numpy()
+        return _to_pil(frame)
+
+
+def key_frame_indices(num_frames: int, count: int = DEFAULT_KEY_FRAMES, spacing: str = "first") -> list[int]:
+    """The frames shown to the language model: ``min(count, num_frames)`` of them.
+
+    ``"first"``: frames 0..K-1 (the reference). ``"even"``: ``round(i * (T - 1) / (K - 1))`` for i = 0..K-1, rounding
+    halves up, so the first and the last frame are always included."""
+    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
+        raise InputError(f"key_frames must be a positive integer, got {count!r}.")
+    if spacing not in KEY_FRAME_SPACINGS:
+        raise InputError(f"key_frame_spacing must be 'first' or 'even', got {spacing!r}.")
+    count = min(int(count), num_frames)
+    if spacing == "first" or count == 1:
+        return list(range(count))
+    return [math.floor(i * (num_frames - 1) / (count - 1) + 0.5) for i in range(count)]
+
+
+class _Steps:
+    """Per-frame progress and cancel."""
+
+    def __init__(self, total: int, progress: Callable[[int, int], None] | None,
+                 cancelled: Callable[[], bool] | None) -> None:
+        self.total, self.done = total, 0
+        self.progress, self.cancelled = progress, cancelled
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled(f"Video segmentation was cancelled after {self.done} of {self.total} frames.")
+
+    def step(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+class _MaskWriter:
+    """Turns each frame's low-resolution logits into probabilities at the clip's size and stores them.
+
+    masks: ``[N, T, H, W]`` float32, on the compute device (``keep_on_device``) or on the CPU."""
+
+    def __init__(self, count: int, num_frames: int, height: int, width: int, image_size: int,
+                 device: torch.device) -> None:
+        self.masks = torch.zeros(count, num_frames, height, width, dtype=torch.float32, device=device)
+        self.image_size, self.height, self.width = image_size, height, width
+
+    def write(self, frame: int, low_res: torch.Tensor) -> None:
+        probabilities = upsample_logits(low_res, self.image_size, self.height, self.width).sigmoid()
+        self.masks[:, frame] = probabilities.to(self.masks.device)
+
+
+def _upsample_to_image(low_res: torch.Tensor, image_size: int) -> torch.Tensor:
+    """``[K, 1, h, w]`` logits -> ``[K, 1, S, S]`` float32 at the model's image size (bilinear), the memory
+    encoder's input."""
+    return F.interpolate(low_res.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
+
+
+def _track_memory(model, source: FrameSource, keys: list[int], key_images: dict[int, Image.Image],
+                  embeddings: torch.Tensor, writer: _MaskWriter, steps: _Steps, storage: torch.device) -> int:
+    """Reference mode: condition the key frames on the embeddings, then track every other frame with memory.
+
+    Returns the peak size of the memory bank in bytes."""
+    head = model.grounding
+    sam = head.model
+    size = head.image_size
+    bank = MemoryBank(sam, len(source), storage)
+    peak = 0
+    for frame in keys:
+        steps.check()
+        features = head.encode(sam2_pixels([key_images.pop(frame)], size))
+        out = head.decode(head._pixel_embedding(features), features.high_res, embeddings)
+        memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(out.low_res_logits,
+                                                                                               size))
+        bank.add_conditioning(frame, memory, out.object_pointer, position)
+        writer.write(frame, out.low_res_logits)
+        del features, out, memory
+        steps.step()
+    keyset = set(keys)
+    for frame in range(len(source)):
+        if frame in keyset:
+            continue
+        steps.check()
+        features = head.encode(sam2_pixels([source.pil(frame)], size))
+        conditioned = bank.condition(frame, features.top, features.position, features.size)
+        outs = [head.decode(conditioned[k:k + 1], features.high_res, None) for k in range(conditioned.shape[0])]
+        low = torch.cat([o.low_res_logits for o in outs])
+        pointer = torch.cat([o.object_pointer for o in outs])
+        memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(low, size))
+        bank.add_tracked(frame, memory, pointer, position)
+        peak = max(peak, bank.size_bytes())
+        writer.write(frame, low)
+        del features, conditioned, outs, low, memory
+        steps.step()
+    return max(peak, bank.size_bytes())
+
+
+def _decode_each_frame(model, source: FrameSource, key_images: dict[int, Image.Image], embeddings: torch.Tensor,
+                       writer: _MaskWriter, steps: _Steps) -> None:
+    """Consistent mode: every frame decoded from the [SEG] embeddings alone, as a single image (no memory)."""
+    head = model.grounding
+    for frame in range(len(source)):
+        steps.check()
+        image = key_images.pop(frame) if frame in key_images else source.pil(frame)
+        features = head.encode(sam2_pixels([image], head.image_size))
+        writer.write(frame, head.image_logits(features, embeddings))
+        del features
+        steps.step()
+
+
+def predict_video(model, frames, prompt: str, max_new_tokens: int, key_frames: int = DEFAULT_KEY_FRAMES,
+                  key_frame_spacing: str = "first", mode: str = "memory", offload_frames: bool = False,
+                  offload_state: bool = False, logits_processor=None, stopping_criteria=None,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> VideoPrediction:
+    """The engine behind :meth:`Sa2VAModel.predict_video` (see there for the arguments)."""
+    from .model import clean_text, phrases_for
+
+    if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
+        raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if mode not in VIDEO_MODES:
+        raise InputError(f"mode must be 'memory' or 'consistent', got {mode!r}.")
+    source = frames if isinstance(frames, FrameSource) else FrameSource(frames)
+    total = len(source)
+    if total == 0:
+        raise InputError("The clip has no frames; pass at least one frame.")
+    keys = key_frame_indices(total, key_frames, key_frame_spacing)
+    steps = _Steps(total, progress, cancelled)
+    key_images = {frame: source.pil(frame) for frame in keys}
+    width, height = (key_images[0] if 0 in key_images else source.pil(0)).size
+    inputs = model.adapter.build_inputs(model.processor, [key_images[f] for f in keys], prompt.replace("<image>", ""))
+    generated, states = model._generate(inputs, max_new_tokens, logits_processor, stopping_criteria)
+    del inputs
+    raw_text = model.tokenizer.decode(generated, skip_special_tokens=False).strip()
+    steps.check()
+    head = model.grounding
+    out_device = torch.device("cpu") if offload_frames else head.device
+    writer = _MaskWriter(len(states), total, height, width, head.image_size, out_device)
+    if states:
+        dtype = next(model.projection.parameters()).dtype
+        embeddings = model.projection(torch.stack(states).to(device=head.device, dtype=dtype))
+        if mode == "memory":
+            storage = torch.device("cpu") if offload_state else head.device
+            peak = _track_memory(model, source, keys, key_images, embeddings, writer, steps, storage)
+            logger.debug("memory bank peak: %.1f MB", peak / 2**20)
+        else:
+            _decode_each_frame(model, source, key_images, embeddings, writer, steps)
+    elif progress is not None:
+        progress(total, total)
+    masks = writer.masks.cpu()
+    return VideoPrediction(text=clean_text(model.tokenizer, generated), raw_text=raw_text, token_ids=generated,
+                           masks=masks, phrases=phrases_for(raw_text, masks.shape[0]), key_frames=keys)

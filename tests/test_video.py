@@ -1,0 +1,416 @@
+"""Video: predict_video on a tiny checkpoint (memory propagation, consistent mode, key frames, offload, progress and
+cancel), the bounded memory bank against transformers' own SAM2 video helpers, and the video node's outputs."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sa2va
+from conftest import ids
+from pack import pack_module
+from sa2va.errors import Cancelled, InputError
+from sa2va.model import _to_pil
+from sa2va.sam2 import GroundingHead, sam2_config
+from sa2va.sam2_memory import MemoryBank, encode_memory
+from sa2va.synthetic import TINY_SAM2, ForceTokens
+from sa2va.video import FrameSource, key_frame_indices
+
+HEIGHT, WIDTH = 48, 64
+
+
+def clip(count: int, static: bool = False) -> list[np.ndarray]:
+    """``count`` uint8 frames [48, 64, 3]: a grey background and a red box moving right (still when ``static``)."""
+    frames = []
+    for t in range(count):
+        frame = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
+        x = 4 if static else 4 + 4 * t
+        frame[12:32, x:x + 20] = [220, 30, 30]
+        frame[36:44, 40:60] = [30, 60, 200]
+        frames.append(frame)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def model(model_factory):
+    return model_factory("qwen3_vl")
+
+
+def forced(model, frames, answer: str, key_frames: int = 5, spacing: str = "first", **kwargs):
+    """predict_video with decoding forced to ``answer`` (prompt length taken from the key frames' prompt)."""
+    keys = key_frame_indices(len(frames), key_frames, spacing)
+    inputs = model.adapter.build_inputs(model.processor, [_to_pil(frames[k]) for k in keys], "Segment the boxes.")
+    answer_ids = ids(model, answer) + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    processor = ForceTokens(inputs["input_ids"].shape[1], answer_ids)
+    return model.predict_video(frames, "<image>Segment the boxes.", max_new_tokens=32, key_frames=key_frames,
+                               key_frame_spacing=spacing, logits_processor=[processor], **kwargs)
+
+
+def test_shapes_text_and_phrases(model):
+    video = forced(model, clip(8), "<p>red box</p>[SEG] and <p>blue box</p>[SEG].")
+    assert video.masks.shape == (2, 8, HEIGHT, WIDTH) and video.masks.dtype == torch.float32
+    assert float(video.masks.min()) >= 0 and float(video.masks.max()) <= 1
+    assert video.phrases == ["red box", "blue box"]
+    assert video.key_frames == [0, 1, 2, 3, 4]
+    assert video.raw_text.endswith("<|im_end|>") and "[SEG]" not in video.text
+    assert isinstance(video, sa2va.VideoPrediction)
+
+
+def test_no_seg_gives_no_tracks_and_finishes_progress(model):
+    calls = []
+    video = forced(model, clip(6), "It is a box.", progress=lambda done, total: calls.append((done, total)))
+    assert video.masks.shape == (0, 6, HEIGHT, WIDTH) and video.text == "It is a box."
+    assert calls[-1] == (6, 6)
+
+
+def test_tracked_frames_come_from_memory_not_copies(model):
+    """On a still clip every conditioning frame gives exactly frame 0's mask (same image, same prompt, no memory),
+    while the tracked frames differ from it: their masks come from the memory attention."""
+    video = forced(model, clip(8, static=True), "Sure, it is [SEG].")
+    masks = video.masks[0]
+    for t in range(1, 5):
+        assert torch.equal(masks[t], masks[0])
+    for t in range(5, 8):
+        assert (masks[t] - masks[0]).abs().max() > 0.05, t
+    # tracked frames attend to different memories, so they are not copies of each other either
+    assert (masks[5] - masks[7]).abs().max() > 1e-4
+
+
+def test_consistent_mode_equals_per_frame_image_decoding(model, monkeypatch):
+    frames = clip(7)
+    captured = {}
+    original = model._generate
+
+    def spy(*args, **kwargs):
+        generated, states = original(*args, **kwargs)
+        captured["states"] = [s.clone() for s in states]
+        return generated, states
+
+    monkeypatch.setattr(model, "_generate", spy)
+    consistent = forced(model, frames, "Sure, it is [SEG].", mode="consistent")
+    memory = forced(model, frames, "Sure, it is [SEG].", mode="memory")
+    monkeypatch.undo()
+    with torch.inference_mode():
+        per_frame = torch.stack([model._masks([_to_pil(f)], captured["states"])[0] for f in frames])
+    assert torch.allclose(consistent.masks[0], per_frame, atol=1e-6)
+    # the key frames are decoded the same way in both modes; the others differ (memory vs none)
+    assert torch.equal(consistent.masks[:, :5], memory.masks[:, :5])
+    assert (consistent.masks[:, 5:] - memory.masks[:, 5:]).abs().max() > 0.05
+
+
+def test_offload_gives_the_same_masks(model):
+    frames = clip(7)
+    plain = forced(model, frames, "Sure, [SEG] and [SEG].")
+    offloaded = forced(model, frames, "Sure, [SEG] and [SEG].", offload_frames=True, offload_state=True)
+    assert plain.masks.shape == (2, 7, HEIGHT, WIDTH)
+    assert torch.equal(plain.masks, offloaded.masks)
+
+
+def test_even_key_frames():
+    assert key_frame_indices(10, 5, "even") == [0, 2, 5, 7, 9]       # 2.25 -> 2, 4.5 -> 5, 6.75 -> 7
+    assert key_frame_indices(9, 5, "even") == [0, 2, 4, 6, 8]
+    assert key_frame_indices(30, 4, "even") == [0, 10, 19, 29]        # 9.67 -> 10, 19.33 -> 19
+    assert key_frame_indices(3, 5, "even") == [0, 1, 2]
+    assert key_frame_indices(7, 1, "even") == [0]
+    assert key_frame_indices(7, 5, "first") == [0, 1, 2, 3, 4]
+    assert key_frame_indices(2, 5, "first") == [0, 1]
+
+
+def test_even_spacing_shows_those_frames_to_the_language_model(model, monkeypatch):
+    frames = clip(10)
+    seen = {}
+    original = model.adapter.build_inputs
+
+    def spy(processor, images, text, **kwargs):
+        seen["images"] = [np.asarray(im) for im in images]
+        return original(processor, images, text, **kwargs)
+
+    monkeypatch.setattr(model.adapter, "build_inputs", spy)
+    video = forced(model, frames, "Sure, it is [SEG].", spacing="even")
+    consistent = forced(model, frames, "Sure, it is [SEG].", spacing="even", mode="consistent")
+    assert video.key_frames == [0, 2, 5, 7, 9]
+    assert len(seen["images"]) == 5
+    for image, k in zip(seen["images"], video.key_frames):
+        assert np.array_equal(image, frames[k])
+    # the key frames are SAM2's conditioning frames: decoded from the prompt alone, as consistent mode does
+    keys = video.key_frames
+    others = [t for t in range(10) if t not in keys]
+    assert torch.equal(video.masks[:, keys], consistent.masks[:, keys])
+    assert (video.masks[:, others] - consistent.masks[:, others]).abs().max() > 0.05
+
+
+def test_progress_per_frame_and_cancel_mid_clip(model, monkeypatch):
+    calls = []
+    encoded = []
+    original = model.grounding.encode
+    monkeypatch.setattr(model.grounding, "encode", lambda pixels: encoded.append(1) or original(pixels))
+    with pytest.raises(Cancelled, match="Video segmentation was cancelled after 3 of 8 frames"):
+        forced(model, clip(8), "Sure, it is [SEG].", progress=lambda done, total: calls.append((done, total)),
+               cancelled=lambda: len(calls) >= 3)
+    assert calls == [(1, 8), (2, 8), (3, 8)]
+    assert len(encoded) == 3
+    calls.clear()
+    encoded.clear()
+    forced(model, clip(8), "Sure, it is [SEG].", progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 8) for i in range(1, 9)]
+    assert len(encoded) == 8, "the SAM2 image encoder runs once per frame"
+
+
+def test_frames_as_array_tensor_or_lazy_sequence_agree(model):
+    frames = clip(3)
+
+    class Lazy:
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return Image.fromarray(frames[i])
+
+    reference = forced(model, frames, "Sure, it is [SEG].", mode="consistent").masks
+    assert reference.shape == (1, 3, HEIGHT, WIDTH)
+    for container in (np.stack(frames), torch.from_numpy(np.stack(frames)), Lazy()):
+        assert torch.equal(forced(model, container, "Sure, it is [SEG].", mode="consistent").masks, reference)
+
+
+def test_bad_video_inputs(model):
+    frames = clip(3)
+    with pytest.raises(InputError, match="takes a sequence of frames"):
+        model.predict_video(frames[0], "Segment the box.")
+    with pytest.raises(InputError, match="clip has no frames"):
+        model.predict_video([], "Segment the box.")
+    with pytest.raises(InputError, match="key_frames must be a positive integer"):
+        model.predict_video(frames, "Segment the box.", key_frames=0)
+    with pytest.raises(InputError, match="key_frame_spacing must be"):
+        model.predict_video(frames, "Segment the box.", key_frame_spacing="random")
+    with pytest.raises(InputError, match="mode must be"):
+        model.predict_video(frames, "Segment the box.", mode="fast")
+    with pytest.raises(InputError, match="prompt is empty"):
+        model.predict_video(frames, "<image> ")
+    with pytest.raises(InputError, match="uint8"):
+        model.predict_video([f.astype(np.float32) for f in frames], "Segment the box.", max_new_tokens=2)
+    assert len(FrameSource(np.zeros((4, 8, 8, 3), np.uint8))) == 4
+
+
+# ----------------------------------------------------------------------------------------------- memory bank
+@pytest.fixture(scope="module")
+def tiny_sam2():
+    from transformers import Sam2VideoModel
+
+    torch.manual_seed(0)
+    sam = Sam2VideoModel(sam2_config(TINY_SAM2)).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in sam.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    return sam
+
+
+def test_memory_bank_matches_transformers_video_helpers(tiny_sam2):
+    """Our memory (encode, bank, attention) against transformers' own private helpers fed a session that keeps every
+    frame: conditioning frames 0, 3 and 7 ("even"-like), 24 frames (past the 16-pointer window), two objects
+    tracked together against two one-object sessions. Equal to float rounding, though the bank forgets old frames."""
+    private = pytest.importorskip("transformers.models.sam2_video.modeling_sam2_video")
+    if not all(hasattr(tiny_sam2, n) for n in ("_prepare_memory_conditioned_features", "_encode_new_memory")) or \
+            not hasattr(private, "Sam2VideoInferenceSession"):
+        pytest.skip("this transformers version has no private SAM2 video helpers to compare with")
+    sam, head = tiny_sam2, GroundingHead(tiny_sam2)
+    total, conditioning, objects = 24, [0, 3, 7], 2
+    sessions = [private.Sam2VideoInferenceSession(video=torch.zeros(total, 3, 8, 8), dtype=torch.float32)
+                for _ in range(objects)]
+    stores = [s.output_dict_per_obj[s.obj_id_to_idx(100)] for s in sessions]
+    bank = MemoryBank(sam, total, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(2)
+    worst, sizes = 0.0, []
+    with torch.inference_mode():
+        language = torch.randn(objects, 256, generator=generator)
+        for frame in conditioning + [t for t in range(total) if t not in conditioning]:
+            features = head.encode(torch.randn(1, 3, 256, 256, generator=generator))
+            top, position = features.top, features.position
+            if frame in conditioning:
+                out = head.decode(head._pixel_embedding(features), features.high_res, language)
+                low, pointer, score = out.low_res_logits, out.object_pointer, out.object_score
+            else:
+                mine = bank.condition(frame, top, position, features.size)
+                outs = []
+                for k, session in enumerate(sessions):
+                    theirs = sam._prepare_memory_conditioned_features(
+                        inference_session=session, frame_idx=frame, obj_idx=0, is_initial_conditioning_frame=False,
+                        current_vision_features=top, current_vision_positional_embeddings=position,
+                        num_total_frames=total)
+                    worst = max(worst, float((theirs - mine[k:k + 1]).abs().max()))
+                    outs.append(head.decode(mine[k:k + 1], features.high_res, None))
+                low = torch.cat([o.low_res_logits for o in outs])
+                pointer = torch.cat([o.object_pointer for o in outs])
+                score = torch.cat([o.object_score for o in outs])
+            high = torch.nn.functional.interpolate(low.float(), size=(256, 256), mode="bilinear", align_corners=False)
+            memory, memory_position = encode_memory(sam, top, features.size, high)
+            key = "cond_frame_outputs" if frame in conditioning else "non_cond_frame_outputs"
+            for k, store in enumerate(stores):
+                theirs, theirs_position = sam._encode_new_memory(
+                    current_vision_feats=top, pred_masks_high_res=high[k:k + 1], object_score_logits=score[k:k + 1],
+                    is_mask_from_pts=False)
+                assert torch.equal(theirs, memory[:, k:k + 1]) and torch.equal(theirs_position, memory_position)
+                store[key][frame] = {"maskmem_features": theirs, "maskmem_pos_enc": theirs_position,
+                                     "object_pointer": pointer[k:k + 1], "object_score_logits": score[k:k + 1]}
+            if frame in conditioning:
+                bank.add_conditioning(frame, memory, pointer, memory_position)
+            else:
+                bank.add_tracked(frame, memory, pointer, memory_position)
+                sizes.append(bank.size_bytes())
+    assert worst < 1e-5, worst
+    # bounded: 15 tracked frames kept (pointers), only the last 6 with features; the size stops growing
+    assert len(bank.tracked) == 15 and sum(e.features is not None for e in bank.tracked.values()) == 6
+    assert sizes[-1] == sizes[-2] == max(sizes)
+    tokens, feature_bytes, pointer_bytes = 16 * 16, 16 * 16 * objects * 64 * 2, objects * 256 * 4
+    assert bank.size_bytes() == 3 * (feature_bytes + pointer_bytes) + 15 * pointer_bytes + 6 * feature_bytes + \
+        tokens * 64 * 4
+
+
+# --------------------------------------------------------------------------------------------------- the node
+video_node = pack_module("nodes.video")
+loader = pack_module("nodes.loader")
+node_errors = pack_module("sa2va.errors")
+node_synthetic = pack_module("sa2va.synthetic")
+
+
+@pytest.fixture
+def handle(tmp_path, monkeypatch, checkpoint_factory):
+    import shutil
+
+    base = tmp_path / "models" / "sa2va"
+    base.mkdir(parents=True)
+    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
+    return loader.load_handle("tiny-qwen3", dtype="fp32", device="cpu")
+
+
+def _force_video(handle, monkeypatch, answer: str):
+    model = handle.model
+    original = model.predict_video
+
+    def predict_video(frames, prompt, **kwargs):
+        keys = key_frame_indices(len(frames), kwargs.get("key_frames", 5), kwargs.get("key_frame_spacing", "first"))
+        inputs = model.adapter.build_inputs(model.processor, [_to_pil(frames[k]) for k in keys],
+                                            prompt.replace("<image>", ""))
+        answer_ids = ids(model, answer) + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        processor = node_synthetic.ForceTokens(inputs["input_ids"].shape[1], answer_ids)
+        return original(frames, prompt, logits_processor=[processor], **kwargs)
+
+    monkeypatch.setattr(model, "predict_video", predict_video)
+
+
+def test_video_node_outputs_are_object_major_and_aligned(handle, monkeypatch):
+    _force_video(handle, monkeypatch, "<p>red box</p>[SEG] and <p>blue box</p>[SEG].")
+    frames = torch.from_numpy(np.stack(clip(6))).float() / 255
+    soft = video_node.segment_video(frames, "boxes", handle, max_new_tokens=32, apply_mask_threshold=False)
+    assert soft.count == 2
+    assert soft.masks.shape == (12, HEIGHT, WIDTH) and soft.merged.shape == (6, HEIGHT, WIDTH)
+    assert soft.overlay.shape == (6, HEIGHT, WIDTH, 3)
+    assert soft.phrases.splitlines() == ["0: red box (masks 0-5)", "1: blue box (masks 6-11)"]
+    assert soft.text == "red box and blue box."
+    tracks = soft.masks.reshape(2, 6, HEIGHT, WIDTH)
+    assert torch.equal(soft.merged, tracks.amax(0))
+    # object-major: the library's [N, T, H, W] flattened object by object
+    direct = handle.model.predict_video(video_node.ClipFrames(frames), "Please segment the boxes.",
+                                        max_new_tokens=32).masks
+    assert torch.equal(tracks, direct)
+    hard = video_node.segment_video(frames, "boxes", handle, max_new_tokens=32, mask_threshold=0.4)
+    assert torch.equal(hard.masks, (soft.masks >= 0.4).float())
+    assert float(soft.overlay.min()) >= 0 and float(soft.overlay.max()) <= 1
+    assert not torch.equal(soft.overlay, frames), "the overlay draws the masks"
+
+
+def test_video_node_without_objects_gives_empty_masks(handle, monkeypatch):
+    _force_video(handle, monkeypatch, "It is a box.")
+    frames = torch.rand(5, 24, 32, 3)
+    result = video_node.segment_video(frames, "boxes", handle, max_new_tokens=16, mode="consistent")
+    assert result.count == 0 and result.phrases == "(none)" and result.text == "It is a box."
+    assert result.masks.shape == (5, 24, 32) and float(result.masks.abs().sum()) == 0
+    assert result.merged.shape == (5, 24, 32) and torch.allclose(result.overlay, frames)
+
+
+def test_video_node_cancel_raises_comfy_interrupt(handle, monkeypatch):
+    comfy = pack_module("nodes.comfy")
+    state = {"frames": 0, "stop": False}
+
+    def throw():
+        if state["stop"]:
+            raise comfy.Interrupted("cancelled")
+
+    monkeypatch.setattr(comfy, "interrupted", lambda: state["stop"])
+    monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
+    original = comfy.Progress.set
+
+    def on_progress(self, value, total=None):
+        if value > 16:            # the frame part of the bar (tokens first)
+            state["frames"] += 1
+            state["stop"] = state["frames"] >= 2
+        return original(self, value, total)
+
+    monkeypatch.setattr(comfy.Progress, "set", on_progress)
+    with pytest.raises(comfy.Interrupted):
+        video_node.segment_video(torch.rand(8, 24, 32, 3), "box", handle, max_new_tokens=16)
+    assert state["frames"] == 2
+
+
+def test_video_node_bad_inputs(handle):
+    with pytest.raises(node_errors.InputError, match="Expected a ComfyUI IMAGE batch"):
+        video_node.segment_video(torch.rand(8, 8, 3), "box", handle)
+    with pytest.raises(node_errors.InputError, match="segmentation prompt is empty"):
+        video_node.segment_video(torch.rand(2, 8, 8, 3), "  ", handle)
+    with pytest.raises(node_errors.InputError, match="mask_threshold"):
+        video_node.segment_video(torch.rand(2, 8, 8, 3), "box", handle, mask_threshold=2.0)
+    with pytest.raises(node_errors.InputError, match="key_frame_spacing must be one of"):
+        video_node.segment_video(torch.rand(2, 8, 8, 3), "box", handle, mode="fast")
+
+
+def test_video_node_schema_with_a_test_double(monkeypatch):
+    """The declared V3 schema (id, inputs, defaults, tooltips, outputs) against a stand-in for comfy_api.latest."""
+    import sys
+    import types
+
+    from pack import PACK_NAME, load_pack
+
+    recorded = {}
+
+    class Spec:
+        def __init__(self, kind, name=None, **kw):
+            self.kind, self.name, self.kw = kind, name, kw
+
+    def input_type(kind):
+        return types.SimpleNamespace(Input=lambda name, **kw: Spec(kind, name, **kw),
+                                     Output=lambda **kw: Spec(kind, **kw))
+
+    io = types.SimpleNamespace(
+        ComfyNode=object, Schema=lambda **kw: recorded.setdefault(kw["node_id"], kw),
+        NodeOutput=lambda *a: a, Custom=lambda name: input_type(name),
+        **{k: input_type(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
+    latest = types.ModuleType("comfy_api.latest")
+    latest.io, latest.ComfyExtension = io, object
+    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
+    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
+    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
+    load_pack()
+    v3 = pack_module("nodes.v3")
+    v3.Sa2VAVideoSegmentation.define_schema()
+    import asyncio
+
+    nodes = asyncio.run(v3.Sa2VAExtension().get_node_list())
+    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
+    assert v3.Sa2VAVideoSegmentation in nodes
+    schema = recorded["Sa2VAVideoSegmentation"]
+    assert schema["display_name"] == "Sa2VA Video Segmentation" and schema["category"] == "Sa2VA"
+    for spec in schema["inputs"] + schema["outputs"]:
+        assert spec.kw.get("tooltip"), spec.name or spec.kw.get("display_name")
+    inputs = {s.name: s for s in schema["inputs"]}
+    assert list(inputs) == ["frames", "prompt", "model_name", "key_frames", "key_frame_spacing", "mode",
+                            "offload_frames", "offload_state", "max_new_tokens", "mask_threshold",
+                            "apply_mask_threshold", "clean_vram_after", "model"]
+    assert inputs["frames"].kind == "Image" and inputs["prompt"].kw["multiline"] is True
+    assert inputs["key_frames"].kw["default"] == 5 and inputs["key_frames"].kw["min"] == 1
+    assert inputs["key_frame_spacing"].kw["options"] == ["first", "even"]
+    assert inputs["key_frame_spacing"].kw["default"] == "first"
+    assert inputs["mode"].kw["options"] == ["memory", "consistent"] and inputs["mode"].kw["default"] == "memory"
+    assert inputs["model"].kind == "SA2VA_MODEL" and inputs["model"].kw["optional"] is True
+    assert [s.kw["display_name"] for s in schema["outputs"]] == ["masks", "merged_mask", "overlay", "text",
+                                                                "phrases"]
+    assert [s.kind for s in schema["outputs"]] == ["Mask", "Mask", "Image", "String", "String"]

@@ -15,7 +15,8 @@ class WF:
     def node(self, type_, pos, widgets, inputs=(), outputs=(), size=(320, 260), title=None):
         nid = len(self.nodes) + 1
         n = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": nid - 1, "mode": 0,
-             "inputs": [{"name": name, "type": t, "link": None} for name, t in inputs],
+             "inputs": [{"name": i[0], "type": i[1], "link": None, **({"widget": {"name": i[2]}} if len(i) > 2 else {})}
+                        for i in inputs],
              "outputs": [{"name": name, "type": t, "links": [], "slot_index": i}
                          for i, (name, t) in enumerate(outputs)],
              "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
@@ -94,3 +95,38 @@ wf.link(batch, 0, seg, "image")
 wf.link(ld, 0, seg, "model")
 previews(wf, seg, 1160, 40)
 wf.save("sa2va_image_batch")
+
+# 4. a video: Load Video -> frames -> Sa2VA Video Segmentation -> overlay video, merged masks, answer
+VIDEO_OUT = [("masks", "MASK"), ("merged_mask", "MASK"), ("overlay", "IMAGE"), ("text", "STRING"),
+             ("phrases", "STRING")]
+
+def video_widgets(prompt):
+    """prompt, model_name, key_frames, key_frame_spacing, mode, offload_frames, offload_state, max_new_tokens,
+    mask_threshold, apply_mask_threshold, clean_vram_after."""
+    return [prompt, "Sa2VA-Qwen3-VL-4B", 5, "first", "memory", False, False, 512, 0.3, True, False]
+
+wf = WF()
+vid = wf.node("LoadVideo", (40, 60), ["example.mp4", "image"], [], [("VIDEO", "VIDEO")], size=(320, 380))
+parts = wf.node("GetVideoComponents", (40, 480), [], [("video", "VIDEO")],
+                [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], size=(320, 90))
+wf.link(vid, 0, parts, "video")
+ld = wf.node("Sa2VALoader", (40, 620), LOADER_WIDGETS, [], [("model", "SA2VA_MODEL")], size=(320, 180))
+seg = wf.node("Sa2VAVideoSegmentation", (400, 60), video_widgets("the person"),
+              [("frames", "IMAGE"), ("model", "SA2VA_MODEL")], VIDEO_OUT, size=(380, 520))
+wf.link(parts, 0, seg, "frames")
+wf.link(ld, 0, seg, "model")
+make = wf.node("CreateVideo", (820, 60), [24], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT", "fps")],
+               [("VIDEO", "VIDEO")], size=(260, 100))
+wf.link(seg, 2, make, "images")
+wf.link(parts, 1, make, "audio")
+wf.link(parts, 2, make, "fps")
+save = wf.node("SaveVideo", (1120, 60), ["video/Sa2VA", "auto", "auto"], [("video", "VIDEO")], size=(420, 420),
+               title="Overlay video")
+wf.link(make, 0, save, "video")
+mp = wf.node("MaskPreview", (820, 520), [], [("mask", "MASK")], size=(300, 280), title="Merged mask per frame")
+wf.link(seg, 1, mp, "mask")
+txt = wf.node("PreviewAny", (1140, 520), [], [("source", "*")], size=(400, 120), title="Answer")
+wf.link(seg, 3, txt, "source")
+ph = wf.node("PreviewAny", (1140, 660), [], [("source", "*")], size=(400, 140), title="Which masks are which object")
+wf.link(seg, 4, ph, "source")
+wf.save("sa2va_video")

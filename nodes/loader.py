@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..sa2va import catalog
-from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files
+from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files, required_files
 from ..sa2va.errors import InputError, ModelFolderError
 from ..sa2va.model import Sa2VAModel, load_model
 from . import comfy
@@ -81,12 +81,14 @@ def find_local(name: str) -> Path | None:
 def ensure_model_folder(name: str, progress_factory=comfy.Progress) -> Path:
     """A complete local folder for ``name``: found locally (no network), else downloaded if it is official."""
     folder = find_local(name)
-    if folder is not None and is_complete(folder):
-        return folder
     entry = catalog.find(name)
+    required = required_files(entry.family if entry else _local_family(folder))
+    if folder is not None and is_complete(folder, required):
+        return folder
     if entry is None:
         if folder is not None:
-            raise ModelFolderError(f"Incomplete model folder {folder}: {', '.join(missing_files(folder)[:5])} "
+            missing = ", ".join(missing_files(folder, required)[:5])
+            raise ModelFolderError(f"Incomplete model folder {folder}: {missing} "
                                    f"missing, and it is not an official model the loader can download; copy the "
                                    f"missing files.")
         dirs = ", ".join(str(d) for d in comfy.model_dirs())
@@ -96,13 +98,25 @@ def ensure_model_folder(name: str, progress_factory=comfy.Progress) -> Path:
     bar = progress_factory(1, f"download {entry.name}")
     try:
         download(entry.repo_id, target, progress=lambda done, total: bar.set(done, total),
-                 cancelled=comfy.interrupted)
+                 cancelled=comfy.interrupted, required=required)
     except DownloadCancelled:
         comfy.throw_if_interrupted()
         raise
     finally:
         bar.close()
     return target
+
+
+def _local_family(folder: Path | None) -> str:
+    """The family of a hand-placed folder from its config.json ("" when it cannot be told)."""
+    from ..sa2va.checkpoint import detect_family, read_config
+
+    if folder is None:
+        return ""
+    try:
+        return detect_family(read_config(folder), folder)
+    except ModelFolderError:
+        return ""
 
 
 @dataclass

@@ -13,6 +13,8 @@ from ..sa2va.matting import DEFAULT_MAX_MEGAPIXELS
 from ..sa2va.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
 from .refine import refine_mask
 from .segmentation import DEFAULT_MASK_THRESHOLD, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, segment
+from ..sa2va.video import DEFAULT_KEY_FRAMES, KEY_FRAME_SPACINGS, VIDEO_MODES
+from .video import DEFAULT_VIDEO_PROMPT, segment_video
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +182,78 @@ class Sa2VARefineMask(io.ComfyNode):
         return io.NodeOutput(out, out.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous())
 
 
+class Sa2VAVideoSegmentation(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Sa2VAVideoSegmentation",
+            display_name="Sa2VA Video Segmentation",
+            category=CATEGORY,
+            description="Segment what the prompt describes through every frame of a clip: the model reads a few key "
+                        "frames, then SAM2 follows each object with its memory. One mask track per object.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The frames of one clip, in order (an IMAGE batch, e.g. from "
+                                                 "Get Video Components)."),
+                io.String.Input("prompt", multiline=True, default=DEFAULT_VIDEO_PROMPT,
+                                tooltip="What to segment, e.g. 'the dog running on the beach'. A bare noun ('dog') "
+                                        "becomes 'Please segment the dog.'."),
+                io.Combo.Input("model_name", options=model_choices(), default=catalog.DEFAULT_MODEL,
+                               tooltip="Used when no Sa2VA Loader is connected. " + MODEL_TOOLTIP),
+                io.Int.Input("key_frames", default=DEFAULT_KEY_FRAMES, min=1, max=32,
+                             tooltip="How many frames the language model sees; SAM2 is prompted on each of them. "
+                                     "The reference uses 5. More costs more language-model tokens."),
+                io.Combo.Input("key_frame_spacing", options=list(KEY_FRAME_SPACINGS), default="first",
+                               tooltip="first: frames 0..K-1 (the reference). even: K frames spread over the whole "
+                                       "clip (first and last included), better when the object changes or "
+                                       "appears late."),
+                io.Combo.Input("mode", options=list(VIDEO_MODES), default="memory",
+                               tooltip="memory: SAM2 tracks each object from the key frames with its memory (the "
+                                       "reference). consistent: every frame is segmented from the prompt alone, "
+                                       "with no memory (Sa2VA-i); no drift, but less temporal smoothing."),
+                io.Boolean.Input("offload_frames", default=False,
+                                 tooltip="Move each frame's masks to the CPU as soon as it is done (else they stay on the "
+                                         "GPU until the clip ends: 4 bytes per pixel per object per frame). On for "
+                                         "long or high-resolution clips on a small GPU."),
+                io.Boolean.Input("offload_state", default=False,
+                                 tooltip="Keep SAM2's memory of past frames (about 6 MB per object at full size, "
+                                         "bounded) on the CPU; it moves to the GPU while a frame uses it."),
+                io.Int.Input("max_new_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=1, max=2048,
+                             tooltip="Longest answer in tokens. Each mask needs only a few."),
+                io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                               tooltip="With apply_mask_threshold on, pixels whose probability is at least this "
+                                       "become 1, the rest 0."),
+                io.Boolean.Input("apply_mask_threshold", default=True,
+                                 tooltip="Off: output the model's soft probabilities (0..1) instead of binary masks."),
+                io.Boolean.Input("clean_vram_after", default=False,
+                                 tooltip="Release the model's memory after this run (the next run loads it again)."),
+                Sa2VAModelType.Input("model", optional=True,
+                                     tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="masks", tooltip="One mask per object per frame, object by object: "
+                                                             "masks 0..T-1 are object 0's track, T..2T-1 object 1's "
+                                                             "(see phrases). T empty masks when nothing was found."),
+                io.Mask.Output(display_name="merged_mask", tooltip="Union of all objects, one mask per frame."),
+                io.Image.Output(display_name="overlay", tooltip="The masks coloured over each frame."),
+                io.String.Output(display_name="text", tooltip="The model's answer."),
+                io.String.Output(display_name="phrases", tooltip="One line per object: 'index: phrase (masks "
+                                                                 "first-last)'."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, frames, prompt: str, model_name: str, key_frames: int, key_frame_spacing: str, mode: str,
+                offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
+                apply_mask_threshold: bool, clean_vram_after: bool, model=None) -> io.NodeOutput:
+        result = segment_video(frames, prompt, model, model_name, key_frames, key_frame_spacing, mode,
+                               offload_frames, offload_state, max_new_tokens, mask_threshold, apply_mask_threshold,
+                               clean_vram_after)
+        return io.NodeOutput(result.masks, result.merged, result.overlay, result.text, result.phrases)
+
+
 class Sa2VAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [Sa2VALoader, Sa2VASegmentation, Sa2VARefineMask]
+        return [Sa2VALoader, Sa2VASegmentation, Sa2VARefineMask, Sa2VAVideoSegmentation]
 
 
 async def comfy_entrypoint() -> Sa2VAExtension:

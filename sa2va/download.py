@@ -30,8 +30,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
 TIMEOUT_S = 30.0
-#: files a release folder needs besides the shards listed in the index
-REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
+#: files every release folder needs besides the shards listed in the index (the Qwen releases also ship
+#: preprocessor_config.json: see :func:`required_files`)
+REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def required_files(family: str) -> tuple[str, ...]:
+    """The non-weight files a release of ``family`` needs: InternVL3 releases have no processor files."""
+    return REQUIRED_FILES if family == "internvl" else REQUIRED_FILES + ("preprocessor_config.json",)
 #: never fetched: remote code, docs and repository media
 SKIPPED_SUFFIXES = (".py", ".md", ".gitattributes", ".png", ".jpg", ".jpeg", ".gif", ".mp4", ".webp")
 LOCK_SUFFIX = ".sa2va-download.lock"

@@ -23,3 +23,7 @@ class InputError(Sa2VAError, ValueError):
 
 class DependencyError(Sa2VAError):
     """An optional dependency needed for the requested feature is missing or too old."""
+
+
+class Cancelled(Sa2VAError):
+    """A long run (e.g. video segmentation) was stopped by its ``cancelled`` callback."""

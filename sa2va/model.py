@@ -33,6 +33,8 @@ from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 2048
+#: images per SAM2 encoder call in predict_batch (bounds activation memory, ~0.4 GB per image at fp32 on CPU)
+DEFAULT_ENCODE_BATCH = 8
 SEG_TOKEN = "[SEG]"
 MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
 
@@ -181,20 +183,22 @@ class Sa2VAModel:
 
     @torch.inference_mode()
     def predict(self, image, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                logits_processor=None, stopping_criteria=None) -> Prediction:
+                logits_processor=None, stopping_criteria=None, regions: list | None = None) -> Prediction:
         """Answer ``prompt`` about ``image`` and segment every [SEG] of the answer.
 
         image: PIL image or HxWx3 uint8 array; prompt: text, with or without ``<image>``. ``logits_processor`` is
         passed to ``generate`` unchanged, and so are ``stopping_criteria`` (called once per generated token: the
         node layer uses them for per-token progress and cancel). A [SEG] generated as the very last token has no
-        hidden state and gives no mask; a "[SEG]" typed in the prompt never requests a mask."""
+        hidden state and gives no mask; a "[SEG]" typed in the prompt never requests a mask. ``regions``: region
+        masks (HxW arrays of the image's size, non-zero inside) that the prompt can name as region1, region2, ...
+        (InternVL3 models only)."""
         if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
             raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         pil = _to_pil(image)
         text = prompt.replace("<image>", "")
-        inputs = self.adapter.build_inputs(self.processor, [pil], text)
+        inputs = self.adapter.build_inputs(self.processor, [pil], text, regions=regions)
         generated, states = self._generate(inputs, max_new_tokens, logits_processor, stopping_criteria)
         raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
         masks = self._masks([pil], states)
@@ -203,15 +207,87 @@ class Sa2VAModel:
 
     def _masks(self, images: list[Image.Image], states: list[torch.Tensor]) -> torch.Tensor:
         """Probabilities ``[N, H, W]`` for N [SEG] states on one image (size of ``images[0]``)."""
-        width, height = images[0].size
-        if not states:
-            return torch.zeros(0, height, width, dtype=torch.float32)
+        return self._masks_many(images[:1], [states])[0]
+
+    def _masks_many(self, images: list[Image.Image], states: list[list[torch.Tensor]],
+                    encode_batch_size: int | None = None) -> list[torch.Tensor]:
+        """Probabilities ``[N_i, H_i, W_i]`` for each image and its [SEG] states.
+
+        The SAM2 image encoder runs once per image that has at least one state, batched over up to
+        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call."""
         head = self.grounding
-        hidden = torch.stack(states).to(device=head.device, dtype=next(self.projection.parameters()).dtype)
-        embeddings = self.projection(hidden)
-        features = head.encode(sam2_pixels(images, head.image_size))
-        low = head.image_logits(features, embeddings)
-        return upsample_logits(low, head.image_size, height, width).sigmoid().cpu()
+        dtype = next(self.projection.parameters()).dtype
+        out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
+        wanted = [i for i, s in enumerate(states) if s]
+        step = encode_batch_size or max(len(wanted), 1)
+        for start in range(0, len(wanted), step):
+            chunk = wanted[start:start + step]
+            features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
+            for j, i in enumerate(chunk):
+                embeddings = self.projection(torch.stack(states[i]).to(device=head.device, dtype=dtype))
+                single = features if len(chunk) == 1 else features.select(j)
+                low = head.image_logits(single, embeddings)
+                out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
+        return out
+
+    @torch.inference_mode()
+    def predict_batch(self, images, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                      logits_processor=None, stopping_criteria=None,
+                      encode_batch_size: int | None = DEFAULT_ENCODE_BATCH) -> list[Prediction]:
+        """:meth:`predict` for a batch of images with one prompt; returns one :class:`Prediction` per image.
+
+        images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array. The answers are
+        generated image by image (same results as :meth:`predict`); the SAM2 image encoder then runs once, batched
+        over the images whose answers have [SEG] (in groups of ``encode_batch_size``, None for one group: each image
+        in a group costs about 0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are
+        decoded in one call. ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate``."""
+        if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
+            raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        if encode_batch_size is not None and (not isinstance(encode_batch_size, int) or encode_batch_size < 1):
+            raise InputError(f"encode_batch_size must be a positive integer or None, got {encode_batch_size!r}.")
+        if isinstance(images, (Image.Image, str)) or (isinstance(images, np.ndarray) and images.ndim != 4):
+            raise InputError("predict_batch takes a list of images or a [B, H, W, 3] array; use predict for one "
+                             "image.")
+        pils = [_to_pil(image) for image in images]
+        text = prompt.replace("<image>", "")
+        answers = []
+        for pil in pils:
+            inputs = self.adapter.build_inputs(self.processor, [pil], text)
+            answers.append(self._generate(inputs, max_new_tokens, logits_processor, stopping_criteria))
+        masks = self._masks_many(pils, [states for _, states in answers], encode_batch_size)
+        predictions = []
+        for (generated, _), mask in zip(answers, masks):
+            raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
+            predictions.append(Prediction(text=clean_text(self.tokenizer, generated), raw_text=raw_text,
+                                          token_ids=generated, masks=mask,
+                                          phrases=phrases_for(raw_text, mask.shape[0])))
+        return predictions
+
+    @torch.inference_mode()
+    def predict_video(self, frames, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                      key_frames: int = 5, key_frame_spacing: str = "first", mode: str = "memory",
+                      offload_frames: bool = False, offload_state: bool = False, logits_processor=None,
+                      stopping_criteria=None, progress=None, cancelled=None) -> "VideoPrediction":
+        """Answer ``prompt`` about a clip and segment every [SEG] of the answer in every frame (sa2va/video.py).
+
+        frames: a ``[T, H, W, 3]`` uint8 array/tensor, a list of PIL images / HxWx3 uint8 arrays, or any sequence
+        returning one such image per index (converted one at a time). The ``key_frames`` frames picked by
+        ``key_frame_spacing`` ("first": 0..K-1 as the reference; "even": round(i*(T-1)/(K-1))) go to the language
+        model and are SAM2's conditioning frames. mode "memory" (the reference) tracks the other frames with SAM2's
+        memory; "consistent" decodes every frame from the [SEG] embedding alone (Sa2VA-i). offload_frames: move each
+        frame's masks to the CPU as soon as it is done (else they stay on the device until the end); offload_state:
+        keep SAM2's memory bank on the CPU (one frame's worth moves to the device at a time). progress(done, total)
+        is called after each frame; cancelled() is polled before each frame and raises
+        :class:`~sa2va.errors.Cancelled` when it returns True. Returns a :class:`~sa2va.video.VideoPrediction` whose
+        masks are float32 ``[N, T, H, W]`` probabilities at the size of frame 0."""
+        from .video import predict_video
+
+        return predict_video(self, frames, prompt, max_new_tokens, key_frames=key_frames,
+                             key_frame_spacing=key_frame_spacing, mode=mode, offload_frames=offload_frames,
+                             offload_state=offload_state, logits_processor=logits_processor,
+                             stopping_criteria=stopping_criteria, progress=progress, cancelled=cancelled)
 
 
 def _projection(hidden: int) -> torch.nn.Sequential:
@@ -233,7 +309,7 @@ def _load_projection(folder: Path, index: ShardIndex, hidden: int, dtype: torch.
 
 
 def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
-               device: torch.device) -> GroundingHead:
+               device: torch.device, compile_encoder: bool | str = False) -> GroundingHead:
     from transformers import Sam2VideoModel
     from transformers.initialization import no_init_weights
 
@@ -267,7 +343,7 @@ def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype
             for native, row, value in keymap.sam2_tensor_to_native(name[len(keymap.SAM2_PREFIX):], tensor):
                 target = targets[native] if row is None else targets[native][row:row + 1]
                 target.copy_(value)
-    return GroundingHead(model.to(device=device, dtype=dtype).eval())
+    return GroundingHead(model.to(device=device, dtype=dtype).eval(), compile_encoder=compile_encoder)
 
 
 def resolve_folder(path_or_name: str | os.PathLike) -> Path:
@@ -291,11 +367,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | str | None = torch.bfloat16, quantization: str | None = None,
-               attn_implementation: str | None = None) -> Sa2VAModel:
+               attn_implementation: str | None = None, compile_sam2: bool | str = False) -> Sa2VAModel:
     """Load a Sa2VA model folder in the release format onto ``device``.
 
     dtype: a torch dtype, or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
     (bitsandbytes; the language model only). attn_implementation: None means "sdpa"; "eager" for exact parity.
+    compile_sam2: wrap the SAM2 image encoder in ``torch.compile`` (True for the default inductor backend, or a
+    backend name); opt-in, worth it on CUDA for many images, as the first call compiles for minutes.
     Never downloads: use :mod:`sa2va.download` for that."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -310,6 +388,10 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
         raise InputError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or 'auto', got {dtype!r}.")
     if quantization not in QUANTIZATION_MODES:
         raise InputError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}.")
+    compile_sam2 = False if compile_sam2 is None else compile_sam2
+    if not isinstance(compile_sam2, (bool, str)) or compile_sam2 == "":
+        raise InputError(f"compile_sam2 must be False, True or a torch.compile backend name such as 'inductor', "
+                         f"got {compile_sam2!r}.")
     require_transformers()
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
@@ -319,7 +401,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     options = LoadOptions(dtype=dtype, device=device, quantization=quantization,
                           attn_implementation=attn_implementation or "sdpa")
     processor = adapter.load_processor(folder, config)
-    grounding = _load_sam2(folder, config, index, dtype, device)
+    grounding = _load_sam2(folder, config, index, dtype, device, compile_sam2)
     projection = _load_projection(folder, index, adapter.hidden_size(config), dtype, device)
     vlm = adapter.load_vlm(folder, config, index, options)
     logger.info("Loaded %s (%s) on %s as %s%s", folder.name, family, device, dtype,

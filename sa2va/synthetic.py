@@ -240,27 +240,41 @@ def write_processor_configs(folder: Path, family: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- config
-def release_config(family: str, ids: dict[str, int], vocab_size: int, sam2: dict | None) -> dict:
-    """config.json as a transformers 4.57 export of a tiny Sa2VA model writes it."""
+def _mrope_section(head_dim: int) -> list[int]:
+    """Multimodal RoPE split (temporal, height, width) of ``head_dim // 2`` frequencies: [2, 3, 3] for 16."""
+    half = head_dim // 2
+    spatial = 3 * half // 8
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def release_config(family: str, ids: dict[str, int], vocab_size: int, sam2: dict | None,
+                   text_size: dict | None = None) -> dict:
+    """config.json as a transformers 4.57 export of a tiny Sa2VA model writes it.
+
+    ``text_size``: overrides of :data:`TINY_TEXT` (hidden_size, intermediate_size, num_hidden_layers, ...)."""
+    size = {**TINY_TEXT, **(text_size or {})}
+    head_dim = size.get("head_dim") or size["hidden_size"] // size["num_attention_heads"]
     text = {"attention_bias": False, "attention_dropout": 0.0, "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"], "hidden_act": "silu", "initializer_range": 0.02,
             "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "use_cache": True, "vocab_size": vocab_size,
-            "dtype": "bfloat16", "tie_word_embeddings": False, **TINY_TEXT}
+            "dtype": "bfloat16", "tie_word_embeddings": False, **size}
     if family == "qwen3_vl":
         text.update({"model_type": "qwen3_vl_text", "rope_theta": 5000000,
-                     "rope_scaling": {"mrope_interleaved": True, "mrope_section": [2, 3, 3], "rope_type": "default"}})
+                     "rope_scaling": {"mrope_interleaved": True, "mrope_section": _mrope_section(head_dim),
+                                      "rope_type": "default"}})
         vision = {"model_type": "qwen3_vl", "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                   "hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
-                  "temporal_patch_size": 2, "out_hidden_size": TINY_TEXT["hidden_size"],
+                  "temporal_patch_size": 2, "out_hidden_size": size["hidden_size"],
                   "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1], "initializer_range": 0.02}
     else:
         text.update({"model_type": "qwen2_5_vl_text", "rope_theta": 1000000.0, "sliding_window": 4096,
-                     "use_sliding_window": False, "max_window_layers": 3,
-                     "rope_scaling": {"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"}})
+                     "use_sliding_window": False, "max_window_layers": size["num_hidden_layers"],
+                     "rope_scaling": {"mrope_section": _mrope_section(head_dim), "rope_type": "default",
+                                      "type": "default"}})
         text.pop("head_dim")
         vision = {"model_type": "qwen2_5_vl", "depth": 4, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                   "hidden_act": "silu", "in_chans": 3, "patch_size": 14, "spatial_merge_size": 2,
-                  "temporal_patch_size": 2, "out_hidden_size": TINY_TEXT["hidden_size"], "window_size": 112,
+                  "temporal_patch_size": 2, "out_hidden_size": size["hidden_size"], "window_size": 112,
                   "fullatt_block_indexes": [1, 3], "tokens_per_second": 2, "initializer_range": 0.02}
     config = {
         "architectures": ["Sa2VAChatModelQwen"],
@@ -328,22 +342,36 @@ def _seg_chain(state: dict, embed_key: str, head_key: str, chain: list[int], see
 
 
 def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam2: str = "tiny", seed: int = 0,
-                     layout: str = "v4", weight_dtype: torch.dtype = torch.float32,
-                     max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True) -> Path:
+                     layout: str = "v4", weight_dtype: torch.dtype | None = None,
+                     max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
+                     text_size: dict | None = None) -> Path:
     """Write a tiny random Sa2VA checkpoint in the release format and return its folder.
 
-    family: ``qwen3_vl`` or ``qwen2_5_vl``. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config``
-    block) or ``"full"`` (no block: SAM2 Hiera-L v1 at 1024 px, as the releases; ~0.9 GB in fp32).
+    family: ``qwen3_vl``, ``qwen2_5_vl`` or ``internvl`` (written by :mod:`sa2va.synthetic_internvl`).
+    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1
+    at 1024 px, as the releases; ~0.9 GB in fp32).
     layout: ``"v4"`` (the official releases' key layout) or ``"legacy"`` (``model.model.layers.*``,
-    ``model.visual.*``, as transformers 5.x writes Qwen2.5-VL). weight_dtype: fp32 like the releases, or bf16 for
-    the language model only (SAM2 and the projection stay fp32, as an export without the fp32 cast would hold).
-    seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself."""
+    ``model.visual.*``, as transformers 5.x writes Qwen2.5-VL). weight_dtype: None for the dtype of the family's
+    releases (fp32 for Qwen, bf16 for InternVL); for Qwen, bf16 casts the language model only (SAM2 and the projection
+    stay fp32, as an export without the fp32 cast would hold).
+    seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size: overrides of
+    :data:`TINY_TEXT` (InternVL: of ``synthetic_internvl.TINY_LLM``) for a bigger language model, e.g. ``{"hidden_size": 1024, "num_hidden_layers": 8,
+    "intermediate_size": 2816, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 64}`` (benchmarks).
+    """
     from safetensors.torch import save_file
 
     from .families.qwen_vl import model_classes, native_config, native_to_release
 
+    if family == "internvl":
+        from .synthetic_internvl import write_checkpoint as write_internvl
+
+        if layout != "v4":
+            raise ValueError(f"unknown layout {layout!r} for InternVL (its releases have one layout)")
+        return write_internvl(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype or torch.bfloat16,
+                              max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
     if family not in ("qwen3_vl", "qwen2_5_vl"):
         raise ValueError(f"unknown family {family!r}")
+    weight_dtype = weight_dtype or torch.float32
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ids = write_tokenizer(folder, family)
@@ -352,7 +380,7 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    config = release_config(family, ids, vocab_size, TINY_SAM2 if sam2 == "tiny" else None)
+    config = release_config(family, ids, vocab_size, TINY_SAM2 if sam2 == "tiny" else None, text_size)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     _, model_class = model_classes(family)
@@ -370,7 +398,7 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
         _seg_chain(state, embed, "model.lm_head.weight", start + answer, seed)
     if weight_dtype != torch.float32:
         state = {k: v.to(weight_dtype) for k, v in state.items()}
-    hidden = TINY_TEXT["hidden_size"]
+    hidden = config["text_config"]["hidden_size"]
     for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
                         ("2.bias", (256,))):
         state[keymap.PROJECTION_PREFIX + name] = _seeded_tensor("text_hidden_fcs." + name, shape, seed)

@@ -290,3 +290,16 @@ def test_segmentation_with_vitmatte_uses_the_local_model_and_frees_it(handle, mo
     segmentation.segment(torch.rand(1, 40, 48, 3), "person", handle, max_new_tokens=16, refinement=settings,
                          clean_vram_after=True)
     assert refine_nodes._MATTER == {}
+
+
+def test_internvl_release_without_processor_files_downloads_and_counts_complete(models_dir, monkeypatch,
+                                                                                checkpoint_factory):
+    remote = checkpoint_factory("internvl")
+    assert not (remote / "preprocessor_config.json").exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with FakeHub({"ByteDance/Sa2VA-InternVL3-2B": remote}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        folder = loader.ensure_model_folder("Sa2VA-InternVL3-2B")
+        requests = len(hub.requests)
+        assert loader.ensure_model_folder("Sa2VA-InternVL3-2B") == folder
+        assert len(hub.requests) == requests, "a complete InternVL folder is used without any network call"

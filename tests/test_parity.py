@@ -3,11 +3,15 @@
 The reference outputs in tests/data/parity/<family>/ were produced by the upstream Sa2VA HF code
 (bytedance/Sa2VA @ 9832e1a, ``predict_forward``) under transformers 4.57.0 on CPU in fp32, from the checkpoint that
 ``sa2va.synthetic.write_checkpoint(family, sam2="full", seed=0)`` writes: full-size SAM2 Hiera-L (1024 px), a tiny
-language model. The checkpoint (~0.9 GB) is rebuilt here byte for byte (its shard hashes are recorded) and run
-through our native pipeline with the same forced decoding schedule.
+language model. The checkpoint (~0.9 GB; ~0.45 GB for InternVL, whose releases are bf16) is rebuilt here byte for
+byte (its shard hashes are recorded) and run through our native pipeline with the same decoding control: the Qwen
+cases force every generated token; the InternVL cases force the tokens of a schedule and leave the other steps to
+greedy decoding over the trained BPE ids, so equal ids also show equal argmaxes (and the raw logits are compared).
+The InternVL cases cover a 1-tile image, a 13-tile image (12 tiles + thumbnail) and a region prompt made through
+upstream's ``mask_prompts`` path.
 
-Expected: identical token ids, identical [SEG] hidden states and projections up to float rounding, mask
-probabilities within 1e-4 of the upstream sigmoid(logits), and zero differing pixels after the 0.5 threshold.
+Expected: identical prompt ids and token ids, identical [SEG] hidden states and projections up to float rounding,
+mask probabilities within 1e-4 of the upstream sigmoid(logits), and zero differing pixels after the 0.5 threshold.
 """
 import hashlib
 import json
@@ -23,6 +27,25 @@ from sa2va.synthetic import ForceTokens
 
 DATA = Path(__file__).parent / "data" / "parity"
 FAMILIES = sorted(p.name for p in DATA.iterdir() if (p / "reference.json").is_file()) if DATA.is_dir() else []
+
+
+class Schedule:
+    """The reference's decoding control: the scheduled token at scheduled steps (counted from the prompt length),
+    otherwise greedy over ids below ``free_limit``. Records the raw scores it receives."""
+
+    def __init__(self, prompt_length: int, schedule: dict[int, int], free_limit: int) -> None:
+        self.prompt_length, self.schedule, self.free_limit = prompt_length, schedule, free_limit
+        self.raw: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.raw.append(scores[0].detach().clone())
+        step = input_ids.shape[1] - self.prompt_length
+        out = torch.full_like(scores, float("-inf"))
+        if step in self.schedule:
+            out[:, self.schedule[step]] = 0
+        else:
+            out[:, :self.free_limit] = scores[:, :self.free_limit]
+        return out
 
 
 def _sha256(path: Path) -> str:
@@ -52,9 +75,25 @@ def test_matches_upstream_predict_forward(parity_case):
     for case in reference["cases"]:
         ref = np.load(DATA / family / f"{case['name']}.npz")
         image = Image.open(DATA / family / case["input_png"]).convert("RGB")
-        inputs = model.adapter.build_inputs(model.processor, [image], case["prompt"].replace("<image>", ""))
+        regions = [np.array(Image.open(DATA / family / p)) != 0 for p in case.get("region_pngs", [])] or None
+        inputs = model.adapter.build_inputs(model.processor, [image], case["prompt"].replace("<image>", ""),
+                                            regions=regions)
         assert inputs["input_ids"].shape[1] == case["prompt_len"]
-        assert inputs["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist()
+        if "image_grid_thw" in ref:
+            assert inputs["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist()
+        if "input_ids" in ref:
+            assert inputs["input_ids"][0].tolist() == ref["input_ids"].tolist()
+        if "pixel_values_sha256" in case:
+            from sa2va.families.internvl import tile_image, tile_pixels
+
+            pixels = tile_pixels(tile_image(image))
+            assert list(pixels.shape) == case["pixel_values_shape"]
+            assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest() == case["pixel_values_sha256"]
+        if "schedule" in case:
+            processor = Schedule(case["prompt_len"], {int(k): v for k, v in case["schedule"].items()},
+                                 reference["free_vocab_limit"])
+        else:
+            processor = ForceTokens(case["prompt_len"], case["forced_token_ids"])
         captured = {}
         original = model._masks
 
@@ -64,12 +103,15 @@ def test_matches_upstream_predict_forward(parity_case):
 
         model._masks = spy
         try:
-            pred = model.predict(image, case["prompt"],
-                                 logits_processor=[ForceTokens(case["prompt_len"], case["forced_token_ids"])])
+            pred = model.predict(image, case["prompt"], logits_processor=[processor], regions=regions)
         finally:
             del model._masks
         assert pred.token_ids.tolist() == ref["generated_ids"].tolist()
         assert pred.raw_text == case["prediction"]
+        if "raw_logits" in ref:
+            logits = torch.stack(processor.raw)
+            assert logits.shape == ref["raw_logits"].shape
+            assert torch.allclose(logits, torch.from_numpy(ref["raw_logits"]), atol=1e-4)
         assert torch.allclose(captured["states"], torch.from_numpy(ref["seg_hidden"]), atol=1e-5)
         with torch.inference_mode():
             embedding = model.projection(captured["states"])
@@ -80,3 +122,52 @@ def test_matches_upstream_predict_forward(parity_case):
         assert difference < 1e-4, f"{family}/{case['name']}: max probability difference {difference:.2e}"
         flipped = int(((pred.masks > 0.5) != torch.from_numpy(ref["masks"][:, 0])).sum())
         assert flipped == 0, f"{family}/{case['name']}: {flipped} mask pixels differ from upstream"
+
+
+def test_video_matches_upstream_predict_forward(parity_case):
+    """predict_video (memory mode, the reference's 5 key frames) against upstream ``predict_forward(video=...)``:
+    7 frames of 320x240 with a moving disc, frames 0-4 conditioning frames, 5-6 tracked with SAM2's memory (their
+    object scores are negative, so SAM2's -1024 clamp, which Sa2VA disables, would have emptied them)."""
+    family, model, _ = parity_case
+    path = DATA / family / "video.json"
+    if not path.is_file():
+        pytest.skip(f"no video reference for {family}")
+    reference = json.loads(path.read_text())
+    case = reference["case"]
+    assert reference["transformers_version"] == "4.57.0"
+    ref = np.load(DATA / family / "video.npz")
+    frames = [np.array(Image.open(DATA / family / p).convert("RGB")) for p in case["input_pngs"]]
+    assert len(frames) == case["num_frames"] >= 6
+    keys = [Image.fromarray(f) for f in frames[:5]]
+    inputs = model.adapter.build_inputs(model.processor, keys, case["prompt"].replace("<image>", ""))
+    assert inputs["input_ids"][0].tolist() == ref["input_ids"].tolist()
+    assert inputs["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist()
+    captured = {}
+    original = model._generate
+
+    def spy(*args, **kwargs):
+        generated, states = original(*args, **kwargs)
+        captured["states"] = torch.stack(states).clone()
+        return generated, states
+
+    model._generate = spy
+    try:
+        video = model.predict_video(frames, case["prompt"],
+                                    logits_processor=[ForceTokens(case["prompt_len"], case["forced_token_ids"])])
+    finally:
+        del model._generate
+    assert video.token_ids.tolist() == ref["generated_ids"].tolist()
+    assert video.raw_text == case["prediction"]
+    assert video.key_frames == case["conditioning_frames"]
+    assert torch.allclose(captured["states"], torch.from_numpy(ref["seg_hidden"]), atol=1e-5)
+    with torch.inference_mode():
+        embedding = model.projection(captured["states"])
+    assert torch.allclose(embedding, torch.from_numpy(ref["seg_embedding"]), atol=1e-5)
+    probabilities = torch.from_numpy(ref["mask_logits"]).float().sigmoid()       # [K, T, h, w]
+    assert video.masks.shape == probabilities.shape
+    upstream_masks = torch.from_numpy(ref["masks"])
+    for t in range(video.masks.shape[1]):
+        difference = (video.masks[:, t] - probabilities[:, t]).abs().max().item()
+        flipped = int(((video.masks[:, t] > 0.5) != upstream_masks[:, t]).sum())
+        assert difference < 1e-4, f"{family}/video frame {t}: max probability difference {difference:.2e}"
+        assert flipped == 0, f"{family}/video frame {t}: {flipped} mask pixels differ from upstream"

@@ -108,6 +108,22 @@ def _to_pil(image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
+#: longest prompt accepted, in characters (about 4k tokens): segmentation requests are short, and a runaway
+#: prompt (e.g. a whole document wired into the prompt input) would only burn memory and time
+MAX_PROMPT_CHARS = 16384
+
+
+def check_request(prompt: str, max_new_tokens: int) -> None:
+    """Raise :class:`InputError` for an empty or over-long prompt or a useless token budget."""
+    if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
+        raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"The prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS}); Sa2VA "
+                         f"needs a short request such as 'Please segment the red car.'")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+
+
 def phrases_for(raw_text: str, count: int) -> list[str]:
     """Name each of the first ``count`` [SEG] of an answer (DESIGN.md: ``pred.phrases``).
 
@@ -192,10 +208,7 @@ class Sa2VAModel:
         hidden state and gives no mask; a "[SEG]" typed in the prompt never requests a mask. ``regions``: region
         masks (HxW arrays of the image's size, non-zero inside) that the prompt can name as region1, region2, ...
         (InternVL3 models only)."""
-        if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
-            raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        check_request(prompt, max_new_tokens)
         pil = _to_pil(image)
         text = prompt.replace("<image>", "")
         inputs = self.adapter.build_inputs(self.processor, [pil], text, regions=regions)
@@ -241,10 +254,7 @@ class Sa2VAModel:
         over the images whose answers have [SEG] (in groups of ``encode_batch_size``, None for one group: each image
         in a group costs about 0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are
         decoded in one call. ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate``."""
-        if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
-            raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        check_request(prompt, max_new_tokens)
         if encode_batch_size is not None and (not isinstance(encode_batch_size, int) or encode_batch_size < 1):
             raise InputError(f"encode_batch_size must be a positive integer or None, got {encode_batch_size!r}.")
         if isinstance(images, (Image.Image, str)) or (isinstance(images, np.ndarray) and images.ndim != 4):

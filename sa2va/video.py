@@ -198,12 +198,9 @@ def predict_video(model, frames, prompt: str, max_new_tokens: int, key_frames: i
                   progress: Callable[[int, int], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> VideoPrediction:
     """The engine behind :meth:`Sa2VAModel.predict_video` (see there for the arguments)."""
-    from .model import clean_text, phrases_for
+    from .model import check_request, clean_text, phrases_for
 
-    if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
-        raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    check_request(prompt, max_new_tokens)
     if mode not in VIDEO_MODES:
         raise InputError(f"mode must be 'memory' or 'consistent', got {mode!r}.")
     source = frames if isinstance(frames, FrameSource) else FrameSource(frames)

@@ -118,6 +118,8 @@ def test_bad_inputs_raise_clear_errors(model_factory, image):
     model = model_factory("qwen3_vl")
     with pytest.raises(sa2va.InputError, match="prompt is empty"):
         model.predict(image, "  <image> ")
+    with pytest.raises(sa2va.InputError, match=r"prompt is too long \(100000 characters, at most 16384\)"):
+        model.predict(image, "x" * 100_000)
     with pytest.raises(sa2va.InputError, match="uint8"):
         model.predict(image.astype(np.float32), "Segment it.")
     with pytest.raises(sa2va.InputError, match="channels"):

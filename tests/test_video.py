@@ -414,3 +414,15 @@ def test_video_node_schema_with_a_test_double(monkeypatch):
     assert [s.kw["display_name"] for s in schema["outputs"]] == ["masks", "merged_mask", "overlay", "text",
                                                                 "phrases"]
     assert [s.kind for s in schema["outputs"]] == ["Mask", "Mask", "Image", "String", "String"]
+
+
+def test_video_node_module_does_not_import_transformers_at_import_time():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); from pack import pack_module; pack_module('nodes.video'); "
+            "print('transformers' in sys.modules)")
+    root = str(pack_module("nodes.comfy").__file__).rsplit("/nodes/", 1)[0]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -3,8 +3,9 @@
 transformers implements these steps in private methods of ``Sam2VideoModel`` (``_encode_new_memory``,
 ``_prepare_memory_conditioned_features``) that read from a ``Sam2VideoInferenceSession``; private methods may change
 between releases, so this module re-implements them (SPEC-qwen.md section 3, item 4) on the public sub-modules
-``memory_encoder`` and ``memory_attention`` and the model's parameters ``memory_temporal_positional_encoding`` and
-``no_object_pointer``. It is the only place in the pack that knows how SAM2 builds its memory.
+``memory_encoder`` and ``memory_attention`` and the model's ``memory_temporal_positional_encoding``. It is the only
+place in the pack that knows how SAM2 builds its memory; tests/test_video.py checks it against the private helpers
+(equal to float rounding) whenever the installed transformers still has them.
 
 Semantics (SAM2 v1.0 as Sa2VA configures it, SPEC-qwen.md section 2.4):
 
@@ -15,6 +16,8 @@ Semantics (SAM2 v1.0 as Sa2VA configures it, SPEC-qwen.md section 2.4):
   object pointers: those of the conditioning frames at or before it, then those of up to
   ``min(T, max_object_pointers_in_encoder) - 1`` tracked frames before it (no temporal encoding on pointers in
   v1.0; each 256-d pointer is split into ``256 / mem_dim`` tokens that skip the rotary encoding);
+* SAM2.1's extras (an occlusion embedding on memories, a temporal encoding of pointers) are absent: ``sam2_config``
+  forces the v1.0 flags that match the release weights;
 * the bank keeps only what that attention can still read: every conditioning frame, the last
   ``max(num_maskmem, max_object_pointers) - 1`` tracked frames' pointers and the last ``num_maskmem - 1`` tracked
   frames' features. Its size does not grow with the clip length.

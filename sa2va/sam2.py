@@ -176,8 +176,8 @@ class _Workspace:
 
     A fresh multi-megabyte CPU tensor is mapped from the kernel page by page on first touch. A block's qkv output
     is consumed by the attention before its MLP hidden layer is computed, and the blocks of a stage have equal
-    shapes, so one buffer (as large as the biggest of them, the first stage's MLP hidden layer) serves them all and
-    the peak memory stays that of the stock forward."""
+    shapes, so one buffer serves them all. It is replaced when a tensor needs more room or less than half of it
+    (at stage changes), so it never holds much more than the stock forward's own temporary."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
@@ -189,11 +189,11 @@ class _Workspace:
             return layer(x)
         rows = x.numel() // x.shape[-1]
         size = rows * layer.out_features
-        buffer = self.buffer
-        if buffer is None or buffer.numel() < size or buffer.dtype != x.dtype or buffer.device != x.device:
+        if self.buffer is None or not size <= self.buffer.numel() <= 2 * size or self.buffer.dtype != x.dtype or \
+                self.buffer.device != x.device:
             self.buffer = None
-            buffer = self.buffer = torch.empty(size, dtype=x.dtype, device=x.device)
-        out = buffer[:size].view(rows, layer.out_features)
+            self.buffer = torch.empty(size, dtype=x.dtype, device=x.device)
+        out = self.buffer[:size].view(rows, layer.out_features)
         torch.addmm(layer.bias, x.view(rows, x.shape[-1]), layer.weight.t(), out=out)
         return out.view(*x.shape[:-1], layer.out_features)
 

@@ -73,7 +73,7 @@ def main() -> int:
     import numpy as np
 
     import sa2va
-    from sa2va import synthetic
+    from sa2va import testing as synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()

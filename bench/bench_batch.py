@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 import sa2va  # noqa: E402
 from bench_predict import PROMPT, answer_ids, prompt_length, test_image  # noqa: E402
-from sa2va.synthetic import ForceTokens  # noqa: E402
+from sa2va.testing import ForceTokens  # noqa: E402
 
 
 def images(count: int) -> list[np.ndarray]:

@@ -6,7 +6,7 @@
 
 Without ``--model`` it builds (once, cached under bench/results/checkpoints/) a release-format checkpoint with
 full-size SAM2 Hiera-L at 1024 px and a tiny language model, so the time is the grounding pipeline's, not the
-language model's. Decoding is forced (``sa2va.synthetic.ForceTokens``) to ``Sure, it is [SEG] ... it is [SEG].``
+language model's. Decoding is forced (``sa2va.testing.ForceTokens``) to ``Sure, it is [SEG] ... it is [SEG].``
 with exactly N [SEG].
 
 "ours" is ``Sa2VAModel.predict``. "baseline" follows the reference (``predict_forward`` of ByteDance's Sa2VA code,
@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 import sa2va  # noqa: E402
 from sa2va.model import _to_pil  # noqa: E402
 from sa2va.sam2 import sam2_pixels, upsample_logits  # noqa: E402
-from sa2va.synthetic import ForceTokens  # noqa: E402
+from sa2va.testing import ForceTokens  # noqa: E402
 
 PROMPT = "<image>Please segment every person in this image."
 

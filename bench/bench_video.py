@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sa2va  # noqa: E402
-from sa2va.synthetic import ForceTokens  # noqa: E402
+from sa2va.testing import ForceTokens  # noqa: E402
 from sa2va.video import key_frame_indices  # noqa: E402
 
 PROMPT = "<image>Please segment the red ball."

@@ -33,7 +33,7 @@ LOAD_TEXT_SIZE = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_la
 
 def checkpoint(family: str, name: str, **options) -> Path:
     """A synthetic release-format checkpoint under bench/results/checkpoints/<name>, written once and reused."""
-    from sa2va import synthetic
+    from sa2va import testing as synthetic
 
     folder = RESULTS / "checkpoints" / name
     done = folder / ".complete"

@@ -17,7 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from sa2va import synthetic  # noqa: E402
+from sa2va import testing as synthetic  # noqa: E402
 
 FAMILIES = ["qwen3_vl", "qwen2_5_vl"]
 

@@ -1,6 +1,6 @@
 """Sa2VA-InternVL3 on transformers' InternVLForConditionalGeneration: key map, config, tiling, prompt, predict, regions.
 
-Everything runs on the tiny release-format checkpoint of ``sa2va.synthetic.write_checkpoint(folder, "internvl")``
+Everything runs on the tiny release-format checkpoint of ``sa2va.testing.write_checkpoint(folder, "internvl")``
 (bf16 shards like the releases, 256-px SAM2). Parity with the upstream code is in test_parity.py.
 """
 import json
@@ -74,7 +74,7 @@ def test_key_map_leaves_zero_missing_and_zero_unexpected(folder):
     {"norm_type": "rms_norm", "qkv_bias": False, "qk_normalization": True},  # InternViT-6B style
 ])
 def test_release_layout_and_native_model_agree_for_both_vit_styles(folder, switches):
-    from sa2va.synthetic_internvl import release_shapes
+    from sa2va.testing.internvl import release_shapes
 
     config = json.loads((folder / "config.json").read_text())
     config["vision_config"].update(switches)

@@ -5,7 +5,7 @@ from transformers import Sam2VideoModel
 
 from sa2va import keymap
 from sa2va.sam2 import sam2_config
-from sa2va.synthetic import TINY_SAM2
+from sa2va.testing import TINY_SAM2
 
 
 def _native_shapes(overrides=None):

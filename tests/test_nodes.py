@@ -15,7 +15,7 @@ segmentation = pack_module("nodes.segmentation")
 loader = pack_module("nodes.loader")
 comfy = pack_module("nodes.comfy")
 errors = pack_module("sa2va.errors")
-synthetic = pack_module("sa2va.synthetic")
+synthetic = pack_module("sa2va.testing")
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The reference outputs in tests/data/parity/<family>/ were produced by the upstream Sa2VA HF code
 (bytedance/Sa2VA @ 9832e1a, ``predict_forward``) under transformers 4.57.0 on CPU in fp32, from the checkpoint that
-``sa2va.synthetic.write_checkpoint(family, sam2="full", seed=0)`` writes: full-size SAM2 Hiera-L (1024 px), a tiny
+``sa2va.testing.write_checkpoint(family, sam2="full", seed=0)`` writes: full-size SAM2 Hiera-L (1024 px), a tiny
 language model. The checkpoint (~0.9 GB; ~0.45 GB for InternVL, whose releases are bf16) is rebuilt here byte for
 byte (its shard hashes are recorded) and run through our native pipeline with the same decoding control: the Qwen
 cases force every generated token; the InternVL cases force the tokens of a schedule and leave the other steps to
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 import sa2va
-from sa2va.synthetic import ForceTokens
+from sa2va.testing import ForceTokens
 
 DATA = Path(__file__).parent / "data" / "parity"
 FAMILIES = sorted(p.name for p in DATA.iterdir() if (p / "reference.json").is_file()) if DATA.is_dir() else []

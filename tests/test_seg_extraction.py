@@ -62,7 +62,7 @@ def test_seg_state_is_pre_norm_for_qwen3_and_post_norm_for_qwen25(model_factory,
     from sa2va.model import _SegStateCollector, _to_pil
 
     inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], "Segment it.")
-    from sa2va.synthetic import ForceTokens
+    from sa2va.testing import ForceTokens
 
     collector = _SegStateCollector(model.adapter.final_norm(model.vlm), seg, model.adapter.seg_state == "pre_norm")
     from transformers import LogitsProcessorList

@@ -12,7 +12,7 @@ from sa2va.errors import Cancelled, InputError
 from sa2va.model import _to_pil
 from sa2va.sam2 import GroundingHead, sam2_config
 from sa2va.sam2_memory import MemoryBank, encode_memory
-from sa2va.synthetic import TINY_SAM2, ForceTokens
+from sa2va.testing import TINY_SAM2, ForceTokens
 from sa2va.video import FrameSource, key_frame_indices
 
 HEIGHT, WIDTH = 48, 64
@@ -269,7 +269,7 @@ def test_memory_bank_matches_transformers_video_helpers(tiny_sam2):
 video_node = pack_module("nodes.video")
 loader = pack_module("nodes.loader")
 node_errors = pack_module("sa2va.errors")
-node_synthetic = pack_module("sa2va.synthetic")
+node_synthetic = pack_module("sa2va.testing")
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Tiny Sa2VA-InternVL3 checkpoints in the exact on-disk format of the official releases, with random weights.
 
-The counterpart of :mod:`sa2va.synthetic` for the InternVL family; ``sa2va.synthetic.write_checkpoint(folder,
+The counterpart of :mod:`sa2va.testing.qwen` for the InternVL family; ``sa2va.testing.write_checkpoint(folder,
 "internvl", ...)`` dispatches here. Format (SPEC-internvl.md section 1, as ``tools/convert_to_hf.py`` writes it
 under transformers 4.57): ``config.json`` of ``model_type: "sa2va_chat"`` with ``llm_config`` (Qwen2) and
 ``vision_config`` (InternViT), bf16 safetensors shards + ``model.safetensors.index.json`` in the upstream key layout
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from . import keymap
-from .sam2 import sam2_config
-from .synthetic import (
+from .. import keymap
+from ..sam2 import sam2_config
+from .common import (
     CORPUS,
     NUM_MERGES,
     QWEN_NON_SPECIAL,
@@ -35,10 +35,11 @@ from .synthetic import (
     QWEN_SPLIT,
     SA2VA_TOKENS,
     TINY_SAM2,
-    _save_sharded,
-    _seeded_tensor,
-    _seg_chain,
-    _train_bpe,
+    save_sharded,
+    scaled_values,
+    seeded_tensor,
+    add_seg_chain,
+    train_bpe,
 )
 
 INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
@@ -69,7 +70,7 @@ def write_tokenizer(folder: Path) -> dict[str, int]:
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     words = [w for w, _ in pre.pre_tokenize_str(CORPUS)]
-    vocab, merges = _train_bpe(words, NUM_MERGES)
+    vocab, merges = train_bpe(words, NUM_MERGES)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
                                continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
                                byte_fallback=False))
@@ -204,11 +205,11 @@ def release_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def _tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Deterministic values for one release tensor: :func:`sa2va.synthetic._seeded_tensor`, except the ViT layer
+    """Deterministic values for one release tensor: :func:`sa2va.testing.common.seeded_tensor`, except the ViT layer
     scales, which are drawn around 0.5 so that the tiny ViT's layers matter."""
     if name.endswith((".ls1", ".ls2")):
-        return 0.5 + 5.0 * _seeded_tensor(name, shape, seed)  # _seeded_tensor gives 0.02 * N(0, 1) here
-    return _seeded_tensor(name, shape, seed)
+        return scaled_values(name, shape, seed, 0.1, 0.5)
+    return seeded_tensor(name, shape, seed)
 
 
 # ------------------------------------------------------------------------------------------------ weights
@@ -222,7 +223,6 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size: overrides of
     :data:`TINY_LLM` (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads)
     for a bigger language model."""
-    from safetensors.torch import save_file
     from tokenizers import Tokenizer
     from transformers import Sam2VideoModel
 
@@ -244,11 +244,11 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
         answer = tok.encode("Sure, it is", add_special_tokens=False).ids + [ids["[SEG]"]] + \
             tok.encode(".", add_special_tokens=False).ids + [ids["<|im_end|>"]]
         start = tok.encode("\n", add_special_tokens=False).ids
-        _seg_chain(state, "language_model.model.embed_tokens.weight", "language_model.lm_head.weight",
+        add_seg_chain(state, "language_model.model.embed_tokens.weight", "language_model.lm_head.weight",
                    start + answer, seed)
     with torch.device("meta"):
         sam = Sam2VideoModel(sam2_config(config.get("sam2_config")))
-    sam_native = {name: _seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
+    sam_native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
     sam_native["shared_image_embedding.positional_embedding"] = \
         sam_native["prompt_encoder.shared_embedding.positional_embedding"]
     for name, tensor in keymap.sam2_state_to_release(sam_native).items():
@@ -256,9 +256,9 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     hidden = config["llm_config"]["hidden_size"]
     for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
                         ("2.bias", (256,))):
-        state[keymap.PROJECTION_PREFIX + name] = _seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
+        state[keymap.PROJECTION_PREFIX + name] = seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
     state = {k: v.to(weight_dtype).contiguous() for k, v in state.items()}
-    _save_sharded(folder, state, max_shard_bytes, save_file)
+    save_sharded(folder, state, max_shard_bytes)
     return folder
 
 

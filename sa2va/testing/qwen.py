@@ -19,35 +19,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from . import keymap
-from .sam2 import sam2_config
+from .. import keymap
+from ..sam2 import sam2_config
+from .common import (
+    CORPUS,
+    NUM_MERGES,
+    QWEN_NON_SPECIAL,
+    QWEN_SPECIAL,
+    QWEN_SPLIT,
+    SA2VA_TOKENS,
+    TINY_SAM2,
+    save_sharded,
+    seeded_tensor,
+    add_seg_chain,
+    train_bpe,
+)
 
 logger = logging.getLogger(__name__)
 
-SA2VA_TOKENS = ["[SEG]", "<p>", "</p>", "<vp>", "</vp>"]
-QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-QWEN_NON_SPECIAL = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
-                    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 QWEN3_EXTRA = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-              r"\s*[\r\n]+|\s+(?!\S)|\s+")
-CORPUS = (
-    "Sure, it is [SEG]. Sure, [SEG] and [SEG]. Please segment the person in this image. "
-    "Segment the cat and the dog. The woman holding the red umbrella is on the left. "
-    "What is in the picture? There is a man riding a bicycle on the street next to a car. "
-    "It is a photo of a kitchen with a table, two chairs and a window. Describe the image in detail. "
-    "Please segment the object similar to region1. What is in region1? The sky is blue and the grass is green. "
-    "0123456789 user assistant system You are a helpful assistant.\n"
-)
-NUM_MERGES = 160
 
 QWEN2_5_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -84,69 +78,7 @@ QWEN3_CHAT_TEMPLATE = (
 # Tiny model shapes. H=64 keeps a full predict on CPU well under a second apart from SAM2.
 TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
              "num_key_value_heads": 2, "head_dim": 16}
-TINY_SAM2 = {
-    "image_size": 256,
-    "vision_config": {
-        "backbone_config": {"model_type": "sam2_hiera_det_model", "hidden_size": 16, "image_size": [256, 256],
-                            "embed_dim_per_stage": [16, 32, 64, 128], "num_attention_heads_per_stage": [1, 1, 2, 2],
-                            "blocks_per_stage": [1, 1, 2, 1], "global_attention_blocks": [3],
-                            "window_positional_embedding_background_size": [4, 4],
-                            "window_size_per_stage": [8, 4, 4, 2]},
-        "backbone_channel_list": [128, 64, 32, 16],
-        "backbone_feature_sizes": [[64, 64], [32, 32], [16, 16]],
-    },
-    "prompt_encoder_config": {"image_size": 256, "patch_size": 16},
-    "memory_attention_rope_feat_sizes": [16, 16],
-    "memory_attention_feed_forward_hidden_size": 256,
-    "memory_fuser_intermediate_dim": 256,
-}
-
-
 # ----------------------------------------------------------------------------------------------- tokenizer
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (the alphabet of byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
-def _train_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Deterministic BPE on pre-tokenised byte-level words: most frequent pair first, ties by the pair."""
-    alphabet = _bytes_to_unicode()
-    vocab = {ch: i for i, ch in enumerate(alphabet[b] for b in range(256))}
-    counts = Counter(words)
-    splits = {w: list(w) for w in counts}
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter = Counter()
-        for word, parts in splits.items():
-            for a, b in zip(parts, parts[1:]):
-                pairs[(a, b)] += counts[word]
-        if not pairs:
-            break
-        best = max(pairs.items(), key=lambda kv: (kv[1], tuple(-ord(c) for c in kv[0][0] + "\0" + kv[0][1])))[0]
-        merges.append(best)
-        vocab.setdefault(best[0] + best[1], len(vocab))
-        for word, parts in splits.items():
-            i, merged = 0, []
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            splits[word] = merged
-    return vocab, merges
-
-
 def _added_tokens(family: str) -> list[tuple[str, bool]]:
     """(content, special) in release order: Qwen's specials, its non-special extras, then Sa2VA's tokens."""
     out = [(t, True) for t in QWEN_SPECIAL] + [(t, False) for t in QWEN_NON_SPECIAL]
@@ -163,7 +95,7 @@ def write_tokenizer(folder: Path, family: str) -> dict[str, int]:
     pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     words = [w for w, _ in pre.pre_tokenize_str(CORPUS)]
-    vocab, merges = _train_bpe(words, NUM_MERGES)
+    vocab, merges = train_bpe(words, NUM_MERGES)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None,
                                continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
                                byte_fallback=False))
@@ -307,47 +239,13 @@ def release_config(family: str, ids: dict[str, int], vocab_size: int, sam2: dict
 
 
 # ------------------------------------------------------------------------------------------------ weights
-def _seeded_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """A deterministic random tensor for one parameter, independent of the order tensors are made in.
-
-    Norm scales are near 1, biases and embeddings small, matrices scaled by 1/sqrt(fan_in) so activations stay
-    in range through the tiny networks."""
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
-    x = torch.randn(shape, generator=gen, dtype=torch.float32)
-    leaf = name.rsplit(".", 1)[-1]
-    if len(shape) == 1 and ("norm" in name or leaf in ("weight",)) and leaf == "weight":
-        return 1.0 + 0.05 * x
-    if leaf == "bias" or len(shape) <= 1:
-        return 0.02 * x
-    fan_in = 1
-    for d in shape[1:]:
-        fan_in *= d
-    if "embed_tokens" in name or "pos_embed" in name or "positional" in name or "embedding" in name:
-        return 0.5 * x if "embed_tokens" in name else 0.1 * x
-    return x / max(fan_in, 1) ** 0.5
-
-
-def _seg_chain(state: dict, embed_key: str, head_key: str, chain: list[int], seed: int) -> None:
-    """Make greedy decoding follow ``chain`` (token ids) by itself: each token's input embedding gets its own
-    orthonormal direction and the next token's lm_head row the same direction, scaled up (SPEC-qwen.md sec. 5)."""
-    embed, head = state[embed_key], state[head_key]
-    hidden = embed.shape[1]
-    gen = torch.Generator().manual_seed(seed + 7)
-    q, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=gen))
-    scale = float(embed.std()) * hidden ** 0.5
-    for i, (cur, nxt) in enumerate(zip(chain, chain[1:])):
-        direction = q[:, i]
-        embed[cur] += 3.0 * scale * direction
-        head[nxt] += 12.0 * direction / scale
-
-
 def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam2: str = "tiny", seed: int = 0,
                      layout: str = "v4", weight_dtype: torch.dtype | None = None,
                      max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
                      text_size: dict | None = None) -> Path:
     """Write a tiny random Sa2VA checkpoint in the release format and return its folder.
 
-    family: ``qwen3_vl``, ``qwen2_5_vl`` or ``internvl`` (written by :mod:`sa2va.synthetic_internvl`).
+    family: ``qwen3_vl`` or ``qwen2_5_vl``.
     sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1
     at 1024 px, as the releases; ~0.9 GB in fp32).
     layout: ``"v4"`` (the official releases' key layout) or ``"legacy"`` (``model.model.layers.*``,
@@ -355,20 +253,11 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     releases (fp32 for Qwen, bf16 for InternVL); for Qwen, bf16 casts the language model only (SAM2 and the projection
     stay fp32, as an export without the fp32 cast would hold).
     seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size: overrides of
-    :data:`TINY_TEXT` (InternVL: of ``synthetic_internvl.TINY_LLM``) for a bigger language model, e.g. ``{"hidden_size": 1024, "num_hidden_layers": 8,
+    :data:`TINY_TEXT` for a bigger language model, e.g. ``{"hidden_size": 1024, "num_hidden_layers": 8,
     "intermediate_size": 2816, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 64}`` (benchmarks).
     """
-    from safetensors.torch import save_file
+    from ..families.qwen_vl import model_classes, native_config, native_to_release
 
-    from .families.qwen_vl import model_classes, native_config, native_to_release
-
-    if family == "internvl":
-        from .synthetic_internvl import write_checkpoint as write_internvl
-
-        if layout != "v4":
-            raise ValueError(f"unknown layout {layout!r} for InternVL (its releases have one layout)")
-        return write_internvl(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype or torch.bfloat16,
-                              max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
     if family not in ("qwen3_vl", "qwen2_5_vl"):
         raise ValueError(f"unknown family {family!r}")
     weight_dtype = weight_dtype or torch.float32
@@ -389,64 +278,23 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
         sam = __import__("transformers").Sam2VideoModel(sam2_config(config.get("sam2_config")))
     state: dict[str, torch.Tensor] = {}
     for name, param in vlm.state_dict().items():
-        state[native_to_release(name, layout)] = _seeded_tensor(name, tuple(param.shape), seed)
+        state[native_to_release(name, layout)] = seeded_tensor(name, tuple(param.shape), seed)
     if seg_chain:
         answer = tok.encode("Sure, it is", add_special_tokens=False).ids + [ids["[SEG]"]] + \
             tok.encode(".", add_special_tokens=False).ids + [ids["<|im_end|>"]]
         start = tok.encode("\n", add_special_tokens=False).ids
         embed = native_to_release("model.language_model.embed_tokens.weight", layout)
-        _seg_chain(state, embed, "model.lm_head.weight", start + answer, seed)
+        add_seg_chain(state, embed, "model.lm_head.weight", start + answer, seed)
     if weight_dtype != torch.float32:
         state = {k: v.to(weight_dtype) for k, v in state.items()}
     hidden = config["text_config"]["hidden_size"]
     for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
                         ("2.bias", (256,))):
-        state[keymap.PROJECTION_PREFIX + name] = _seeded_tensor("text_hidden_fcs." + name, shape, seed)
-    sam_native = {name: _seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
+        state[keymap.PROJECTION_PREFIX + name] = seeded_tensor("text_hidden_fcs." + name, shape, seed)
+    sam_native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
     sam_native["shared_image_embedding.positional_embedding"] = \
         sam_native["prompt_encoder.shared_embedding.positional_embedding"]
     for name, tensor in keymap.sam2_state_to_release(sam_native).items():
         state[keymap.SAM2_PREFIX + name] = tensor.contiguous()
-    _save_sharded(folder, state, max_shard_bytes, save_file)
+    save_sharded(folder, state, max_shard_bytes)
     return folder
-
-
-def _save_sharded(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int, save_file) -> None:
-    """Write safetensors shards in key order plus ``model.safetensors.index.json`` (as save_pretrained does)."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name in state:
-        nbytes = state[name].numel() * state[name].element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = state[name]
-        size += nbytes
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / fname), metadata={"format": "pt"})
-        for name, tensor in shard.items():
-            weight_map[name] = fname
-            total += tensor.numel() * tensor.element_size()
-    parameters = sum(t.numel() for t in state.values())
-    index = {"metadata": {"total_parameters": parameters, "total_size": total},
-             "weight_map": dict(sorted(weight_map.items()))}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-class ForceTokens:
-    """A logits processor that makes greedy decoding emit ``token_ids`` in order, then repeat the last id.
-
-    Steps are counted from ``prompt_length`` (``generate`` keeps the prompt in ``input_ids``). Used by tests and
-    benchmarks to get answers with an exact number of [SEG] tokens from random weights."""
-
-    def __init__(self, prompt_length: int, token_ids: list[int]) -> None:
-        self.prompt_length = prompt_length
-        self.token_ids = list(token_ids)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = min(input_ids.shape[1] - self.prompt_length, len(self.token_ids) - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.token_ids[step]] = 0
-        return forced

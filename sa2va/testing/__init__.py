@@ -1,0 +1,50 @@
+"""Synthetic Sa2VA checkpoints for tests, benchmarks and the installation check.
+
+Tiny (or, for benchmarks, larger) random checkpoints in the exact on-disk format of the official releases, so the
+real loading and inference code runs without downloading anything. Every file is a pure function of the writer's
+arguments, identical on every CPU (see :mod:`sa2va.testing.common`), so reference outputs made once from a
+checkpoint with the upstream code can be committed and compared against a checkpoint rebuilt later.
+
+- :func:`write_checkpoint`: one entry point for every family;
+- :class:`ForceTokens`: a logits processor that forces an answer (exact [SEG] counts from random weights);
+- :data:`TINY_SAM2`: the 256-px SAM2 geometry of the tiny checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .common import TINY_SAM2, ForceTokens
+
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl")
+
+
+def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam2: str = "tiny", seed: int = 0,
+                     layout: str = "v4", weight_dtype: torch.dtype | None = None,
+                     max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
+                     text_size: dict | None = None) -> Path:
+    """Write a random Sa2VA checkpoint of ``family`` in its releases' format into ``folder``; returns the folder.
+
+    family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or
+    ``"full"`` (SAM2 Hiera-L v1 at 1024 px, as the releases). layout: ``"v4"`` (the releases' key layout) or, for
+    Qwen2.5-VL, ``"legacy"``. weight_dtype: None for the dtype of the family's releases (fp32 for Qwen, bf16 for
+    InternVL). seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size:
+    overrides of the tiny language model's geometry (benchmarks)."""
+    if family == "internvl":
+        from .internvl import write_checkpoint as write_internvl
+
+        if layout != "v4":
+            raise ValueError(f"unknown layout {layout!r} for InternVL (its releases have one layout)")
+        return write_internvl(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype or torch.bfloat16,
+                              max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    from .qwen import write_checkpoint as write_qwen
+
+    return write_qwen(folder, family, sam2=sam2, seed=seed, layout=layout, weight_dtype=weight_dtype,
+                      max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
+
+
+__all__ = ["FAMILIES", "TINY_SAM2", "ForceTokens", "write_checkpoint"]

@@ -1,4 +1,4 @@
-"""ComfyUI-Sa2VA: ComfyUI entry point (V3 nodes: Sa2VA Loader, Sa2VA Segmentation).
+"""ComfyUI-Sa2VA: ComfyUI entry point (V3 nodes: Sa2VA Loader, Segmentation, Refine Mask, Video Segmentation).
 
 Importing this package must never break ComfyUI's start-up: with a ComfyUI older than the V3 node API (0.3.48)
 the pack logs one line and registers nothing; heavy dependencies (transformers, bitsandbytes) are imported only
@@ -10,7 +10,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 if importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None:
-    from .nodes.v3 import comfy_entrypoint  # noqa: F401
+    from .nodes.extension import comfy_entrypoint  # noqa: F401
 
     __all__ = ["comfy_entrypoint"]
 elif importlib.util.find_spec("comfy") is not None:

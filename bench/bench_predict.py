@@ -10,7 +10,7 @@ language model's. Decoding is forced (``sa2va.testing.ForceTokens``) to ``Sure, 
 with exactly N [SEG].
 
 "ours" is ``Sa2VAModel.predict``. "baseline" follows the reference (``predict_forward`` of ByteDance's Sa2VA code,
-SPEC-qwen.md section 2) step by step on the same transformers modules and weights:
+docs/design.md, "The reference algorithm") step by step on the same transformers modules and weights:
 
 1. ``generate(..., output_hidden_states=True, return_dict_in_generate=True)``: every layer's hidden states of every
    step are kept until the answer is complete; the [SEG] rows are then picked from the last entry;
@@ -38,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import sa2va  # noqa: E402
-from sa2va.model import _to_pil  # noqa: E402
+from sa2va.inputs import to_pil  # noqa: E402
 from sa2va.sam2 import sam2_pixels, upsample_logits  # noqa: E402
 from sa2va.testing import ForceTokens  # noqa: E402
 
@@ -67,7 +67,7 @@ def answer_ids(tokenizer, count: int) -> list[int]:
 
 
 def prompt_length(model, image) -> int:
-    inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], PROMPT.replace("<image>", ""))
+    inputs = model.prompt_inputs([image], PROMPT)
     return int(inputs["input_ids"].shape[1])
 
 
@@ -91,7 +91,7 @@ class Baseline:
         from transformers import GenerationConfig, LogitsProcessorList
 
         model, sam = self.model, self.sam
-        pil = _to_pil(image)
+        pil = to_pil(image)
         inputs = model.adapter.build_inputs(model.processor, [pil], PROMPT.replace("<image>", ""))
         device = next(model.vlm.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
@@ -172,18 +172,18 @@ def check_same(count: int, a, b) -> float:
 def breakdown(model, image, forced: list[int], length: int, runs: int, device: torch.device) -> dict:
     """Median seconds of ours' stages: generate, SAM2 encoder, K-mask decode + resize + sigmoid."""
     head = model.grounding
-    pil = _to_pil(image)
+    pil = to_pil(image)
     stages: dict[str, list[float]] = {"preprocess+generate": [], "sam2_encoder": [], "decode+resize": []}
     for _ in range(runs):
-        (_, states), sample = common.timed(lambda: model._generate(
-            model.adapter.build_inputs(model.processor, [pil], PROMPT.replace("<image>", "")),
-            sa2va.model.DEFAULT_MAX_NEW_TOKENS, [ForceTokens(length, forced)]), device)
+        answer, sample = common.timed(lambda: model.answer(
+            [pil], PROMPT, sa2va.model.DEFAULT_MAX_NEW_TOKENS, [ForceTokens(length, forced)]), device)
+        states = answer.seg_states
         stages["preprocess+generate"].append(sample.wall)
         features, sample = common.timed(lambda: head.encode(sam2_pixels([pil], head.image_size)), device)
         stages["sam2_encoder"].append(sample.wall)
 
         def decode():
-            embeddings = model.projection(torch.stack(states))
+            embeddings = model.seg_embeddings(states)
             low = head.image_logits(features, embeddings)
             return upsample_logits(low, head.image_size, pil.height, pil.width).sigmoid().cpu()
 
@@ -196,7 +196,7 @@ def breakdown(model, image, forced: list[int], length: int, runs: int, device: t
 def encoder_only(model, image, runs: int, device: torch.device) -> dict:
     """Median wall/CPU seconds of one SAM2 image-encoder pass: ours (GroundingHead.encode) vs stock."""
     head = model.grounding
-    pixels = sam2_pixels([_to_pil(image)], head.image_size).to(device=head.device, dtype=head.dtype)
+    pixels = sam2_pixels([to_pil(image)], head.image_size).to(device=head.device, dtype=head.dtype)
     series = {"ours": common.Series(), "stock": common.Series()}
     calls = {"ours": lambda: head.encode(pixels),
              "stock": lambda: head.model.get_image_features(pixels, return_dict=True)}

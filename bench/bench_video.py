@@ -57,11 +57,8 @@ class MovingDisc:
 
 def forcing(model, clip) -> list:
     """Decoding forced to ``Sure, it is [SEG].<|im_end|>`` (the prompt length depends on the key frames)."""
-    from sa2va.model import _to_pil
-
     keys = key_frame_indices(len(clip), 5, "first")
-    inputs = model.adapter.build_inputs(model.processor, [_to_pil(clip[k]) for k in keys],
-                                        PROMPT.replace("<image>", ""))
+    inputs = model.prompt_inputs([clip[k] for k in keys], PROMPT)
     tok = model.tokenizer
     answer = tok.encode("Sure, it is", add_special_tokens=False) + [tok.convert_tokens_to_ids("[SEG]")] + \
         tok.encode(".", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]

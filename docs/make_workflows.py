@@ -1,7 +1,7 @@
 """Write the UI-format example workflows in example_workflows/: ``python docs/make_workflows.py``.
 
 UI format (nodes with positions, widget values and links), which ComfyUI's template browser loads as graphs.
-Widget values follow the order of each node's widget inputs in its schema (nodes/v3.py).
+Widget values follow the order of each node's widget inputs in its schema (the node classes in nodes/).
 """
 import json
 from pathlib import Path
@@ -59,7 +59,7 @@ def previews(wf, seg, x, y):
     p3 = wf.node("PreviewAny", (x, y + 310), [], [("source", "*")], size=(620, 160), title="Answer")
     wf.link(seg, 4, p3, "source")
 
-# 1. basic: the Segmentation node alone (seed README Quick Start)
+# 1. basic: the Segmentation node alone (the README's first workflow)
 wf = WF()
 img = wf.node("LoadImage", (40, 120), ["example.png", "image"], [], LOAD_OUTPUTS, size=(320, 360))
 seg = wf.node("Sa2VASegmentation", (400, 60), seg_widgets("the person"), SEG_IN, SEG_OUT, size=(380, 600))

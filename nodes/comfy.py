@@ -1,9 +1,10 @@
-"""The one bridge to ComfyUI services: model folders, progress, interrupt, memory management.
+"""The one bridge to ComfyUI: the V3 node API, model folders, progress, interrupt, memory management.
 
-Inside ComfyUI it uses ``folder_paths``, ``comfy.utils.ProgressBar``, ``comfy.model_management`` and
-``comfy.model_patcher``. Outside ComfyUI (tests, scripts) it falls back to plain behaviour: the models folder
+Inside ComfyUI it uses ``comfy_api.latest`` (``io``, ``ComfyExtension``), ``folder_paths``,
+``comfy.utils.ProgressBar``, ``comfy.model_management`` and ``comfy.model_patcher``. Outside ComfyUI (tests, scripts)
+it falls back to plain behaviour: node classes are plain classes whose ``execute`` returns a tuple, the models folder
 comes from ``$SA2VA_MODELS_DIR`` (default ``./models/sa2va``), progress goes to tqdm, nothing is ever
-interrupted, and models live on the device they were loaded to.
+interrupted, and models live on the device they were loaded to. No other module of the pack imports ComfyUI.
 """
 from __future__ import annotations
 
@@ -28,6 +29,42 @@ try:  # ComfyUI's modules exist only inside a running ComfyUI
 except ImportError:
     _mm = _patcher = _cutils = _folder_paths = None
     IN_COMFY = False
+
+
+try:  # the V3 node API (ComfyUI 0.3.48 or newer)
+    from comfy_api.latest import ComfyExtension as _ComfyExtension
+    from comfy_api.latest import io
+
+    HAS_V3 = True
+except ImportError:
+    _ComfyExtension = io = None
+    HAS_V3 = False
+
+#: the base class of the pack's node classes: ``io.ComfyNode`` inside ComfyUI, a plain class outside
+NodeBase: type = io.ComfyNode if HAS_V3 else object
+
+
+def node_output(*values):
+    """What ``execute`` returns: ``io.NodeOutput(*values)`` inside ComfyUI, the plain tuple outside."""
+    return io.NodeOutput(*values) if io is not None else values
+
+
+def schema_api():
+    """``comfy_api.latest.io``, for ``define_schema`` (which ComfyUI alone calls)."""
+    if io is None:
+        raise RuntimeError("The node schemas need ComfyUI's comfy_api (ComfyUI 0.3.48 or newer); run the nodes "
+                           "inside ComfyUI.")
+    return io
+
+
+def extension(nodes: list[type]):
+    """The ComfyExtension that registers ``nodes`` (ComfyUI calls ``get_node_list``)."""
+
+    class Sa2VAExtension(_ComfyExtension):
+        async def get_node_list(self) -> list[type]:
+            return list(nodes)
+
+    return Sa2VAExtension()
 
 
 class Interrupted(Exception):

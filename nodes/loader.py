@@ -1,6 +1,7 @@
-"""Sa2VA Loader logic: model choices, folder resolution, download, and the SA2VA_MODEL handle.
+"""Sa2VA Loader: model choices, folder resolution, download, and the SA2VA_MODEL handle.
 
-Plain functions (no ComfyUI import): the V3 node class in nodes/v3.py only forwards to :func:`load_handle`.
+:func:`load_handle` is the loader's work (also used by the Segmentation and Video nodes without a loader);
+:class:`Sa2VALoader` is the node.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import torch
 from ..sa2va import catalog
 from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files, required_files
 from ..sa2va.errors import InputError, ModelFolderError
-from ..sa2va.model import Sa2VAModel, load_model
+from ..sa2va.model import DTYPES, Sa2VAModel, load_model, resolve_dtype
 from . import comfy
+from .common import MODEL_TOOLTIP, model_socket
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUANTIZATIONS = {"none": None, "8bit": "8bit", "4bit": "4bit"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -159,7 +160,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def load_handle(model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quantization: str = "none",
+def load_handle(*, model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quantization: str = "none",
                 attention: str = "sdpa", device: str = "auto") -> Sa2VAHandle:
     """Load (downloading first when needed) a Sa2VA model and wrap it for ComfyUI's memory manager."""
     if dtype not in DTYPES:
@@ -175,18 +176,47 @@ def load_handle(model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quantiz
     if quant:
         size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
         comfy.free_memory(size // (4 if quant == "8bit" else 8), run_device)
-        loaded = load_model(folder, device=run_device, dtype=DTYPES[dtype], quantization=quant,
+        loaded = load_model(folder, device=run_device, dtype=dtype, quantization=quant,
                             attn_implementation=attention)
         return Sa2VAHandle(loaded, model, quant, run_device, None, {"dtype": dtype, "attention": attention})
     offload = comfy.offload_device() if comfy.IN_COMFY else run_device
-    dtype_value = DTYPES[dtype] if DTYPES[dtype] is not None else _auto_dtype(run_device)
-    loaded = load_model(folder, device=offload, dtype=dtype_value, attn_implementation=attention)
+    loaded = load_model(folder, device=offload, dtype=resolve_dtype(dtype, run_device), attn_implementation=attention)
     patcher = comfy.make_patcher({"vlm": loaded.vlm, "projection": loaded.projection,
                                   "sam2": loaded.grounding.model}, run_device, offload)
     return Sa2VAHandle(loaded, model, None, run_device, patcher, {"dtype": dtype, "attention": attention})
 
 
-def _auto_dtype(device: torch.device) -> torch.dtype:
-    from ..sa2va.model import default_dtype
+class Sa2VALoader(comfy.NodeBase):
+    """Load a Sa2VA model once for every connected node (the SA2VA_MODEL handle, :class:`Sa2VAHandle`)."""
 
-    return default_dtype(device)
+    @classmethod
+    def define_schema(cls):
+        io = comfy.schema_api()
+        return io.Schema(
+            node_id="Sa2VALoader",
+            display_name="Sa2VA Loader",
+            category="Sa2VA",
+            description="Load a Sa2VA model (downloading it first when needed) for one or more Sa2VA "
+                        "Segmentation nodes. The model is loaded once and shared by every connected node.",
+            inputs=[
+                io.Combo.Input("model", options=model_choices(), default=catalog.DEFAULT_MODEL, tooltip=MODEL_TOOLTIP),
+                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                               tooltip="Compute precision. auto: bf16 on GPUs that support it, fp16 on older GPUs, "
+                                       "fp32 on the CPU."),
+                io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none",
+                               tooltip="8bit / 4bit (bitsandbytes) shrink the language model about 2x / 4x; the "
+                                       "vision tower and SAM2 stay in the compute dtype. Quantised models stay on "
+                                       "the GPU until the workflow stops using them."),
+                io.Combo.Input("attention", options=attention_choices(), default="sdpa",
+                               tooltip="Attention kernel: sdpa (default), eager (exact reference numerics), "
+                                       "flash_attention_2 (listed when flash-attn is installed)."),
+                io.Combo.Input("device", options=device_choices(), default="auto",
+                               tooltip="auto uses ComfyUI's device (the CPU when ComfyUI runs with --cpu)."),
+            ],
+            outputs=[model_socket(io).Output(display_name="model", tooltip="A loaded Sa2VA model")],
+        )
+
+    @classmethod
+    def execute(cls, *, model: str, dtype: str, quantization: str, attention: str, device: str):
+        return comfy.node_output(load_handle(model=model, dtype=dtype, quantization=quantization,
+                                             attention=attention, device=device))

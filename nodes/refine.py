@@ -1,12 +1,12 @@
-"""Refinement for the nodes: the ViTMatte model's lifetime and the Sa2VA Refine Mask logic.
+"""Sa2VA Refine Mask: the refinement stack on any IMAGE + MASK pair; and the ViTMatte model the refinement shares.
 
-The ViTMatte model is loaded on the first VITMatte use into one module-level slot (like the Segmentation node's own
-model slot), freed by ``clean_vram_after``; it is small (~100 MB) and shared by every node that needs it.
+The ViTMatte model is loaded on the first VITMatte use into :data:`MATTER_SLOT`, freed by ``clean_vram_after``; it is
+small (~100 MB) and shared by every node that needs it.
 """
 from __future__ import annotations
 
-import gc
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,16 @@ from ..sa2va.errors import InputError
 from ..sa2va.matting import VITMATTE_NAME, VITMATTE_REPO, Matter, load_matter
 from ..sa2va.refine import RefineSettings, refine
 from . import comfy
+from .common import CATEGORY, ModelSlot, refine_inputs, refine_settings, sanitize
 
 logger = logging.getLogger(__name__)
 
 VITMATTE_FILES = ("config.json", "preprocessor_config.json")
-_MATTER: dict[str, Matter] = {}
+#: the shared ViTMatte model
+MATTER_SLOT = ModelSlot("ViTMatte")
 
 
-def vitmatte_folder():
+def vitmatte_folder() -> Path:
     """A complete ViTMatte folder: found under a registered vitmatte folder, else downloaded."""
     for base in comfy.model_dirs(comfy.MATTING_FOLDER_NAME):
         if is_complete(base / VITMATTE_NAME, VITMATTE_FILES):
@@ -43,22 +45,7 @@ def vitmatte_folder():
 
 def matter() -> Matter:
     """The shared ViTMatte model, loaded on first use."""
-    if "model" not in _MATTER:
-        _MATTER["model"] = load_matter(vitmatte_folder(), device=comfy.torch_device())
-    return _MATTER["model"]
-
-
-def release_matter() -> None:
-    _MATTER.clear()
-    gc.collect()
-    comfy.soft_empty_cache()
-
-
-def sanitize(image: torch.Tensor) -> torch.Tensor:
-    """A ComfyUI IMAGE ``[B, H, W, C]`` as float32 RGB in 0..1 on the CPU: NaN -> 0, +Inf -> 1, -Inf -> 0, values
-    clamped, greyscale repeated to 3 channels, alpha dropped."""
-    rgb = image[..., :3] if image.shape[-1] >= 3 else image[..., :1].expand(-1, -1, -1, 3)
-    return torch.nan_to_num(rgb.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1).cpu()
+    return MATTER_SLOT.get(VITMATTE_NAME, lambda: load_matter(vitmatte_folder(), device=comfy.torch_device()))
 
 
 def refine_batch(image: torch.Tensor, probabilities: list[torch.Tensor],
@@ -69,31 +56,61 @@ def refine_batch(image: torch.Tensor, probabilities: list[torch.Tensor],
     return [refine(image[i], p, settings, shared) for i, p in enumerate(probabilities)]
 
 
-def refine_mask(image: torch.Tensor, mask: torch.Tensor, settings: RefineSettings,
-                clean_vram_after: bool = False) -> torch.Tensor:
-    """The Sa2VA Refine Mask node: refine any MASK ``[B or 1, h, w]`` on an IMAGE ``[B or 1, H, W, 3]``.
+class Sa2VARefineMask(comfy.NodeBase):
+    """Refine any MASK ``[B or 1, h, w]`` on an IMAGE ``[B or 1, H, W, 3]``: a mask of another size is resized
+    (bilinear) to the image; a single mask or image is repeated over the other's batch. Outputs MASK
+    ``[max(B), H, W]`` and the same as grey images."""
 
-    A mask of another size is resized (bilinear) to the image; a single mask or image is repeated over the other's
-    batch. Returns MASK ``[max(B), H, W]``."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        raise InputError(f"Expected a ComfyUI IMAGE [B, H, W, 3], got {getattr(image, 'shape', type(image))}.")
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
-        raise InputError(f"Expected a ComfyUI MASK [B, H, W], got {getattr(mask, 'shape', type(mask))}.")
-    mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
-    batch = max(image.shape[0], mask.shape[0])
-    if image.shape[0] not in (1, batch) or mask.shape[0] not in (1, batch):
-        raise InputError(f"IMAGE batch {image.shape[0]} and MASK batch {mask.shape[0]} do not match; use equal "
-                         f"batches or a single image/mask.")
-    height, width = image.shape[1], image.shape[2]
-    mask = torch.nan_to_num(mask.float(), nan=0.0).clamp(0, 1)
-    if mask.shape[1:] != (height, width):
-        mask = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    image = sanitize(image)
-    image = image.expand(batch, -1, -1, -1) if image.shape[0] == 1 else image
-    mask = mask.expand(batch, -1, -1) if mask.shape[0] == 1 else mask
-    try:
-        out = refine_batch(image, [mask[i:i + 1] for i in range(batch)], settings)
-    finally:
-        if clean_vram_after:
-            release_matter()
-    return torch.cat(out).to(comfy.output_device())
+    @classmethod
+    def define_schema(cls):
+        io = comfy.schema_api()
+        return io.Schema(
+            node_id="Sa2VARefineMask",
+            display_name="Sa2VA Refine Mask",
+            category=CATEGORY,
+            description="Refine any mask on its image with the Sa2VA refinement stack: black/white points, "
+                        "FastMatte (guided filter) or VITMatte, erode/dilate, optional threshold.",
+            inputs=[
+                io.Image.Input("image", tooltip="The image the mask belongs to (guides the edge refinement)."),
+                io.Mask.Input("mask", tooltip="Any mask; resized to the image if its size differs."),
+                io.Float.Input("mask_threshold", default=RefineSettings.mask_threshold, min=0.0, max=1.0,
+                               step=0.01,
+                               tooltip="With apply_mask_threshold on, values at least this become 1, the rest 0."),
+                io.Boolean.Input("apply_mask_threshold", default=False,
+                                 tooltip="Off (default): keep the refined soft alpha."),
+                io.Boolean.Input("clean_vram_after", default=False,
+                                 tooltip="Release the ViTMatte model after this run."),
+                *refine_inputs(io),
+            ],
+            outputs=[io.Mask.Output(display_name="mask", tooltip="The refined mask(s), one per image."),
+                     io.Image.Output(display_name="mask_image", tooltip="The refined mask(s) as grey images.")],
+        )
+
+    @classmethod
+    def execute(cls, *, image: torch.Tensor, mask: torch.Tensor, mask_threshold: float, apply_mask_threshold: bool,
+                clean_vram_after: bool, **refinement):
+        settings = refine_settings(**refinement, mask_threshold=mask_threshold,
+                                   apply_mask_threshold=apply_mask_threshold)
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            raise InputError(f"Expected a ComfyUI IMAGE [B, H, W, 3], got {getattr(image, 'shape', type(image))}.")
+        if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+            raise InputError(f"Expected a ComfyUI MASK [B, H, W], got {getattr(mask, 'shape', type(mask))}.")
+        mask = mask.unsqueeze(0) if mask.ndim == 2 else mask
+        batch = max(image.shape[0], mask.shape[0])
+        if image.shape[0] not in (1, batch) or mask.shape[0] not in (1, batch):
+            raise InputError(f"IMAGE batch {image.shape[0]} and MASK batch {mask.shape[0]} do not match; use equal "
+                             f"batches or a single image/mask.")
+        height, width = image.shape[1], image.shape[2]
+        mask = torch.nan_to_num(mask.float(), nan=0.0).clamp(0, 1)
+        if mask.shape[1:] != (height, width):
+            mask = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+        image = sanitize(image)
+        image = image.expand(batch, -1, -1, -1) if image.shape[0] == 1 else image
+        mask = mask.expand(batch, -1, -1) if mask.shape[0] == 1 else mask
+        try:
+            out = torch.cat(refine_batch(image, [mask[i:i + 1] for i in range(batch)], settings))
+        finally:
+            if clean_vram_after:
+                MATTER_SLOT.release()
+        out = out.to(comfy.output_device())
+        return comfy.node_output(out, out.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous())

@@ -1,6 +1,5 @@
-"""Sa2VA Video Segmentation logic: the frames of one clip -> one mask track per object, merged masks, overlay, text.
+"""Sa2VA Video Segmentation: the frames of one clip -> one mask track per object, merged masks, overlay, text.
 
-Plain functions (no ComfyUI import); the V3 node class in nodes/v3.py only forwards to :func:`segment_video`.
 The IMAGE batch is one clip; frames are converted to uint8 one at a time as the library asks for them, so the
 node holds no second copy of the clip. Threshold semantics as the Segmentation node: with ``apply_mask_threshold``
 a pixel is 1 when its probability is at least ``mask_threshold`` and 0 otherwise; without it masks stay soft.
@@ -8,36 +7,23 @@ a pixel is 1 when its probability is at least ``mask_threshold`` and 0 otherwise
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from ..sa2va import catalog
 from ..sa2va.errors import Cancelled, InputError
+from ..sa2va.inputs import check_prompt
 from ..sa2va.masks import draw_labels, overlay, threshold
-from ..sa2va.video import DEFAULT_KEY_FRAMES, KEY_FRAME_SPACINGS, VIDEO_MODES
+from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
-from .loader import Sa2VAHandle
-from .refine import sanitize
-from .segmentation import (DEFAULT_MASK_THRESHOLD, DEFAULT_MAX_NEW_TOKENS, _TokenProgress, _to_uint8,
-                           as_segmentation_request, release_slot, slot_handle)
+from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
+                     MODEL_TOOLTIP, TokenProgress, as_segmentation_request, model_socket, sanitize, to_uint8)
+from .loader import Sa2VAHandle, model_choices
+from .segmentation import handle_for, release
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VIDEO_PROMPT = "Please segment the main subject."
-
-
-@dataclass
-class VideoSegmentationResult:
-    """masks ``[N*T, H, W]`` (object-major: object 0's T frames, then object 1's; T empty masks when N = 0);
-    merged ``[T, H, W]``; overlay ``[T, H, W, 3]``; all float32 0..1. phrases: one line per object."""
-
-    masks: torch.Tensor
-    merged: torch.Tensor
-    overlay: torch.Tensor
-    text: str
-    phrases: str
-    count: int
+DEFAULT_VIDEO_PROMPT = DEFAULT_PROMPT
 
 
 class ClipFrames:
@@ -50,7 +36,7 @@ class ClipFrames:
         return int(self.image.shape[0])
 
     def __getitem__(self, index: int):
-        return _to_uint8(sanitize(self.image[index:index + 1])[0])
+        return to_uint8(sanitize(self.image[index:index + 1])[0])
 
 
 def phrase_lines(phrases: list[str], num_frames: int) -> str:
@@ -61,57 +47,111 @@ def phrase_lines(phrases: list[str], num_frames: int) -> str:
                      for k, p in enumerate(phrases))
 
 
-def segment_video(frames: torch.Tensor, prompt: str, model: Sa2VAHandle | None = None,
-                  model_name: str = catalog.DEFAULT_MODEL, key_frames: int = DEFAULT_KEY_FRAMES,
-                  key_frame_spacing: str = "first", mode: str = "memory", offload_frames: bool = False,
-                  offload_state: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                  mask_threshold: float = DEFAULT_MASK_THRESHOLD, apply_mask_threshold: bool = True,
-                  clean_vram_after: bool = False) -> VideoSegmentationResult:
-    """Segment the objects ``prompt`` asks for through the clip ``frames`` (a ComfyUI IMAGE ``[T, H, W, 3]``)."""
-    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
-        raise InputError(f"Expected a ComfyUI IMAGE batch [T, H, W, 3] holding the frames of one clip, got "
-                         f"{getattr(frames, 'shape', type(frames))}.")
-    if not 0.0 <= mask_threshold <= 1.0:
-        raise InputError(f"mask_threshold must be between 0 and 1, got {mask_threshold}.")
-    if key_frame_spacing not in KEY_FRAME_SPACINGS or mode not in VIDEO_MODES:
-        raise InputError(f"key_frame_spacing must be one of {', '.join(KEY_FRAME_SPACINGS)} and mode one of "
-                         f"{', '.join(VIDEO_MODES)}; got {key_frame_spacing!r} and {mode!r}.")
-    request = as_segmentation_request(prompt or "")
-    if not request.replace("<image>", "").strip():
-        raise InputError("The segmentation prompt is empty: describe what to segment, e.g. 'the red car'.")
-    handle = model if model is not None else slot_handle(model_name)
-    total = int(frames.shape[0])
-    bar = comfy.Progress(max_new_tokens + total, "Sa2VA video")
-    try:
-        comfy.throw_if_interrupted()
-        handle.prepare()
+class Sa2VAVideoSegmentation(comfy.NodeBase):
+    """Outputs: masks ``[N*T, H, W]`` (object-major: object 0's T frames, then object 1's; T empty masks when
+    N = 0), merged ``[T, H, W]``, overlay ``[T, H, W, 3]`` (float32 0..1), the answer, one line per object."""
+
+    @classmethod
+    def define_schema(cls):
+        io = comfy.schema_api()
+        return io.Schema(
+            node_id="Sa2VAVideoSegmentation",
+            display_name="Sa2VA Video Segmentation",
+            category=CATEGORY,
+            description="Segment what the prompt describes through every frame of a clip: the model reads a few key "
+                        "frames, then SAM2 follows each object with its memory. One mask track per object.",
+            inputs=[
+                io.Image.Input("frames", tooltip="The frames of one clip, in order (an IMAGE batch, e.g. from "
+                                                 "Get Video Components)."),
+                io.String.Input("prompt", multiline=True, default=DEFAULT_VIDEO_PROMPT,
+                                tooltip="What to segment, e.g. 'the dog running on the beach'. A bare noun ('dog') "
+                                        "becomes 'Please segment the dog.'."),
+                io.Combo.Input("model_name", options=model_choices(), default=catalog.DEFAULT_MODEL,
+                               tooltip="Used when no Sa2VA Loader is connected. " + MODEL_TOOLTIP),
+                io.Int.Input("key_frames", default=VideoOptions.key_frames, min=1, max=32,
+                             tooltip="How many frames the language model sees; SAM2 is prompted on each of them. "
+                                     "The reference uses 5. More costs more language-model tokens."),
+                io.Combo.Input("key_frame_spacing", options=list(KEY_FRAME_SPACINGS), default=VideoOptions.key_frame_spacing,
+                               tooltip="first: frames 0..K-1 (the reference). even: K frames spread over the whole "
+                                       "clip (first and last included), better when the object changes or "
+                                       "appears late."),
+                io.Combo.Input("mode", options=list(VIDEO_MODES), default=VideoOptions.mode,
+                               tooltip="memory: SAM2 tracks each object from the key frames with its memory (the "
+                                       "reference). consistent: every frame is segmented from the prompt alone, "
+                                       "with no memory (Sa2VA-i); no drift, but less temporal smoothing."),
+                io.Boolean.Input("offload_frames", default=False,
+                                 tooltip="Move each frame's masks to the CPU as soon as it is done (else they stay on the "
+                                         "GPU until the clip ends: 4 bytes per pixel per object per frame). On for "
+                                         "long or high-resolution clips on a small GPU."),
+                io.Boolean.Input("offload_state", default=False,
+                                 tooltip="Keep SAM2's memory of past frames (about 6 MB per object at full size, "
+                                         "bounded) on the CPU; it moves to the GPU while a frame uses it."),
+                io.Int.Input("max_new_tokens", default=DEFAULT_ANSWER_TOKENS, min=1, max=MAX_ANSWER_TOKENS,
+                             tooltip="Longest answer in tokens. Each mask needs only a few."),
+                io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                               tooltip="With apply_mask_threshold on, pixels whose probability is at least this "
+                                       "become 1, the rest 0."),
+                io.Boolean.Input("apply_mask_threshold", default=True,
+                                 tooltip="Off: output the model's soft probabilities (0..1) instead of binary masks."),
+                io.Boolean.Input("clean_vram_after", default=False,
+                                 tooltip="Release the model's memory after this run (the next run loads it again)."),
+                model_socket(io).Input("model", optional=True,
+                                       tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="masks", tooltip="One mask per object per frame, object by object: "
+                                                             "masks 0..T-1 are object 0's track, T..2T-1 object 1's "
+                                                             "(see phrases). T empty masks when nothing was found."),
+                io.Mask.Output(display_name="merged_mask", tooltip="Union of all objects, one mask per frame."),
+                io.Image.Output(display_name="overlay", tooltip="The masks coloured over each frame."),
+                io.String.Output(display_name="text", tooltip="The model's answer."),
+                io.String.Output(display_name="phrases", tooltip="One line per object: 'index: phrase (masks "
+                                                                 "first-last)'."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, *, frames: torch.Tensor, prompt: str, model_name: str, key_frames: int, key_frame_spacing: str,
+                mode: str, offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
+                apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None):
+        if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+            raise InputError(f"Expected a ComfyUI IMAGE batch [T, H, W, 3] holding the frames of one clip, got "
+                             f"{getattr(frames, 'shape', type(frames))}.")
+        if not 0.0 <= mask_threshold <= 1.0:
+            raise InputError(f"mask_threshold must be between 0 and 1, got {mask_threshold}.")
+        options = VideoOptions(key_frames=key_frames, key_frame_spacing=key_frame_spacing, mode=mode,
+                               offload_frames=offload_frames, offload_state=offload_state)
+        options.validate()
+        request = as_segmentation_request(prompt or "")
+        check_prompt(request)
+        handle = handle_for(model, model_name)
+        total = int(frames.shape[0])
+        bar = comfy.Progress(max_new_tokens + total, "Sa2VA video")
         try:
-            prediction = handle.model.predict_video(
-                ClipFrames(frames), request, max_new_tokens=max_new_tokens, key_frames=key_frames,
-                key_frame_spacing=key_frame_spacing, mode=mode, offload_frames=offload_frames,
-                offload_state=offload_state, stopping_criteria=[_TokenProgress(bar, 0)],
-                progress=lambda done, _: bar.set(max_new_tokens + done), cancelled=comfy.interrupted)
-        except Cancelled:
             comfy.throw_if_interrupted()
-            raise
-        comfy.throw_if_interrupted()
-    finally:
-        bar.close()
-        if clean_vram_after:
-            if model is None:
-                release_slot()
-            else:
-                handle.release_vram()
-    probabilities = prediction.masks                                    # [N, T, H, W]
-    chosen = threshold(probabilities, mask_threshold) if apply_mask_threshold else probabilities
-    count, height, width = chosen.shape[0], chosen.shape[2], chosen.shape[3]
-    overlays = []
-    for t in range(total):
-        rgb = sanitize(frames[t:t + 1])[0]
-        overlays.append(draw_labels(overlay(rgb, chosen[:, t], threshold=0.5), chosen[:, t], prediction.phrases))
-    merged = chosen.amax(0) if count else torch.zeros(total, height, width)
-    flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width)
-    out = comfy.output_device()
-    return VideoSegmentationResult(masks=flat.to(out), merged=merged.to(out), overlay=torch.stack(overlays).to(out),
-                                   text=prediction.text, phrases=phrase_lines(prediction.phrases, total),
-                                   count=count)
+            handle.prepare()
+            try:
+                prediction = handle.model.predict_video(
+                    ClipFrames(frames), request, max_new_tokens=max_new_tokens, options=options,
+                    stopping_criteria=[TokenProgress(bar, 0)],
+                    progress=lambda done, _: bar.set(max_new_tokens + done), cancelled=comfy.interrupted)
+            except Cancelled:
+                comfy.throw_if_interrupted()
+                raise
+            comfy.throw_if_interrupted()
+        finally:
+            bar.close()
+            if clean_vram_after:
+                release(model, handle)
+        probabilities = prediction.masks                                    # [N, T, H, W]
+        chosen = threshold(probabilities, mask_threshold) if apply_mask_threshold else probabilities
+        count, height, width = chosen.shape[0], chosen.shape[2], chosen.shape[3]
+        overlays = []
+        for t in range(total):
+            rgb = sanitize(frames[t:t + 1])[0]
+            overlays.append(draw_labels(overlay(rgb, chosen[:, t], threshold=0.5), chosen[:, t], prediction.phrases))
+        merged = chosen.amax(0) if count else torch.zeros(total, height, width)
+        flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width)
+        out = comfy.output_device()
+        return comfy.node_output(flat.to(out), merged.to(out), torch.stack(overlays).to(out), prediction.text,
+                                 phrase_lines(prediction.phrases, total))

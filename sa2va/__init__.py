@@ -8,11 +8,23 @@
     video.masks            # float32 [N, T, H, W] probabilities, tracked with SAM2's memory
 
 No code from the model hub is ever executed; the library never downloads implicitly (see sa2va.download).
+The model API is imported on first use, so ``python -m sa2va doctor`` can report a missing torch or transformers
+instead of failing on import.
 """
 from .errors import Cancelled, CheckpointKeyError, DependencyError, InputError, ModelFolderError, Sa2VAError
-from .model import Prediction, Sa2VAModel, load_model
-from .video import VideoPrediction
 
-__all__ = ["load_model", "Sa2VAModel", "Prediction", "VideoPrediction", "Sa2VAError", "ModelFolderError",
-           "CheckpointKeyError", "InputError", "DependencyError", "Cancelled"]
+__all__ = ["load_model", "Sa2VAModel", "Prediction", "VideoPrediction", "VideoOptions", "Answer", "Sa2VAError",
+           "ModelFolderError", "CheckpointKeyError", "InputError", "DependencyError", "Cancelled"]
 __version__ = "0.1.0"
+
+_LAZY = {"load_model": "model", "Sa2VAModel": "model", "Prediction": "model", "VideoPrediction": "video",
+         "VideoOptions": "video", "Answer": "answer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    message = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(message)

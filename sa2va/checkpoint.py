@@ -49,7 +49,7 @@ def detect_family(config: dict, folder: str | os.PathLike = "") -> str:
     """Which family adapter serves this config: ``qwen3_vl``, ``qwen2_5_vl`` or ``internvl``.
 
     Qwen flavours are told apart by ``vision_config.model_type`` or ``text_config.model_type``
-    (SPEC-qwen.md section 1.2); InternVL releases have an ``llm_config`` (SPEC-internvl.md)."""
+    (docs/formats.md, "Qwen releases"); InternVL releases have an ``llm_config`` (docs/formats.md, "InternVL releases")."""
     model_type = config.get("model_type")
     if model_type != "sa2va_chat":
         raise ModelFolderError(f"{folder}: config.json has model_type {model_type!r}, expected 'sa2va_chat'. "

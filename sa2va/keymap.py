@@ -1,6 +1,6 @@
 """Key maps between the Sa2VA release layout and transformers' native modules.
 
-A Sa2VA release stores one state dict with three parts (SPEC-qwen.md section 1.3):
+A Sa2VA release stores one state dict with three parts (docs/formats.md, "Weights"):
 
 * ``model.*``: the vision-language model (Qwen*VLForConditionalGeneration or InternVL),
 * ``grounding_encoder.sam2_model.*``: SAM2 in the original facebookresearch naming, with ``.gamma``

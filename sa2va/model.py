@@ -1,13 +1,18 @@
 """Sa2VAModel: generate -> [SEG] hidden states -> projection -> SAM2 -> mask probabilities.
 
 One engine for every family; the family adapter builds the language model, the prompt and the pixel inputs.
-The reference algorithm is ``predict_forward`` of the upstream Sa2VA code (SPEC-qwen.md section 2); this
-implementation returns the same token ids and mask logits with less work:
+The reference algorithm is ``predict_forward`` of the upstream Sa2VA code (docs/design.md, "The reference
+algorithm"); this implementation returns the same token ids and mask logits with less work:
 
 * only the last layer's hidden state at [SEG] positions is kept during generation (a hook on the final norm and a
   score-neutral logits processor), not every layer at every step;
 * the SAM2 image encoder runs once per image, not once per [SEG];
 * all masks of an image are decoded in one mask-decoder call; no memory-encoder pass for single images.
+
+The engine's public seams, on which ``predict``, ``predict_batch`` and ``predict_video`` are built (and which tests,
+benchmarks and new features use): :meth:`Sa2VAModel.answer` (images + prompt -> :class:`~sa2va.answer.Answer`
+with ids and [SEG] states), :meth:`Sa2VAModel.seg_embeddings` ([SEG] states -> SAM2 prompt tokens) and
+:meth:`Sa2VAModel.masks_for` / :meth:`Sa2VAModel.masks_for_batch` ([SEG] states on images -> probabilities).
 """
 from __future__ import annotations
 
@@ -22,21 +27,27 @@ import torch
 from PIL import Image
 
 from . import keymap
+from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
 from .errors import InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
+from .inputs import FrameSource, check_request, to_pil
 from .quantization import QUANTIZATION_MODES
 from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
+from .video import VideoOptions, VideoPrediction, segment_clip
 
 logger = logging.getLogger(__name__)
 
+#: the reference's answer length limit, the library's default (the nodes and the CLI choose a shorter one)
 DEFAULT_MAX_NEW_TOKENS = 2048
 #: images per SAM2 encoder call in predict_batch (bounds activation memory, ~0.4 GB per image at fp32 on CPU)
 DEFAULT_ENCODE_BATCH = 8
-SEG_TOKEN = "[SEG]"
 MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
+#: the dtype names the CLI, the nodes and the benchmarks offer; "auto" is :func:`default_dtype` of the device
+DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+                                         "fp32": torch.float32}
 
 
 @dataclass
@@ -54,99 +65,11 @@ class Prediction:
     masks: torch.Tensor
     phrases: list[str] = field(default_factory=list)
 
-
-class _SegStateCollector:
-    """Keeps the final-layer hidden state of each decoding step whose *input* token is [SEG].
-
-    A forward hook on the final norm stores the last position's state of the current step (pre-norm input or
-    post-norm output); a logits processor, which runs after that forward and sees the ids fed so far, keeps the
-    stored state when the last fed id is [SEG]. Scores pass through unchanged."""
-
-    def __init__(self, norm: torch.nn.Module, seg_id: int, pre_norm: bool) -> None:
-        self.seg_id = seg_id
-        self.pre_norm = pre_norm
-        self.current: torch.Tensor | None = None
-        self.states: list[torch.Tensor] = []
-        self.handle = norm.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output) -> None:
-        tensor = inputs[0] if self.pre_norm else output
-        self.current = tensor[0, -1].detach()
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if int(input_ids[0, -1]) == self.seg_id and self.current is not None:
-            self.states.append(self.current)
-        return scores
-
-    def remove(self) -> None:
-        self.handle.remove()
-        self.current = None
-
-
-def _to_pil(image) -> Image.Image:
-    """Accept a PIL image or an HxW / HxWxC uint8 array; return an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        return image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise InputError(f"Image must be HxW or HxWxC with 1, 3 or 4 channels, got shape {list(array.shape)}.")
-    if array.dtype != np.uint8:
-        raise InputError(f"Image arrays must be uint8 (0..255), got {array.dtype}; convert with "
-                         f"(x * 255).round().clip(0, 255).astype(np.uint8).")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise InputError(f"Image is empty (shape {list(array.shape)}).")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    if array.shape[2] == 4:
-        return _to_pil(Image.fromarray(array, "RGBA"))
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
-
-
-#: longest prompt accepted, in characters (about 4k tokens): segmentation requests are short, and a runaway
-#: prompt (e.g. a whole document wired into the prompt input) would only burn memory and time
-MAX_PROMPT_CHARS = 16384
-
-
-def check_request(prompt: str, max_new_tokens: int) -> None:
-    """Raise :class:`InputError` for an empty or over-long prompt or a useless token budget."""
-    if not isinstance(prompt, str) or not prompt.replace("<image>", "").strip():
-        raise InputError("The prompt is empty: describe what to segment, e.g. 'Please segment the person.'")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"The prompt is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS}); Sa2VA "
-                         f"needs a short request such as 'Please segment the red car.'")
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-
-
-def phrases_for(raw_text: str, count: int) -> list[str]:
-    """Name each of the first ``count`` [SEG] of an answer (DESIGN.md: ``pred.phrases``).
-
-    The text inside ``<p>...</p>`` right before the [SEG]; otherwise the words since the previous [SEG] or the start
-    of the sentence; "" when there are none."""
-    pieces = raw_text.split(SEG_TOKEN)
-    out = []
-    for piece in pieces[:count]:
-        tagged = re.search(r"<p>(.*?)</p>\s*$", piece, flags=re.S)
-        if tagged:
-            out.append(tagged.group(1).strip())
-            continue
-        text = re.sub(r"<\|[^>]*\|>|</?p>|</?vp>", "", piece)
-        sentence = re.split(r"[.!?\n]", text)[-1]
-        out.append(re.sub(r"\s+", " ", sentence).strip(" ,;:"))
-    return out
-
-
-def clean_text(tokenizer, token_ids: torch.Tensor) -> str:
-    """The answer without special tokens or [SEG] markers, whitespace tidied."""
-    text = tokenizer.decode(token_ids, skip_special_tokens=True).replace(SEG_TOKEN, "")
-    text = re.sub(r"[ \t]+([.,;:!?])", r"\1", text)
-    return re.sub(r"[ \t]{2,}", " ", text).strip()
+    @classmethod
+    def of(cls, answer: Answer, masks: torch.Tensor) -> "Prediction":
+        """The prediction made of an answer and the masks of its [SEG] states."""
+        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
+                   phrases=answer.phrases)
 
 
 class Sa2VAModel:
@@ -175,13 +98,28 @@ class Sa2VAModel:
     def device(self) -> torch.device:
         return self.grounding.device
 
-    def _generate(self, inputs: dict, max_new_tokens: int, logits_processor,
-                  stopping_criteria=None) -> tuple[torch.Tensor, list]:
-        """Greedy generation; returns (generated ids [n], [SEG] states of the fed [SEG] tokens)."""
+    # ------------------------------------------------------------------------------------------ engine seams
+    def prompt_inputs(self, images: list, prompt: str, regions: list | None = None) -> dict:
+        """The language model's inputs (``input_ids``, pixels, ...) for ``images`` shown in order, then ``prompt``
+        (``<image>`` markers are dropped: the family's template places the images). ``regions``: see
+        :meth:`predict`. Useful to know the prompt length, e.g. to force an answer in tests."""
+        return self.adapter.build_inputs(self.processor, [to_pil(image) for image in images],
+                                         prompt.replace("<image>", ""), regions=regions)
+
+    @torch.inference_mode()
+    def answer(self, images: list, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               logits_processor=None, stopping_criteria=None, regions: list | None = None) -> Answer:
+        """Greedy answer to ``prompt`` about ``images`` (PIL images / HxWx3 uint8 arrays, shown in order), with the
+        hidden state of every [SEG] that was fed back into the model.
+
+        ``logits_processor`` and ``stopping_criteria`` are passed to ``generate`` unchanged (the latter is called
+        once per generated token). A "[SEG]" typed in the prompt never requests a mask."""
+        check_request(prompt, max_new_tokens)
+        inputs = self.prompt_inputs(images, prompt, regions=regions)
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        collector = _SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
-                                       self.adapter.seg_state == "pre_norm")
+        collector = SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
+                                      self.adapter.seg_state == "pre_norm")
         processors = LogitsProcessorList(list(logits_processor or []))
         processors.append(collector)
         eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
@@ -195,8 +133,46 @@ class Sa2VAModel:
         finally:
             collector.remove()
         generated = sequences[0, inputs["input_ids"].shape[1]:].cpu()
-        return generated, collector.states
+        del inputs, sequences
+        raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
+        return Answer(token_ids=generated, raw_text=raw_text, text=clean_text(self.tokenizer, generated),
+                      seg_states=collector.states, phrases=phrases_for(raw_text, len(collector.states)))
 
+    def seg_embeddings(self, seg_states: list[torch.Tensor]) -> torch.Tensor:
+        """SAM2 prompt tokens ``[N, 256]`` (on the grounding head's device, in the projection's dtype) for N
+        [SEG] hidden states: the release's projection (Linear, ReLU, Linear)."""
+        dtype = next(self.projection.parameters()).dtype
+        return self.projection(torch.stack(seg_states).to(device=self.grounding.device, dtype=dtype))
+
+    @torch.inference_mode()
+    def masks_for(self, image, seg_states: list[torch.Tensor]) -> torch.Tensor:
+        """Probabilities float32 ``[N, H, W]`` (on the CPU, at the image's size) for N [SEG] states on one image
+        (PIL image / HxWx3 uint8 array); ``[0, H, W]`` when there are none."""
+        return self.masks_for_batch([image], [seg_states])[0]
+
+    @torch.inference_mode()
+    def masks_for_batch(self, images: list, seg_states: list[list[torch.Tensor]],
+                        encode_batch_size: int | None = None) -> list[torch.Tensor]:
+        """Probabilities ``[N_i, H_i, W_i]`` for each image and its [SEG] states.
+
+        The SAM2 image encoder runs once per image that has at least one state, batched over up to
+        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call."""
+        images = [to_pil(image) for image in images]
+        head = self.grounding
+        out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
+        wanted = [i for i, s in enumerate(seg_states) if s]
+        step = encode_batch_size or max(len(wanted), 1)
+        for start in range(0, len(wanted), step):
+            chunk = wanted[start:start + step]
+            features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
+            for j, i in enumerate(chunk):
+                embeddings = self.seg_embeddings(seg_states[i])
+                single = features if len(chunk) == 1 else features.select(j)
+                low = head.image_logits(single, embeddings)
+                out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
+        return out
+
+    # ------------------------------------------------------------------------------------------- predictions
     @torch.inference_mode()
     def predict(self, image, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                 logits_processor=None, stopping_criteria=None, regions: list | None = None) -> Prediction:
@@ -209,39 +185,9 @@ class Sa2VAModel:
         masks (HxW arrays of the image's size, non-zero inside) that the prompt can name as region1, region2, ...
         (InternVL3 models only)."""
         check_request(prompt, max_new_tokens)
-        pil = _to_pil(image)
-        text = prompt.replace("<image>", "")
-        inputs = self.adapter.build_inputs(self.processor, [pil], text, regions=regions)
-        generated, states = self._generate(inputs, max_new_tokens, logits_processor, stopping_criteria)
-        raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
-        masks = self._masks([pil], states)
-        return Prediction(text=clean_text(self.tokenizer, generated), raw_text=raw_text, token_ids=generated,
-                          masks=masks, phrases=phrases_for(raw_text, masks.shape[0]))
-
-    def _masks(self, images: list[Image.Image], states: list[torch.Tensor]) -> torch.Tensor:
-        """Probabilities ``[N, H, W]`` for N [SEG] states on one image (size of ``images[0]``)."""
-        return self._masks_many(images[:1], [states])[0]
-
-    def _masks_many(self, images: list[Image.Image], states: list[list[torch.Tensor]],
-                    encode_batch_size: int | None = None) -> list[torch.Tensor]:
-        """Probabilities ``[N_i, H_i, W_i]`` for each image and its [SEG] states.
-
-        The SAM2 image encoder runs once per image that has at least one state, batched over up to
-        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call."""
-        head = self.grounding
-        dtype = next(self.projection.parameters()).dtype
-        out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
-        wanted = [i for i, s in enumerate(states) if s]
-        step = encode_batch_size or max(len(wanted), 1)
-        for start in range(0, len(wanted), step):
-            chunk = wanted[start:start + step]
-            features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
-            for j, i in enumerate(chunk):
-                embeddings = self.projection(torch.stack(states[i]).to(device=head.device, dtype=dtype))
-                single = features if len(chunk) == 1 else features.select(j)
-                low = head.image_logits(single, embeddings)
-                out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
-        return out
+        pil = to_pil(image)
+        answer = self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
+        return Prediction.of(answer, self.masks_for(pil, answer.seg_states))
 
     @torch.inference_mode()
     def predict_batch(self, images, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -260,26 +206,17 @@ class Sa2VAModel:
         if isinstance(images, (Image.Image, str)) or (isinstance(images, np.ndarray) and images.ndim != 4):
             raise InputError("predict_batch takes a list of images or a [B, H, W, 3] array; use predict for one "
                              "image.")
-        pils = [_to_pil(image) for image in images]
-        text = prompt.replace("<image>", "")
-        answers = []
-        for pil in pils:
-            inputs = self.adapter.build_inputs(self.processor, [pil], text)
-            answers.append(self._generate(inputs, max_new_tokens, logits_processor, stopping_criteria))
-        masks = self._masks_many(pils, [states for _, states in answers], encode_batch_size)
-        predictions = []
-        for (generated, _), mask in zip(answers, masks):
-            raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
-            predictions.append(Prediction(text=clean_text(self.tokenizer, generated), raw_text=raw_text,
-                                          token_ids=generated, masks=mask,
-                                          phrases=phrases_for(raw_text, mask.shape[0])))
-        return predictions
+        pils = [to_pil(image) for image in images]
+        answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria) for pil in pils]
+        masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size)
+        return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
 
     @torch.inference_mode()
     def predict_video(self, frames, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                      key_frames: int = 5, key_frame_spacing: str = "first", mode: str = "memory",
-                      offload_frames: bool = False, offload_state: bool = False, logits_processor=None,
-                      stopping_criteria=None, progress=None, cancelled=None) -> "VideoPrediction":
+                      key_frames: int = VideoOptions.key_frames, key_frame_spacing: str = VideoOptions.key_frame_spacing,
+                      mode: str = VideoOptions.mode, offload_frames: bool = False, offload_state: bool = False,
+                      logits_processor=None, stopping_criteria=None, progress=None, cancelled=None,
+                      options: VideoOptions | None = None) -> VideoPrediction:
         """Answer ``prompt`` about a clip and segment every [SEG] of the answer in every frame (sa2va/video.py).
 
         frames: a ``[T, H, W, 3]`` uint8 array/tensor, a list of PIL images / HxWx3 uint8 arrays, or any sequence
@@ -288,16 +225,20 @@ class Sa2VAModel:
         model and are SAM2's conditioning frames. mode "memory" (the reference) tracks the other frames with SAM2's
         memory; "consistent" decodes every frame from the [SEG] embedding alone (Sa2VA-i). offload_frames: move each
         frame's masks to the CPU as soon as it is done (else they stay on the device until the end); offload_state:
-        keep SAM2's memory bank on the CPU (one frame's worth moves to the device at a time). progress(done, total)
-        is called after each frame; cancelled() is polled before each frame and raises
+        keep SAM2's memory bank on the CPU (one frame's worth moves to the device at a time). ``options``: all of
+        these as one :class:`~sa2va.video.VideoOptions` (it replaces the five keyword arguments when given).
+        progress(done, total) is called after each frame; cancelled() is polled before each frame and raises
         :class:`~sa2va.errors.Cancelled` when it returns True. Returns a :class:`~sa2va.video.VideoPrediction` whose
         masks are float32 ``[N, T, H, W]`` probabilities at the size of frame 0."""
-        from .video import predict_video
-
-        return predict_video(self, frames, prompt, max_new_tokens, key_frames=key_frames,
-                             key_frame_spacing=key_frame_spacing, mode=mode, offload_frames=offload_frames,
-                             offload_state=offload_state, logits_processor=logits_processor,
-                             stopping_criteria=stopping_criteria, progress=progress, cancelled=cancelled)
+        if options is None:
+            options = VideoOptions(key_frames=key_frames, key_frame_spacing=key_frame_spacing, mode=mode,
+                                   offload_frames=offload_frames, offload_state=offload_state)
+        check_request(prompt, max_new_tokens)
+        options.validate()
+        source = frames if isinstance(frames, FrameSource) else FrameSource(frames)
+        return segment_clip(self, source, prompt, options, max_new_tokens=max_new_tokens,
+                            logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                            progress=progress, cancelled=cancelled)
 
 
 def _projection(hidden: int) -> torch.nn.Sequential:
@@ -369,10 +310,23 @@ def resolve_folder(path_or_name: str | os.PathLike) -> Path:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA when supported, else fp16 on CUDA; fp32 on CPU (DESIGN.md: dtype "auto")."""
+    """bf16 on CUDA when supported, else fp16 on CUDA; fp32 on CPU (dtype "auto", docs/design.md)."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``dtype``: a torch floating dtype, a name of :data:`DTYPES`, or None / "auto" for
+    :func:`default_dtype` of ``device``."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        dtype = DTYPES[dtype]
+    if dtype is None:
+        return default_dtype(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or one of "
+                         f"{', '.join(DTYPES)}, got {dtype!r}.")
+    return dtype
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
@@ -380,7 +334,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
                attn_implementation: str | None = None, compile_sam2: bool | str = False) -> Sa2VAModel:
     """Load a Sa2VA model folder in the release format onto ``device``.
 
-    dtype: a torch dtype, or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
+    dtype: a torch dtype, a name of :data:`DTYPES` ("bf16", ...), or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
     (bitsandbytes; the language model only). attn_implementation: None means "sdpa"; "eager" for exact parity.
     compile_sam2: wrap the SAM2 image encoder in ``torch.compile`` (True for the default inductor backend, or a
     backend name); opt-in, worth it on CUDA for many images, as the first call compiles for minutes.
@@ -392,10 +346,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
                              f"device='cpu' or install a CUDA build of PyTorch.")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-    if dtype is None or dtype == "auto":
-        dtype = default_dtype(device)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InputError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or 'auto', got {dtype!r}.")
+    dtype = resolve_dtype(dtype, device)
     if quantization not in QUANTIZATION_MODES:
         raise InputError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}.")
     compile_sam2 = False if compile_sam2 is None else compile_sam2

@@ -31,7 +31,7 @@ DEFAULT_GUIDED_EPS = 0.01
 
 @dataclass
 class RefineSettings:
-    """The refinement controls of the Segmentation and Refine Mask nodes (defaults from the seed README)."""
+    """The refinement controls of the Segmentation and Refine Mask nodes (defaults: docs/design.md, "Node defaults")."""
 
     process_details: bool = True
     black_point: float = 0.05

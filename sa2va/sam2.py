@@ -4,7 +4,7 @@ Sa2VA prompts SAM2 with one 256-d embedding per [SEG] token instead of clicks. t
 have no argument for such a token and clamp the logits of "absent" objects to -1024, which Sa2VA disabled,
 so this module drives the public sub-modules (vision encoder, prompt encoder, mask decoder) directly.
 
-Semantics reproduced from the reference (SPEC-qwen.md sections 2.3, 2.4 and 3):
+Semantics reproduced from the reference (docs/design.md, "SAM2 input" and "SAM2 decoding"):
 
 * SAM2 **v1.0** Hiera-L settings: no temporal encoding of object pointers, no occlusion embedding;
 * input: PIL bicubic resize to ``image_size`` x ``image_size`` (aspect ratio not kept), ``/255``, then
@@ -377,7 +377,7 @@ class GroundingHead:
             self._image_position_key = key
         return self._image_position
 
-    def _pixel_embedding(self, features: ImageFeatures) -> torch.Tensor:
+    def pixel_embedding(self, features: ImageFeatures) -> torch.Tensor:
         """Top level + ``no_memory_embedding`` as ``[B, 256, h, w]`` (frames prompted without memory)."""
         top = features.top + self.model.no_memory_embedding
         return top.permute(1, 2, 0).reshape(top.shape[1], -1, *features.size)
@@ -414,7 +414,7 @@ class GroundingHead:
     def image_logits(self, features: ImageFeatures, embeddings: torch.Tensor) -> torch.Tensor:
         """Low-resolution mask logits ``[K, 1, 4h, 4w]`` for K embeddings on one image (batch-1 features)."""
         embeddings = embeddings.to(device=self.device, dtype=self.dtype)
-        out = self.decode(self._pixel_embedding(features), features.high_res, embeddings)
+        out = self.decode(self.pixel_embedding(features), features.high_res, embeddings)
         return out.low_res_logits
 
 

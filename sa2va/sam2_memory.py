@@ -2,12 +2,12 @@
 
 transformers implements these steps in private methods of ``Sam2VideoModel`` (``_encode_new_memory``,
 ``_prepare_memory_conditioned_features``) that read from a ``Sam2VideoInferenceSession``; private methods may change
-between releases, so this module re-implements them (SPEC-qwen.md section 3, item 4) on the public sub-modules
+between releases, so this module re-implements them (docs/design.md, "Video") on the public sub-modules
 ``memory_encoder`` and ``memory_attention`` and the model's ``memory_temporal_positional_encoding``. It is the only
 place in the pack that knows how SAM2 builds its memory; tests/test_video.py checks it against the private helpers
 (equal to float rounding) whenever the installed transformers still has them.
 
-Semantics (SAM2 v1.0 as Sa2VA configures it, SPEC-qwen.md section 2.4):
+Semantics (SAM2 v1.0 as Sa2VA configures it, docs/design.md, "Video"):
 
 * memory of a frame = ``memory_encoder(top-level features, sigmoid(high-res logits) * 20 - 10)``, never binarised;
   the features are stored in bfloat16 (as SAM2 and transformers do), their sine position encoding once per clip;

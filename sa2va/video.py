@@ -1,6 +1,6 @@
 """Video: segment what a prompt asks for through every frame of a clip (Sa2VA's video path).
 
-Reference semantics (``predict_forward(video=...)``, SPEC-qwen.md sections 2.4 and 6, items 9-11):
+Reference semantics (``predict_forward(video=...)``, docs/design.md, "Video"):
 
 1. the key frames (the reference: the first 5) go to the language model as separate images, after which the
    answer is generated and the [SEG] hidden states are projected, as for one image;
@@ -19,12 +19,15 @@ Unlike the reference, the SAM2 image encoder runs once per frame (the reference 
 whole clip once per [SEG]); all [SEG] of a frame share that pass. Frames are converted and resized one at a time, so
 only one frame's pixels and features exist at once, and the memory bank (:mod:`sa2va.sam2_memory`) holds only what
 attention can still read: memory stays flat in the clip length apart from the returned masks themselves.
+
+This module uses only the model's public seams (``answer``, ``seg_embeddings``, ``grounding``) and the grounding
+head's public methods; :meth:`Sa2VAModel.predict_video <sa2va.model.Sa2VAModel.predict_video>` is its entry point.
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import Cancelled, InputError
+from .inputs import FrameSource
 from .sam2 import sam2_pixels, upsample_logits
 from .sam2_memory import MemoryBank, encode_memory
 
@@ -60,30 +64,31 @@ class VideoPrediction:
     key_frames: list[int] = field(default_factory=list)
 
 
-class FrameSource:
-    """Random access to the frames of a clip, each converted to an RGB PIL image only when asked for.
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a clip is segmented (one object instead of flags threaded through calls).
 
-    frames: a ``[T, H, W, 3]`` uint8 numpy array or torch tensor, a list of PIL images / HxWx3 uint8 arrays, or any
-    object with ``__len__`` and ``__getitem__`` returning one such image (e.g. a lazy video reader)."""
+    key_frames: frames shown to the language model (SAM2's conditioning frames), at most the clip length;
+    key_frame_spacing: ``"first"`` (frames 0..K-1, the reference) or ``"even"`` (:func:`key_frame_indices`);
+    mode: ``"memory"`` (SAM2 tracking with memory, the reference) or ``"consistent"`` (every frame decoded from the
+    [SEG] embeddings alone); offload_frames: keep the finished masks on the CPU instead of the compute device;
+    offload_state: keep SAM2's memory bank on the CPU."""
 
-    def __init__(self, frames: Sequence | np.ndarray | torch.Tensor) -> None:
-        if isinstance(frames, (Image.Image, str, bytes)) or not hasattr(frames, "__len__") or \
-                not hasattr(frames, "__getitem__") or \
-                (isinstance(frames, (np.ndarray, torch.Tensor)) and frames.ndim != 4):
-            raise InputError("predict_video takes a sequence of frames (a list of images or a [T, H, W, 3] uint8 "
-                             "array); use predict for one image.")
-        self.frames = frames
+    key_frames: int = DEFAULT_KEY_FRAMES
+    key_frame_spacing: str = "first"
+    mode: str = "memory"
+    offload_frames: bool = False
+    offload_state: bool = False
 
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def pil(self, index: int) -> Image.Image:
-        from .model import _to_pil
-
-        frame = self.frames[index]
-        if isinstance(frame, torch.Tensor):
-            frame = frame.detach().cpu().numpy()
-        return _to_pil(frame)
+    def validate(self) -> None:
+        """Raise :class:`InputError` for an unusable option."""
+        if not isinstance(self.key_frames, (int, np.integer)) or isinstance(self.key_frames, bool) or \
+                self.key_frames < 1:
+            raise InputError(f"key_frames must be a positive integer, got {self.key_frames!r}.")
+        if self.key_frame_spacing not in KEY_FRAME_SPACINGS:
+            raise InputError(f"key_frame_spacing must be 'first' or 'even', got {self.key_frame_spacing!r}.")
+        if self.mode not in VIDEO_MODES:
+            raise InputError(f"mode must be 'memory' or 'consistent', got {self.mode!r}.")
 
 
 def key_frame_indices(num_frames: int, count: int = DEFAULT_KEY_FRAMES, spacing: str = "first") -> list[int]:
@@ -140,12 +145,11 @@ def _upsample_to_image(low_res: torch.Tensor, image_size: int) -> torch.Tensor:
     return F.interpolate(low_res.float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
 
 
-def _track_memory(model, source: FrameSource, keys: list[int], key_images: dict[int, Image.Image],
+def _track_memory(head, source: FrameSource, keys: list[int], key_images: dict[int, Image.Image],
                   embeddings: torch.Tensor, writer: _MaskWriter, steps: _Steps, storage: torch.device) -> int:
     """Reference mode: condition the key frames on the embeddings, then track every other frame with memory.
 
     Returns the peak size of the memory bank in bytes."""
-    head = model.grounding
     sam = head.model
     size = head.image_size
     bank = MemoryBank(sam, len(source), storage)
@@ -153,7 +157,7 @@ def _track_memory(model, source: FrameSource, keys: list[int], key_images: dict[
     for frame in keys:
         steps.check()
         features = head.encode(sam2_pixels([key_images.pop(frame)], size))
-        out = head.decode(head._pixel_embedding(features), features.high_res, embeddings)
+        out = head.decode(head.pixel_embedding(features), features.high_res, embeddings)
         memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(out.low_res_logits,
                                                                                                size))
         bank.add_conditioning(frame, memory, out.object_pointer, position)
@@ -179,10 +183,9 @@ def _track_memory(model, source: FrameSource, keys: list[int], key_images: dict[
     return max(peak, bank.size_bytes())
 
 
-def _decode_each_frame(model, source: FrameSource, key_images: dict[int, Image.Image], embeddings: torch.Tensor,
+def _decode_each_frame(head, source: FrameSource, key_images: dict[int, Image.Image], embeddings: torch.Tensor,
                        writer: _MaskWriter, steps: _Steps) -> None:
     """Consistent mode: every frame decoded from the [SEG] embeddings alone, as a single image (no memory)."""
-    head = model.grounding
     for frame in range(len(source)):
         steps.check()
         image = key_images.pop(frame) if frame in key_images else source.pil(frame)
@@ -192,44 +195,34 @@ def _decode_each_frame(model, source: FrameSource, key_images: dict[int, Image.I
         steps.step()
 
 
-def predict_video(model, frames, prompt: str, max_new_tokens: int, key_frames: int = DEFAULT_KEY_FRAMES,
-                  key_frame_spacing: str = "first", mode: str = "memory", offload_frames: bool = False,
-                  offload_state: bool = False, logits_processor=None, stopping_criteria=None,
-                  progress: Callable[[int, int], None] | None = None,
-                  cancelled: Callable[[], bool] | None = None) -> VideoPrediction:
-    """The engine behind :meth:`Sa2VAModel.predict_video` (see there for the arguments)."""
-    from .model import check_request, clean_text, phrases_for
+def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions, max_new_tokens: int,
+                 logits_processor=None, stopping_criteria=None, progress: Callable[[int, int], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> VideoPrediction:
+    """The engine behind :meth:`Sa2VAModel.predict_video` (see there for the arguments), on the model's public seams.
 
-    check_request(prompt, max_new_tokens)
-    if mode not in VIDEO_MODES:
-        raise InputError(f"mode must be 'memory' or 'consistent', got {mode!r}.")
-    source = frames if isinstance(frames, FrameSource) else FrameSource(frames)
+    model: a :class:`~sa2va.model.Sa2VAModel`; options: validated :class:`VideoOptions`."""
     total = len(source)
     if total == 0:
         raise InputError("The clip has no frames; pass at least one frame.")
-    keys = key_frame_indices(total, key_frames, key_frame_spacing)
+    keys = key_frame_indices(total, options.key_frames, options.key_frame_spacing)
     steps = _Steps(total, progress, cancelled)
     key_images = {frame: source.pil(frame) for frame in keys}
     width, height = (key_images[0] if 0 in key_images else source.pil(0)).size
-    inputs = model.adapter.build_inputs(model.processor, [key_images[f] for f in keys], prompt.replace("<image>", ""))
-    generated, states = model._generate(inputs, max_new_tokens, logits_processor, stopping_criteria)
-    del inputs
-    raw_text = model.tokenizer.decode(generated, skip_special_tokens=False).strip()
+    answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, stopping_criteria)
     steps.check()
     head = model.grounding
-    out_device = torch.device("cpu") if offload_frames else head.device
-    writer = _MaskWriter(len(states), total, height, width, head.image_size, out_device)
-    if states:
-        dtype = next(model.projection.parameters()).dtype
-        embeddings = model.projection(torch.stack(states).to(device=head.device, dtype=dtype))
-        if mode == "memory":
-            storage = torch.device("cpu") if offload_state else head.device
-            peak = _track_memory(model, source, keys, key_images, embeddings, writer, steps, storage)
+    out_device = torch.device("cpu") if options.offload_frames else head.device
+    writer = _MaskWriter(len(answer.seg_states), total, height, width, head.image_size, out_device)
+    if answer.seg_states:
+        embeddings = model.seg_embeddings(answer.seg_states)
+        if options.mode == "memory":
+            storage = torch.device("cpu") if options.offload_state else head.device
+            peak = _track_memory(head, source, keys, key_images, embeddings, writer, steps, storage)
             logger.debug("memory bank peak: %.1f MB", peak / 2**20)
         else:
-            _decode_each_frame(model, source, key_images, embeddings, writer, steps)
+            _decode_each_frame(head, source, key_images, embeddings, writer, steps)
     elif progress is not None:
         progress(total, total)
     masks = writer.masks.cpu()
-    return VideoPrediction(text=clean_text(model.tokenizer, generated), raw_text=raw_text, token_ids=generated,
-                           masks=masks, phrases=phrases_for(raw_text, masks.shape[0]), key_frames=keys)
+    return VideoPrediction(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
+                           phrases=answer.phrases, key_frames=keys)

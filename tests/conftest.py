@@ -74,9 +74,9 @@ def image() -> np.ndarray:
 def forced(model, image, prompt: str, answer_ids: list[int], **kwargs):
     """Run predict with decoding forced to ``answer_ids``."""
     from sa2va.families.qwen_vl import fetch_resize  # noqa: F401  (import check of the adapter)
-    from sa2va.model import _to_pil
+    from sa2va.inputs import to_pil
 
-    inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], prompt.replace("<image>", ""))
+    inputs = model.prompt_inputs([image], prompt)
     processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], answer_ids)
     return model.predict(image, prompt, logits_processor=[processor], **kwargs)
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 import sa2va
 from conftest import ids
-from sa2va.model import _to_pil
+from sa2va.inputs import to_pil
 
 
 class ForceByPromptLength:
@@ -44,7 +44,7 @@ def _images(image: np.ndarray) -> list[np.ndarray]:
 def _forcing(model, images, prompt, seg_counts):
     schedules = {}
     for img, count in zip(images, seg_counts):
-        inputs = model.adapter.build_inputs(model.processor, [_to_pil(img)], prompt.replace("<image>", ""))
+        inputs = model.prompt_inputs([img], prompt)
         schedules[inputs["input_ids"].shape[1]] = _answer(model, count)
     lengths = sorted(schedules)
     assert len(lengths) == len(images) and min(np.diff(lengths)) > max(len(a) for a in schedules.values()), lengths

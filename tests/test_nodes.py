@@ -2,16 +2,19 @@
 import os
 import shutil
 import sys
-import types
 
 import pytest
 import torch
 
 from conftest import ids
 from fakehub import FakeHub
-from pack import PACK_NAME, load_pack, pack_module
+from nodetools import refine_mask, segment
+from nodetools import schema as node_schema
+from pack import load_pack, pack_module
 
 segmentation = pack_module("nodes.segmentation")
+common = pack_module("nodes.common")
+refine_nodes = pack_module("nodes.refine")
 loader = pack_module("nodes.loader")
 comfy = pack_module("nodes.comfy")
 errors = pack_module("sa2va.errors")
@@ -29,7 +32,7 @@ def models_dir(tmp_path, monkeypatch, checkpoint_factory):
 
 @pytest.fixture
 def handle(models_dir):
-    return loader.load_handle("tiny-qwen3", dtype="fp32", device="cpu")
+    return loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
 
 
 def _force(handle, monkeypatch, text_ids):
@@ -38,9 +41,7 @@ def _force(handle, monkeypatch, text_ids):
     original = model.predict
 
     def predict(image, prompt, **kwargs):
-        from sa2va.model import _to_pil
-
-        inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], prompt.replace("<image>", ""))
+        inputs = model.prompt_inputs([image], prompt)
         processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], text_ids)
         return original(image, prompt, logits_processor=[processor], **kwargs)
 
@@ -52,35 +53,35 @@ def test_batch_outputs_are_aligned(handle, monkeypatch):
     seg, end = tok.convert_tokens_to_ids("[SEG]"), tok.convert_tokens_to_ids("<|im_end|>")
     _force(handle, monkeypatch, ids(handle.model, "<p>cat</p>") + [seg] + ids(handle.model, " <p>dog</p>") + [seg, end])
     images = torch.rand(3, 48, 64, 3)
-    r = segmentation.segment(images, "cats and dogs", handle, max_new_tokens=16)
+    r = segment(images, "cats and dogs", handle, max_new_tokens=16)
     assert r.masks.shape == (6, 48, 64) and r.masks.dtype == torch.float32
-    assert r.merged.shape == (3, 48, 64)
+    assert r.merged_mask.shape == (3, 48, 64)
     assert r.mask_images.shape == (6, 48, 64, 3) and r.overlay.shape == (3, 48, 64, 3)
     assert r.phrases.splitlines() == ["0: cat", "0: dog", "1: cat", "1: dog", "2: cat", "2: dog"]
     assert len(r.text.split("\n\n")) == 3
     for i in range(3):
-        assert torch.equal(r.merged[i], r.masks[2 * i:2 * i + 2].amax(0))
+        assert torch.equal(r.merged_mask[i], r.masks[2 * i:2 * i + 2].amax(0))
     assert float(r.overlay.min()) >= 0 and float(r.overlay.max()) <= 1
 
 
 def test_threshold_semantics(handle):
     image = torch.rand(1, 40, 50, 3)
-    soft = segmentation.segment(image, "person", handle, max_new_tokens=16, apply_mask_threshold=False)
+    soft = segment(image, "person", handle, max_new_tokens=16, apply_mask_threshold=False)
     assert soft.masks.shape[0] == 1
     assert ((soft.masks > 0) & (soft.masks < 1)).any(), "unthresholded masks are probabilities"
-    hard = segmentation.segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.3)
+    hard = segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.3)
     assert set(hard.masks.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(hard.masks, (soft.masks >= 0.3).float())
-    higher = segmentation.segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.9)
+    higher = segment(image, "person", handle, max_new_tokens=16, mask_threshold=0.9)
     assert higher.masks.sum() <= hard.masks.sum()
 
 
 def test_answer_without_seg_gives_empty_masks_and_text(handle, monkeypatch):
     end = handle.model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     _force(handle, monkeypatch, ids(handle.model, "It is a dog.") + [end])
-    r = segmentation.segment(torch.rand(2, 30, 40, 3), "What is this?", handle, max_new_tokens=16)
+    r = segment(torch.rand(2, 30, 40, 3), "What is this?", handle, max_new_tokens=16)
     assert r.masks.shape == (2, 30, 40) and float(r.masks.abs().sum()) == 0
-    assert r.merged.shape == (2, 30, 40)
+    assert r.merged_mask.shape == (2, 30, 40)
     assert r.text == "It is a dog.\n\nIt is a dog."
     assert r.phrases.splitlines() == ["0: (none)", "1: (none)"]
 
@@ -96,12 +97,12 @@ def test_bare_noun_becomes_a_segmentation_request(prompt, expected):
 
 
 def test_bad_inputs(handle):
-    with pytest.raises(errors.InputError, match="segmentation prompt is empty"):
-        segmentation.segment(torch.rand(1, 8, 8, 3), "   ", handle)
+    with pytest.raises(errors.InputError, match="prompt is empty"):
+        segment(torch.rand(1, 8, 8, 3), "   ", handle)
     with pytest.raises(errors.InputError, match=r"Expected a ComfyUI IMAGE"):
-        segmentation.segment(torch.rand(8, 8, 3), "cat", handle)
+        segment(torch.rand(8, 8, 3), "cat", handle)
     with pytest.raises(errors.InputError, match="mask_threshold"):
-        segmentation.segment(torch.rand(1, 8, 8, 3), "cat", handle, mask_threshold=1.5)
+        segment(torch.rand(1, 8, 8, 3), "cat", handle, mask_threshold=1.5)
 
 
 def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
@@ -121,19 +122,20 @@ def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
     original = handle.model.predict
     monkeypatch.setattr(handle.model, "predict", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
     with pytest.raises(comfy.Interrupted):
-        segmentation.segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
+        segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
     assert len(tokens) == 1 and tokens[0].token_ids.numel() <= 3
 
 
 def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(models_dir):
-    segmentation.release_slot()
+    slot = common.MODEL_SLOT
+    slot.release()
     image = torch.rand(1, 20, 24, 3)
-    segmentation.segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
-    first = segmentation._SLOT["handle"]
-    segmentation.segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
-    assert segmentation._SLOT["handle"] is first, "the same model is reused, not reloaded"
-    segmentation.segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8, clean_vram_after=True)
-    assert segmentation._SLOT == {}
+    segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
+    first = slot.value
+    segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
+    assert slot.value is first, "the same model is reused, not reloaded"
+    segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8, clean_vram_after=True)
+    assert slot.empty
 
 
 def test_model_choices_list_official_then_local(models_dir):
@@ -165,7 +167,7 @@ def test_complete_folder_loads_without_network(models_dir, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     shutil.copytree(models_dir / "tiny-qwen3", models_dir / "Sa2VA-Qwen3-VL-4B")
-    handle = loader.load_handle("Sa2VA-Qwen3-VL-4B", dtype="fp32", device="cpu")
+    handle = loader.load_handle(model="Sa2VA-Qwen3-VL-4B", dtype="fp32", device="cpu")
     assert handle.model.folder == models_dir / "Sa2VA-Qwen3-VL-4B"
 
 
@@ -173,43 +175,21 @@ def test_missing_official_model_is_downloaded_then_loaded(models_dir, monkeypatc
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with FakeHub({"ByteDance/Sa2VA-Qwen2_5-VL-3B": models_dir / "tiny-qwen3"}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        handle = loader.load_handle("Sa2VA-Qwen2_5-VL-3B", dtype="fp32", device="cpu")
+        handle = loader.load_handle(model="Sa2VA-Qwen2_5-VL-3B", dtype="fp32", device="cpu")
     assert handle.model.folder == models_dir / "Sa2VA-Qwen2_5-VL-3B"
     assert not list((models_dir / "Sa2VA-Qwen2_5-VL-3B").glob("*.part"))
 
 
 def test_unknown_local_name_is_a_clear_error(models_dir):
     with pytest.raises(errors.ModelFolderError, match="not found in"):
-        loader.load_handle("no-such-model")
+        loader.load_handle(model="no-such-model")
 
 
-def test_v3_schema_with_a_test_double(monkeypatch):
+def test_v3_schema_with_a_test_double():
     """The declared schema (ids, defaults, tooltips) checked against a stand-in for comfy_api.latest."""
-    recorded = {}
-
-    class Spec:
-        def __init__(self, kind, name=None, **kw):
-            self.kind, self.name, self.kw = kind, name, kw
-
-    def input_type(kind):
-        return types.SimpleNamespace(Input=lambda name, **kw: Spec(kind, name, **kw),
-                                     Output=lambda **kw: Spec(kind, **kw))
-
-    io = types.SimpleNamespace(
-        ComfyNode=object, Schema=lambda **kw: recorded.setdefault(kw["node_id"], kw),
-        NodeOutput=lambda *a: a, Custom=lambda name: input_type(name),
-        **{k: input_type(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
-    latest = types.ModuleType("comfy_api.latest")
-    latest.io, latest.ComfyExtension = io, object
-    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
-    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
-    load_pack()
-    v3 = pack_module("nodes.v3")
-    v3.Sa2VALoader.define_schema()
-    v3.Sa2VASegmentation.define_schema()
-    v3.Sa2VARefineMask.define_schema()
-    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
+    recorded = {n.__name__: node_schema(n) for n in (loader.Sa2VALoader, segmentation.Sa2VASegmentation,
+                                               refine_nodes.Sa2VARefineMask)}
+    recorded = {s["node_id"]: s for s in recorded.values()}
     loader_schema, seg_schema = recorded["Sa2VALoader"], recorded["Sa2VASegmentation"]
     assert loader_schema["category"] == seg_schema["category"] == "Sa2VA"
     for schema in (loader_schema, seg_schema):
@@ -248,7 +228,7 @@ def test_nodes_import_without_transformers_and_fail_clearly_when_run(monkeypatch
     monkeypatch.setattr(metadata, "version", lambda name: "4.46.0" if name == "transformers" else real(name))
     assert "too old" in compat.transformers_problem()
     with pytest.raises(errors.DependencyError, match=r"Transformers 4\.46\.0 is too old.*pip install -U"):
-        loader.load_handle("tiny-qwen3", dtype="fp32", device="cpu")
+        loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
 
 
 def test_node_modules_do_not_import_transformers_at_import_time():
@@ -262,34 +242,30 @@ def test_node_modules_do_not_import_transformers_at_import_time():
     assert out.stdout.strip() == "False"
 
 
-refine_nodes = pack_module("nodes.refine")
-RefineSettings = pack_module("sa2va.refine").RefineSettings
-
 
 def test_refine_mask_node_broadcasts_and_resizes():
     image = torch.rand(3, 32, 48, 3)
     mask = torch.zeros(1, 16, 24)
     mask[:, 4:12, 6:18] = 1.0
-    out = refine_nodes.refine_mask(image, mask, RefineSettings(apply_mask_threshold=False))
+    out = refine_mask(image, mask, apply_mask_threshold=False).mask
     assert out.shape == (3, 32, 48) and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1
-    hard = refine_nodes.refine_mask(image, mask, RefineSettings(apply_mask_threshold=True, mask_threshold=0.5))
+    hard = refine_mask(image, mask, apply_mask_threshold=True, mask_threshold=0.5).mask
     assert set(hard.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(errors.InputError, match="and MASK batch"):
-        refine_nodes.refine_mask(torch.rand(3, 8, 8, 3), torch.rand(2, 8, 8), RefineSettings())
+        refine_mask(torch.rand(3, 8, 8, 3), torch.rand(2, 8, 8))
 
 
 def test_segmentation_with_vitmatte_uses_the_local_model_and_frees_it(handle, models_dir, tiny_vitmatte):
     target = models_dir.parent / "vitmatte" / "vitmatte-small-composition-1k"
     shutil.copytree(tiny_vitmatte, target)
-    settings = RefineSettings(detail_method="VITMatte", detail_erode=2, detail_dilate=2, max_megapixels=0.01)
-    r = segmentation.segment(torch.rand(2, 40, 48, 3), "person", handle, max_new_tokens=16,
-                             apply_mask_threshold=False, refinement=settings)
+    settings = dict(detail_method="VITMatte", detail_erode=2, detail_dilate=2, vitmatte_max_megapixels=0.01)
+    r = segment(torch.rand(2, 40, 48, 3), "person", handle, max_new_tokens=16, apply_mask_threshold=False,
+                **settings)
     assert r.masks.shape == (2, 40, 48)
-    assert "model" in refine_nodes._MATTER
-    segmentation.segment(torch.rand(1, 40, 48, 3), "person", handle, max_new_tokens=16, refinement=settings,
-                         clean_vram_after=True)
-    assert refine_nodes._MATTER == {}
+    assert not refine_nodes.MATTER_SLOT.empty
+    segment(torch.rand(1, 40, 48, 3), "person", handle, max_new_tokens=16, clean_vram_after=True, **settings)
+    assert refine_nodes.MATTER_SLOT.empty
 
 
 def test_internvl_release_without_processor_files_downloads_and_counts_complete(models_dir, monkeypatch,

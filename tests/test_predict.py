@@ -43,20 +43,18 @@ def test_batched_decode_equals_per_seg_reference(model_factory, family, image):
     """Features computed once and 3 masks decoded in one call equal the reference's per-[SEG] encode+decode."""
     model = model_factory(family)
     pil = Image.fromarray(image)
-    from sa2va.model import _SegStateCollector  # noqa: F401
-
     captured = {}
-    original = model._masks
+    original = model.masks_for
 
-    def spy(images, states):
+    def spy(image, states):
         captured["states"] = [s.clone() for s in states]
-        return original(images, states)
+        return original(image, states)
 
-    model._masks = spy
+    model.masks_for = spy
     try:
         pred = forced(model, image, "Segment it.", _answer_with_segs(model, 3))
     finally:
-        del model._masks
+        del model.masks_for
     with torch.inference_mode():
         reference = _reference_masks(model, pil, captured["states"]).sigmoid()
     assert pred.masks.shape == reference.shape == (3, 480, 640)
@@ -88,9 +86,9 @@ def test_no_object_score_clamp(model_factory, image):
     try:
         with torch.inference_mode():
             bias.fill_(-50.0)
-            absent = head.decode(head._pixel_embedding(features), features.high_res, embeddings)
+            absent = head.decode(head.pixel_embedding(features), features.high_res, embeddings)
             bias.fill_(50.0)
-            present = head.decode(head._pixel_embedding(features), features.high_res, embeddings)
+            present = head.decode(head.pixel_embedding(features), features.high_res, embeddings)
     finally:
         with torch.no_grad():
             bias.copy_(saved)

@@ -1,4 +1,4 @@
-"""Prompt and pixel preprocessing against the reference algorithm (SPEC-qwen.md sections 2.1 and 2.3)."""
+"""Prompt and pixel preprocessing against the reference algorithm (docs/design.md, "Prompt and pixels" and "SAM2 input")."""
 import numpy as np
 import pytest
 import torch

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fakehub import FakeHub
+from nodetools import segment
 from pack import pack_module
 
 segmentation = pack_module("nodes.segmentation")
@@ -24,7 +25,7 @@ def shared_handle(checkpoint_factory, tmp_path_factory):
     shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny")
     mp = pytest.MonkeyPatch()
     mp.setenv("SA2VA_MODELS_DIR", str(base))
-    yield loader.load_handle("tiny", dtype="fp32", device="cpu")
+    yield loader.load_handle(model="tiny", dtype="fp32", device="cpu")
     mp.undo()
 
 
@@ -39,10 +40,10 @@ def _rss_mb() -> float:
 def test_fifty_queued_runs_on_one_handle_keep_memory_flat(shared_handle):
     image = torch.rand(1, 64, 80, 3)
     for _ in range(10):  # warm-up: allocator pools, lazy imports
-        segmentation.segment(image, "person", shared_handle, max_new_tokens=12)
+        segment(image, "person", shared_handle, max_new_tokens=12)
     gc.collect()
     start = _rss_mb()
-    results = [segmentation.segment(image, "person", shared_handle, max_new_tokens=12).masks.sum() for _ in range(50)]
+    results = [segment(image, "person", shared_handle, max_new_tokens=12).masks.sum() for _ in range(50)]
     gc.collect()
     growth = _rss_mb() - start
     assert growth < 40, f"RSS grew by {growth:.0f} MB over 50 runs"
@@ -51,7 +52,7 @@ def test_fifty_queued_runs_on_one_handle_keep_memory_flat(shared_handle):
 
 def test_cancel_at_random_points_leaves_the_model_usable(shared_handle, monkeypatch):
     image = torch.rand(1, 48, 48, 3)
-    reference = segmentation.segment(image, "person", shared_handle, max_new_tokens=12)
+    reference = segment(image, "person", shared_handle, max_new_tokens=12)
     rng = random.Random(0)
     for _ in range(5):
         limit, calls = rng.randint(1, 6), {"n": 0}
@@ -67,9 +68,9 @@ def test_cancel_at_random_points_leaves_the_model_usable(shared_handle, monkeypa
         monkeypatch.setattr(comfy, "interrupted", interrupted)
         monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
         with pytest.raises(comfy.Interrupted):
-            segmentation.segment(image, "person", shared_handle, max_new_tokens=12)
+            segment(image, "person", shared_handle, max_new_tokens=12)
         monkeypatch.undo()
-    again = segmentation.segment(image, "person", shared_handle, max_new_tokens=12)
+    again = segment(image, "person", shared_handle, max_new_tokens=12)
     assert torch.equal(again.masks, reference.masks) and again.text == reference.text
 
 
@@ -89,8 +90,8 @@ def test_images_with_bad_values_are_sanitised(shared_handle, bad):
     else:
         image[0, :5] = 7.0
         clean[0, :5] = 1.0
-    out = segmentation.segment(image, "person", shared_handle, max_new_tokens=12)
-    ref = segmentation.segment(clean, "person", shared_handle, max_new_tokens=12)
+    out = segment(image, "person", shared_handle, max_new_tokens=12)
+    ref = segment(clean, "person", shared_handle, max_new_tokens=12)
     assert torch.isfinite(out.masks).all() and torch.isfinite(out.overlay).all()
     assert torch.equal(out.masks, ref.masks)
 
@@ -98,12 +99,12 @@ def test_images_with_bad_values_are_sanitised(shared_handle, bad):
 def test_grey_and_rgba_batches(shared_handle):
     grey = torch.rand(2, 30, 30, 1)
     rgba = torch.rand(2, 30, 30, 4)
-    assert segmentation.segment(grey, "person", shared_handle, max_new_tokens=12).overlay.shape == (2, 30, 30, 3)
-    assert segmentation.segment(rgba, "person", shared_handle, max_new_tokens=12).overlay.shape == (2, 30, 30, 3)
+    assert segment(grey, "person", shared_handle, max_new_tokens=12).overlay.shape == (2, 30, 30, 3)
+    assert segment(rgba, "person", shared_handle, max_new_tokens=12).overlay.shape == (2, 30, 30, 3)
 
 
 def test_tiny_and_huge_images(shared_handle):
-    tiny = segmentation.segment(torch.rand(1, 1, 1, 3), "person", shared_handle, max_new_tokens=12)
+    tiny = segment(torch.rand(1, 1, 1, 3), "person", shared_handle, max_new_tokens=12)
     assert tiny.masks.shape == (1, 1, 1)
     model = shared_handle.model
     huge = np.random.RandomState(0).randint(0, 256, (8192, 8192, 3), dtype=np.uint8)

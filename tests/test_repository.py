@@ -131,3 +131,100 @@ def test_repository_paths_named_in_the_docs_exist():
             if "/" in span and span.split("/")[0] in top_level and not (ROOT / span).exists():
                 missing.append(f"{doc.name}: {span}")
     assert not missing
+
+
+def _code_files() -> list[Path]:
+    folders = ("sa2va", "nodes", "tests", "bench", "docs")
+    return sorted(p for f in folders for p in (ROOT / f).rglob("*.py")) + sorted(ROOT.glob("*.py"))
+
+
+def _comments_and_docstrings(path: Path) -> str:
+    import io
+    import tokenize
+
+    parts = []
+    for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if token.type == tokenize.COMMENT or token.type == tokenize.STRING:
+            parts.append(token.string)
+    return "\n".join(parts)
+
+
+def test_every_document_the_code_cites_exists():
+    """A ``*.md`` named in a comment or docstring must be a file of this repository (under docs/ or at the top level)."""
+    missing = []
+    for path in _code_files():
+        for name in set(re.findall(r"[\w./-]*\w\.md\b", _comments_and_docstrings(path))):
+            if not ((ROOT / name).is_file() or (ROOT / "docs" / name).is_file()):
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not missing, missing
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported project module, names taken from it) for every import in ``path`` (relative ones resolved)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                # the pack imports sa2va as ..sa2va from nodes/ (ComfyUI imports the pack as a package)
+                target = ".".join([p for p in base if p] + ([node.module] if node.module else []))
+                if not base or not base[0]:
+                    target = node.module or ""
+            else:
+                target = node.module or ""
+            out.append((target, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out.extend((a.name, []) for a in node.names)
+    return [(t, n) for t, n in out if t.split(".")[0] in ("sa2va", "nodes")]
+
+
+def test_no_private_name_is_imported_across_modules():
+    offenders = []
+    for path in _code_files():
+        for target, names in _project_imports(path):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private or any(part.startswith("_") and not part.startswith("__") for part in target.split(".")):
+                offenders.append(f"{path.relative_to(ROOT)}: from {target} import {', '.join(private)}")
+    assert not offenders, offenders
+
+
+def test_library_and_nodes_have_no_import_cycle():
+    graph: dict[str, set[str]] = {}
+    for folder in ("sa2va", "nodes"):
+        for path in (ROOT / folder).rglob("*.py"):
+            module = _module_name(path)
+            edges = graph.setdefault(module, set())
+            for target, names in _project_imports(path):
+                for candidate in [f"{target}.{n}" for n in names] + [target]:
+                    if candidate != module and (ROOT / Path(*candidate.split("."))).with_suffix(".py").exists() or \
+                            (ROOT / Path(*candidate.split(".")) / "__init__.py").exists():
+                        if candidate != module:
+                            edges.add(candidate)
+                        break
+    cycles = []
+
+    def visit(node, stack, done):
+        if node in stack:
+            cycles.append(stack[stack.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for nxt in graph.get(node, ()):
+            visit(nxt, stack + [node], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        visit(module, [], done)
+    # a package's __init__ re-exporting its submodules is not a cycle worth reporting; everything else is
+    real = [c for c in cycles if not any(a == b.rpartition(".")[0] or b == a.rpartition(".")[0]
+                                         for a, b in zip(c, c[1:]))]
+    assert not real, real

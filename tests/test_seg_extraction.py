@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import forced, ids
-from sa2va.model import clean_text, phrases_for
+from sa2va.answer import clean_text, phrases_for
 
 
 def test_natural_answer_of_the_synthetic_model_has_one_seg(model_factory, family, image):
@@ -59,12 +59,13 @@ def test_seg_state_is_pre_norm_for_qwen3_and_post_norm_for_qwen25(model_factory,
     seg = model.tokenizer.convert_tokens_to_ids("[SEG]")
     end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     answer = ids(model, "It is") + [seg] + ids(model, ".") + [end]
-    from sa2va.model import _SegStateCollector, _to_pil
+    from sa2va.answer import SegStateCollector
+    from sa2va.inputs import to_pil
 
-    inputs = model.adapter.build_inputs(model.processor, [_to_pil(image)], "Segment it.")
+    inputs = model.adapter.build_inputs(model.processor, [to_pil(image)], "Segment it.")
     from sa2va.testing import ForceTokens
 
-    collector = _SegStateCollector(model.adapter.final_norm(model.vlm), seg, model.adapter.seg_state == "pre_norm")
+    collector = SegStateCollector(model.adapter.final_norm(model.vlm), seg, model.adapter.seg_state == "pre_norm")
     from transformers import LogitsProcessorList
 
     with torch.inference_mode():

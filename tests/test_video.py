@@ -7,13 +7,15 @@ from PIL import Image
 
 import sa2va
 from conftest import ids
+from nodetools import schema as node_schema
+from nodetools import segment_video
 from pack import pack_module
 from sa2va.errors import Cancelled, InputError
-from sa2va.model import _to_pil
 from sa2va.sam2 import GroundingHead, sam2_config
 from sa2va.sam2_memory import MemoryBank, encode_memory
 from sa2va.testing import TINY_SAM2, ForceTokens
-from sa2va.video import FrameSource, key_frame_indices
+from sa2va.inputs import FrameSource
+from sa2va.video import key_frame_indices
 
 HEIGHT, WIDTH = 48, 64
 
@@ -38,7 +40,7 @@ def model(model_factory):
 def forced(model, frames, answer: str, key_frames: int = 5, spacing: str = "first", **kwargs):
     """predict_video with decoding forced to ``answer`` (prompt length taken from the key frames' prompt)."""
     keys = key_frame_indices(len(frames), key_frames, spacing)
-    inputs = model.adapter.build_inputs(model.processor, [_to_pil(frames[k]) for k in keys], "Segment the boxes.")
+    inputs = model.prompt_inputs([frames[k] for k in keys], "Segment the boxes.")
     answer_ids = ids(model, answer) + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     processor = ForceTokens(inputs["input_ids"].shape[1], answer_ids)
     return model.predict_video(frames, "<image>Segment the boxes.", max_new_tokens=32, key_frames=key_frames,
@@ -78,19 +80,19 @@ def test_tracked_frames_come_from_memory_not_copies(model):
 def test_consistent_mode_equals_per_frame_image_decoding(model, monkeypatch):
     frames = clip(7)
     captured = {}
-    original = model._generate
+    original = model.answer
 
     def spy(*args, **kwargs):
-        generated, states = original(*args, **kwargs)
-        captured["states"] = [s.clone() for s in states]
-        return generated, states
+        answer = original(*args, **kwargs)
+        captured["states"] = [s.clone() for s in answer.seg_states]
+        return answer
 
-    monkeypatch.setattr(model, "_generate", spy)
+    monkeypatch.setattr(model, "answer", spy)
     consistent = forced(model, frames, "Sure, it is [SEG].", mode="consistent")
     memory = forced(model, frames, "Sure, it is [SEG].", mode="memory")
     monkeypatch.undo()
     with torch.inference_mode():
-        per_frame = torch.stack([model._masks([_to_pil(f)], captured["states"])[0] for f in frames])
+        per_frame = torch.stack([model.masks_for(f, captured["states"]) for f in frames])
     assert torch.allclose(consistent.masks[0], per_frame, atol=1e-6)
     # the key frames are decoded the same way in both modes; the others differ (memory vs none)
     assert torch.equal(consistent.masks[:, :5], memory.masks[:, :5])
@@ -226,7 +228,7 @@ def test_memory_bank_matches_transformers_video_helpers(tiny_sam2):
             features = head.encode(torch.randn(1, 3, 256, 256, generator=generator))
             top, position = features.top, features.position
             if frame in conditioning:
-                out = head.decode(head._pixel_embedding(features), features.high_res, language)
+                out = head.decode(head.pixel_embedding(features), features.high_res, language)
                 low, pointer, score = out.low_res_logits, out.object_pointer, out.object_score
             else:
                 mine = bank.condition(frame, top, position, features.size)
@@ -280,7 +282,7 @@ def handle(tmp_path, monkeypatch, checkpoint_factory):
     base.mkdir(parents=True)
     shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
     monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
-    return loader.load_handle("tiny-qwen3", dtype="fp32", device="cpu")
+    return loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
 
 
 def _force_video(handle, monkeypatch, answer: str):
@@ -289,8 +291,7 @@ def _force_video(handle, monkeypatch, answer: str):
 
     def predict_video(frames, prompt, **kwargs):
         keys = key_frame_indices(len(frames), kwargs.get("key_frames", 5), kwargs.get("key_frame_spacing", "first"))
-        inputs = model.adapter.build_inputs(model.processor, [_to_pil(frames[k]) for k in keys],
-                                            prompt.replace("<image>", ""))
+        inputs = model.prompt_inputs([frames[k] for k in keys], prompt)
         answer_ids = ids(model, answer) + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
         processor = node_synthetic.ForceTokens(inputs["input_ids"].shape[1], answer_ids)
         return original(frames, prompt, logits_processor=[processor], **kwargs)
@@ -301,19 +302,19 @@ def _force_video(handle, monkeypatch, answer: str):
 def test_video_node_outputs_are_object_major_and_aligned(handle, monkeypatch):
     _force_video(handle, monkeypatch, "<p>red box</p>[SEG] and <p>blue box</p>[SEG].")
     frames = torch.from_numpy(np.stack(clip(6))).float() / 255
-    soft = video_node.segment_video(frames, "boxes", handle, max_new_tokens=32, apply_mask_threshold=False)
-    assert soft.count == 2
-    assert soft.masks.shape == (12, HEIGHT, WIDTH) and soft.merged.shape == (6, HEIGHT, WIDTH)
+    soft = segment_video(frames, "boxes", handle, max_new_tokens=32, apply_mask_threshold=False)
+    assert len(soft.phrases.splitlines()) == 2
+    assert soft.masks.shape == (12, HEIGHT, WIDTH) and soft.merged_mask.shape == (6, HEIGHT, WIDTH)
     assert soft.overlay.shape == (6, HEIGHT, WIDTH, 3)
     assert soft.phrases.splitlines() == ["0: red box (masks 0-5)", "1: blue box (masks 6-11)"]
     assert soft.text == "red box and blue box."
     tracks = soft.masks.reshape(2, 6, HEIGHT, WIDTH)
-    assert torch.equal(soft.merged, tracks.amax(0))
+    assert torch.equal(soft.merged_mask, tracks.amax(0))
     # object-major: the library's [N, T, H, W] flattened object by object
     direct = handle.model.predict_video(video_node.ClipFrames(frames), "Please segment the boxes.",
                                         max_new_tokens=32).masks
     assert torch.equal(tracks, direct)
-    hard = video_node.segment_video(frames, "boxes", handle, max_new_tokens=32, mask_threshold=0.4)
+    hard = segment_video(frames, "boxes", handle, max_new_tokens=32, mask_threshold=0.4)
     assert torch.equal(hard.masks, (soft.masks >= 0.4).float())
     assert float(soft.overlay.min()) >= 0 and float(soft.overlay.max()) <= 1
     assert not torch.equal(soft.overlay, frames), "the overlay draws the masks"
@@ -322,10 +323,10 @@ def test_video_node_outputs_are_object_major_and_aligned(handle, monkeypatch):
 def test_video_node_without_objects_gives_empty_masks(handle, monkeypatch):
     _force_video(handle, monkeypatch, "It is a box.")
     frames = torch.rand(5, 24, 32, 3)
-    result = video_node.segment_video(frames, "boxes", handle, max_new_tokens=16, mode="consistent")
-    assert result.count == 0 and result.phrases == "(none)" and result.text == "It is a box."
+    result = segment_video(frames, "boxes", handle, max_new_tokens=16, mode="consistent")
+    assert result.phrases == "(none)" and result.text == "It is a box."
     assert result.masks.shape == (5, 24, 32) and float(result.masks.abs().sum()) == 0
-    assert result.merged.shape == (5, 24, 32) and torch.allclose(result.overlay, frames)
+    assert result.merged_mask.shape == (5, 24, 32) and torch.allclose(result.overlay, frames)
 
 
 def test_video_node_cancel_raises_comfy_interrupt(handle, monkeypatch):
@@ -348,55 +349,33 @@ def test_video_node_cancel_raises_comfy_interrupt(handle, monkeypatch):
 
     monkeypatch.setattr(comfy.Progress, "set", on_progress)
     with pytest.raises(comfy.Interrupted):
-        video_node.segment_video(torch.rand(8, 24, 32, 3), "box", handle, max_new_tokens=16)
+        segment_video(torch.rand(8, 24, 32, 3), "box", handle, max_new_tokens=16)
     assert state["frames"] == 2
 
 
 def test_video_node_bad_inputs(handle):
     with pytest.raises(node_errors.InputError, match="Expected a ComfyUI IMAGE batch"):
-        video_node.segment_video(torch.rand(8, 8, 3), "box", handle)
-    with pytest.raises(node_errors.InputError, match="segmentation prompt is empty"):
-        video_node.segment_video(torch.rand(2, 8, 8, 3), "  ", handle)
+        segment_video(torch.rand(8, 8, 3), "box", handle)
+    with pytest.raises(node_errors.InputError, match="prompt is empty"):
+        segment_video(torch.rand(2, 8, 8, 3), "  ", handle)
     with pytest.raises(node_errors.InputError, match="mask_threshold"):
-        video_node.segment_video(torch.rand(2, 8, 8, 3), "box", handle, mask_threshold=2.0)
-    with pytest.raises(node_errors.InputError, match="key_frame_spacing must be one of"):
-        video_node.segment_video(torch.rand(2, 8, 8, 3), "box", handle, mode="fast")
+        segment_video(torch.rand(2, 8, 8, 3), "box", handle, mask_threshold=2.0)
+    with pytest.raises(node_errors.InputError, match="mode must be 'memory' or 'consistent'"):
+        segment_video(torch.rand(2, 8, 8, 3), "box", handle, mode="fast")
 
 
 def test_video_node_schema_with_a_test_double(monkeypatch):
     """The declared V3 schema (id, inputs, defaults, tooltips, outputs) against a stand-in for comfy_api.latest."""
-    import sys
-    import types
-
-    from pack import PACK_NAME, load_pack
-
-    recorded = {}
-
-    class Spec:
-        def __init__(self, kind, name=None, **kw):
-            self.kind, self.name, self.kw = kind, name, kw
-
-    def input_type(kind):
-        return types.SimpleNamespace(Input=lambda name, **kw: Spec(kind, name, **kw),
-                                     Output=lambda **kw: Spec(kind, **kw))
-
-    io = types.SimpleNamespace(
-        ComfyNode=object, Schema=lambda **kw: recorded.setdefault(kw["node_id"], kw),
-        NodeOutput=lambda *a: a, Custom=lambda name: input_type(name),
-        **{k: input_type(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
-    latest = types.ModuleType("comfy_api.latest")
-    latest.io, latest.ComfyExtension = io, object
-    monkeypatch.setitem(sys.modules, "comfy_api", types.ModuleType("comfy_api"))
-    monkeypatch.setitem(sys.modules, "comfy_api.latest", latest)
-    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
-    load_pack()
-    v3 = pack_module("nodes.v3")
-    v3.Sa2VAVideoSegmentation.define_schema()
     import asyncio
 
-    nodes = asyncio.run(v3.Sa2VAExtension().get_node_list())
-    monkeypatch.delitem(sys.modules, f"{PACK_NAME}.nodes.v3", raising=False)
-    assert v3.Sa2VAVideoSegmentation in nodes
+    comfy = pack_module("nodes.comfy")
+    extension = pack_module("nodes.extension")
+    seen = {}
+    monkeypatch.setattr(comfy, "extension", lambda nodes: seen.setdefault("nodes", nodes))
+    asyncio.run(extension.comfy_entrypoint())
+    video_class = pack_module("nodes.video").Sa2VAVideoSegmentation
+    assert video_class in seen["nodes"] and len(seen["nodes"]) == 4
+    recorded = {"Sa2VAVideoSegmentation": node_schema(video_class)}
     schema = recorded["Sa2VAVideoSegmentation"]
     assert schema["display_name"] == "Sa2VA Video Segmentation" and schema["category"] == "Sa2VA"
     for spec in schema["inputs"] + schema["outputs"]:

@@ -1,6 +1,6 @@
 """Sa2VA-InternVL3 releases (2B / 8B / 14B) on transformers' own ``InternVLForConditionalGeneration``.
 
-Facts this adapter encodes (SPEC-internvl.md):
+Facts this adapter encodes (docs/formats.md, "InternVL releases"):
 
 * the release stores InternVL's original layout (``vision_model.*`` with a fused ``attn.qkv``, ``mlp1.*``,
   ``language_model.model.*``, ``language_model.lm_head.weight``); every tensor maps onto a native one, the fused qkv
@@ -8,7 +8,7 @@ Facts this adapter encodes (SPEC-internvl.md):
 * the native config needs InternViT's switches spelled out (``norm_type``, ``attention_bias``, ``use_qk_norm``: the
   upstream and native defaults differ), ``use_mean_pooling=True`` (no final ViT norm, as upstream) and
   **``tie_word_embeddings=False``** (at its default True the model is built with ``lm_head`` tied to the
-  embeddings, and loading a state dict writes the head over them: SPEC-internvl.md section 3.4);
+  embeddings, and loading a state dict writes the head over them: docs/formats.md, "InternVL releases");
 * the tokenizer is read without remote code (the folder's ``auto_map`` would otherwise ask about it);
 * images are cut into 448-px tiles as the reference's ``dynamic_preprocess`` does (1 to 12 tiles, grid by closest
   aspect ratio, PIL bicubic, a thumbnail appended when there is more than one tile), 256 tokens per tile;
@@ -154,7 +154,7 @@ def tokens_per_tile(config: dict) -> int:
 
 
 def native_config(config: dict, image_token_id: int, dtype: torch.dtype):
-    """The transformers ``InternVLConfig`` of a release config.json (SPEC-internvl.md section 3.2).
+    """The transformers ``InternVLConfig`` of a release config.json (docs/formats.md, "InternVL releases").
 
     ``image_token_id``: the tokenizer's id of ``<IMG_CONTEXT>``. InternViT's switches are passed explicitly with
     the *upstream* defaults for absent keys; the lm_head is untied on the outer and the text config; ``dtype`` is set

@@ -1,6 +1,6 @@
 """Qwen3-VL and Qwen2.5-VL releases of Sa2VA on transformers' own Qwen*VLForConditionalGeneration.
 
-Facts this adapter encodes (SPEC-qwen.md):
+Facts this adapter encodes (docs/formats.md, "Qwen releases"; docs/design.md, "The reference algorithm"):
 
 * release keys come in two layouts (``model.model.language_model.*`` / ``model.model.visual.*`` as written by
   transformers 4.5x, or the legacy ``model.model.layers.*`` / ``model.visual.*``); both map onto the runtime

@@ -1,7 +1,7 @@
 """Tiny Sa2VA-InternVL3 checkpoints in the exact on-disk format of the official releases, with random weights.
 
 The counterpart of :mod:`sa2va.testing.qwen` for the InternVL family; ``sa2va.testing.write_checkpoint(folder,
-"internvl", ...)`` dispatches here. Format (SPEC-internvl.md section 1, as ``tools/convert_to_hf.py`` writes it
+"internvl", ...)`` dispatches here. Format (docs/formats.md, "InternVL releases", as ``tools/convert_to_hf.py`` writes it
 under transformers 4.57): ``config.json`` of ``model_type: "sa2va_chat"`` with ``llm_config`` (Qwen2) and
 ``vision_config`` (InternViT), bf16 safetensors shards + ``model.safetensors.index.json`` in the upstream key layout
 (``vision_model.*`` with fused ``attn.qkv``, ``mlp1.*``, ``language_model.model.*``, ``language_model.lm_head``,
@@ -9,7 +9,7 @@ under transformers 4.57): ``config.json`` of ``model_type: "sa2va_chat"`` with `
 files of a Qwen2.5 byte-level BPE (``tokenizer.json``, ``tokenizer_config.json``, ``vocab.json``, ``merges.txt``,
 ``added_tokens.json``, ``special_tokens_map.json``). There is no image-processor file: the releases have none.
 
-The release key names and shapes are written from the upstream module layout (section 1.4), not from the key map
+The release key names and shapes are written from the upstream module layout ("Weights"), not from the key map
 the loader uses, so a mistake in the loader's mapping cannot hide behind the same mistake here. Every tensor is
 drawn from its own generator seeded by its name, so the bytes do not depend on the order tensors are made in.
 
@@ -155,7 +155,7 @@ def release_config(ids: dict[str, int], vocab_size: int, sam2: dict | None, text
 
 def release_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Release name -> shape of every vision, projector and language-model tensor, in ``state_dict`` order of the
-    upstream ``Sa2VAChatModel`` (vision_model, language_model, mlp1). SPEC-internvl.md section 1.4."""
+    upstream ``Sa2VAChatModel`` (vision_model, language_model, mlp1). docs/formats.md, "InternVL releases"."""
     v, llm = config["vision_config"], config["llm_config"]
     c, inner, size = v["hidden_size"], v["intermediate_size"], config.get("force_image_size") or v["image_size"]
     patch = v["patch_size"]

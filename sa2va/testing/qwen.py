@@ -5,7 +5,7 @@ loading and inference code without downloading anything. The writer is determini
 run with the same torch), so reference outputs made once from a checkpoint with the upstream code can be
 committed and compared against a checkpoint rebuilt later.
 
-Format (SPEC-qwen.md section 1, as ``tools/convert_to_hf.py`` writes it under transformers 4.57):
+Format (docs/formats.md, "Qwen releases", as ``tools/convert_to_hf.py`` writes it under transformers 4.57):
 ``config.json`` of ``model_type: "sa2va_chat"``, fp32 safetensors shards + ``model.safetensors.index.json``, the
 tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ``vocab.json``, ``merges.txt``,
 ``added_tokens.json``, ``special_tokens_map.json``, ``chat_template.jinja``) and the processor files

@@ -1,0 +1,155 @@
+"""What the node classes share: defaults, schema pieces, ComfyUI tensor conversion, progress, and model slots.
+
+Plain helpers (the node API comes from the bridge, :mod:`.comfy`); each node module holds one node class with its
+schema and ``execute``.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+
+import torch
+
+from ..sa2va.matting import DEFAULT_MAX_MEGAPIXELS
+from ..sa2va.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
+from . import comfy
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "Sa2VA"
+MODEL_TYPE = "SA2VA_MODEL"
+DEFAULT_PROMPT = "Please segment the main subject."
+#: the nodes' defaults (docs/design.md, "Node defaults"); the library's own answer limit is the reference's 2048
+DEFAULT_MASK_THRESHOLD = RefineSettings.mask_threshold
+DEFAULT_ANSWER_TOKENS = 512
+MAX_ANSWER_TOKENS = 2048
+MODEL_TOOLTIP = ("Official models are downloaded into models/sa2va/<name>/ on first use (progress on the node, "
+                 "Cancel stops it, the next run resumes). Folders you place there yourself are listed too.")
+_INSTRUCTION_WORDS = {"please", "segment", "what", "where", "which", "who", "why", "how", "describe", "is", "are",
+                      "can", "could", "would", "find", "show", "highlight", "mask", "select", "identify", "tell",
+                      "give", "list", "count", "locate", "outline", "detect", "explain", "answer", "do", "does"}
+_ARTICLES = {"the", "a", "an", "this", "that", "these", "those", "all", "every", "each", "my", "his", "her", "their"}
+
+
+# ------------------------------------------------------------------------------------------ schema pieces
+def model_socket(io):
+    """The SA2VA_MODEL socket type."""
+    return io.Custom(MODEL_TYPE)
+
+
+def refine_inputs(io) -> list:
+    """The refinement controls shared by Sa2VA Segmentation and Sa2VA Refine Mask (advanced ones optional); their
+    names are the keyword arguments of :func:`refine_settings`."""
+    defaults = RefineSettings()
+    return [
+        io.Boolean.Input("process_details", default=defaults.process_details,
+                         tooltip="Run the refinement stack (black/white points, detail method, erode/dilate). "
+                                 "Off: the model's probabilities go straight to the threshold."),
+        io.Float.Input("black_point", default=defaults.black_point, min=0.0, max=0.99, step=0.01,
+                       tooltip="Probabilities at or below this become 0 (and are sure background for VITMatte)."),
+        io.Float.Input("white_point", default=defaults.white_point, min=0.01, max=1.0, step=0.01,
+                       tooltip="Probabilities at or above this become 1 (and are sure foreground for VITMatte)."),
+        io.Combo.Input("detail_method", options=list(DETAIL_METHODS), default=defaults.detail_method,
+                       tooltip="FastMatte: guided filter that snaps soft edges to the image's edges (fast, no "
+                               "weights). VITMatte: ViTMatte matting for hair and fur (downloads ~100 MB once). "
+                               "none: no edge refinement."),
+        io.Int.Input("detail_erode", default=defaults.detail_erode, min=0, max=10,
+                     tooltip="Shrink the masks by this many pixels (round kernel). With VITMatte: widen the "
+                             "uncertain band inward instead."),
+        io.Int.Input("detail_dilate", default=defaults.detail_dilate, min=0, max=10,
+                     tooltip="Grow the masks by this many pixels (round kernel), after eroding. With VITMatte: "
+                             "widen the uncertain band outward instead."),
+        io.Int.Input("guided_radius", default=DEFAULT_GUIDED_RADIUS, min=1, max=64, optional=True,
+                     tooltip="FastMatte window radius in pixels (larger follows edges from farther away)."),
+        io.Float.Input("guided_eps", default=DEFAULT_GUIDED_EPS, min=0.00001, max=1.0, step=0.001, optional=True,
+                       tooltip="FastMatte smoothing: image variation below this (variance, 0..1 units) counts as "
+                               "flat; smaller follows finer edges."),
+        io.Float.Input("vitmatte_max_megapixels", default=DEFAULT_MAX_MEGAPIXELS, min=0.1, max=16.0, step=0.1,
+                       optional=True, tooltip="VITMatte works at most at this size; its alpha is upscaled back."),
+    ]
+
+
+def refine_settings(*, process_details: bool, black_point: float, white_point: float, detail_method: str,
+                    detail_erode: int, detail_dilate: int, mask_threshold: float, apply_mask_threshold: bool,
+                    guided_radius: int = DEFAULT_GUIDED_RADIUS, guided_eps: float = DEFAULT_GUIDED_EPS,
+                    vitmatte_max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> RefineSettings:
+    """The validated :class:`RefineSettings` of the inputs declared by :func:`refine_inputs` plus the threshold."""
+    settings = RefineSettings(process_details=process_details, black_point=black_point, white_point=white_point,
+                              detail_method=detail_method, detail_erode=detail_erode, detail_dilate=detail_dilate,
+                              guided_radius=guided_radius, guided_eps=guided_eps,
+                              max_megapixels=vitmatte_max_megapixels, mask_threshold=mask_threshold,
+                              apply_mask_threshold=apply_mask_threshold)
+    settings.validate()
+    return settings
+
+
+# ------------------------------------------------------------------------------------ ComfyUI tensors
+def sanitize(image: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI IMAGE ``[B, H, W, C]`` as float32 RGB in 0..1 on the CPU: NaN -> 0, +Inf -> 1, -Inf -> 0, values
+    clamped, greyscale repeated to 3 channels, alpha dropped."""
+    rgb = image[..., :3] if image.shape[-1] >= 3 else image[..., :1].expand(-1, -1, -1, 3)
+    return torch.nan_to_num(rgb.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1).cpu()
+
+
+def to_uint8(image: torch.Tensor):
+    """A sanitised ``[H, W, 3]`` float image -> uint8 numpy."""
+    return (image * 255).round().to(torch.uint8).numpy()
+
+
+def as_segmentation_request(prompt: str) -> str:
+    """Turn a bare noun phrase ("hair", "red car") into "Please segment the hair."; leave requests alone."""
+    text = prompt.replace("<image>", "").strip()
+    words = text.split()
+    if not words or len(words) > 4 or text.endswith(("?", ".", "!")) or words[0].lower() in _INSTRUCTION_WORDS:
+        return prompt
+    article = "" if words[0].lower() in _ARTICLES else "the "
+    return f"Please segment {article}{text}."
+
+
+class TokenProgress:
+    """A stopping criterion that reports each generated token to the progress bar and stops on Cancel."""
+
+    def __init__(self, bar: comfy.Progress, offset: int) -> None:
+        self.bar, self.offset, self.count = bar, offset, 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        self.count += 1
+        self.bar.set(self.offset + self.count)
+        return torch.full((input_ids.shape[0],), comfy.interrupted(), dtype=torch.bool, device=input_ids.device)
+
+
+# ------------------------------------------------------------------------------------------ model slots
+class ModelSlot:
+    """One module-level place for a model the nodes load themselves (docs/design.md, "No module-level model cache").
+
+    Holds at most one value under one key; asking for another key replaces it; :meth:`release` empties it and gives
+    the memory back."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.key: object = None
+        self.value: object = None
+
+    @property
+    def empty(self) -> bool:
+        return self.value is None
+
+    def get(self, key: object, load: Callable[[], object]) -> object:
+        """The held value when it was loaded for ``key``, else ``load()`` (after releasing the old one)."""
+        if self.value is None or self.key != key:
+            self.release()
+            logger.info("Loading %s (%s)", self.description, key)
+            self.value, self.key = load(), key
+        return self.value
+
+    def release(self) -> None:
+        if self.value is None:
+            return
+        self.value = self.key = None
+        gc.collect()
+        comfy.soft_empty_cache()
+
+
+#: the Segmentation and Video nodes' model when no Sa2VA Loader is connected
+MODEL_SLOT = ModelSlot("Sa2VA model of a node without a loader")

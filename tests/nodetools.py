@@ -1,0 +1,64 @@
+"""Node classes run the way ComfyUI runs them: every declared input passed by keyword (declared defaults for
+what a test does not set), outputs named as the schema names them. The schema comes from a small test double of
+``comfy_api.latest.io`` (CI has no ComfyUI)."""
+from __future__ import annotations
+
+import types
+
+from pack import pack_module
+
+
+class Spec:
+    def __init__(self, kind, name=None, **kw):
+        self.kind, self.name, self.kw = kind, name, kw
+
+
+def _socket(kind):
+    return types.SimpleNamespace(Input=lambda name, **kw: Spec(kind, name, **kw), Output=lambda **kw: Spec(kind, **kw))
+
+
+FAKE_IO = types.SimpleNamespace(
+    ComfyNode=object, Schema=lambda **kw: kw, NodeOutput=lambda *a: a, Custom=_socket,
+    **{k: _socket(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
+
+
+def schema(node: type) -> dict:
+    """The keyword arguments ``node.define_schema()`` gives ``io.Schema``."""
+    comfy = pack_module("nodes.comfy")
+    saved = comfy.io
+    comfy.io = FAKE_IO
+    try:
+        return node.define_schema()
+    finally:
+        comfy.io = saved
+
+
+def run(node: type, **given) -> types.SimpleNamespace:
+    """``node.execute`` with ``given`` plus the declared default of every other input that has one; the outputs by
+    their display names."""
+    declared = schema(node)
+    names = {s.name for s in declared["inputs"]}
+    unknown = set(given) - names
+    assert not unknown, f"{node.__name__} declares no input {unknown}"
+    kwargs = {s.name: s.kw["default"] for s in declared["inputs"] if "default" in s.kw and s.name not in given}
+    kwargs.update(given)
+    values = node.execute(**kwargs)
+    outputs = [s.kw["display_name"] for s in declared["outputs"]]
+    assert len(values) == len(outputs)
+    return types.SimpleNamespace(**dict(zip(outputs, values)))
+
+
+def segment(image, prompt, model=None, **given):
+    """Sa2VA Segmentation."""
+    return run(pack_module("nodes.segmentation").Sa2VASegmentation, image=image, segmentation_prompt=prompt,
+               model=model, **given)
+
+
+def segment_video(frames, prompt, model=None, **given):
+    """Sa2VA Video Segmentation."""
+    return run(pack_module("nodes.video").Sa2VAVideoSegmentation, frames=frames, prompt=prompt, model=model, **given)
+
+
+def refine_mask(image, mask, **given):
+    """Sa2VA Refine Mask."""
+    return run(pack_module("nodes.refine").Sa2VARefineMask, image=image, mask=mask, **given)

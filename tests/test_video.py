@@ -92,7 +92,7 @@ def test_consistent_mode_equals_per_frame_image_decoding(model, monkeypatch):
     memory = forced(model, frames, "Sure, it is [SEG].", mode="memory")
     monkeypatch.undo()
     with torch.inference_mode():
-        per_frame = torch.stack([model.masks_for(f, captured["states"]) for f in frames])
+        per_frame = torch.stack([model.masks_for(f, captured["states"])[0] for f in frames])
     assert torch.allclose(consistent.masks[0], per_frame, atol=1e-6)
     # the key frames are decoded the same way in both modes; the others differ (memory vs none)
     assert torch.equal(consistent.masks[:, :5], memory.masks[:, :5])

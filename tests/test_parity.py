@@ -94,33 +94,24 @@ def test_matches_upstream_predict_forward(parity_case):
                                  reference["free_vocab_limit"])
         else:
             processor = ForceTokens(case["prompt_len"], case["forced_token_ids"])
-        captured = {}
-        original = model._masks
-
-        def spy(images, states):
-            captured["states"] = torch.stack(states).clone()
-            return original(images, states)
-
-        model._masks = spy
-        try:
-            pred = model.predict(image, case["prompt"], logits_processor=[processor], regions=regions)
-        finally:
-            del model._masks
-        assert pred.token_ids.tolist() == ref["generated_ids"].tolist()
-        assert pred.raw_text == case["prediction"]
+        answer = model.answer([image], case["prompt"], logits_processor=[processor], regions=regions)
+        assert answer.token_ids.tolist() == ref["generated_ids"].tolist()
+        assert answer.raw_text == case["prediction"]
         if "raw_logits" in ref:
             logits = torch.stack(processor.raw)
             assert logits.shape == ref["raw_logits"].shape
             assert torch.allclose(logits, torch.from_numpy(ref["raw_logits"]), atol=1e-4)
-        assert torch.allclose(captured["states"], torch.from_numpy(ref["seg_hidden"]), atol=1e-5)
+        states = torch.stack(answer.seg_states)
+        masks = model.masks_for(image, answer.seg_states)
+        assert torch.allclose(states, torch.from_numpy(ref["seg_hidden"]), atol=1e-5)
         with torch.inference_mode():
-            embedding = model.projection(captured["states"])
+            embedding = model.seg_embeddings(answer.seg_states)
         assert torch.allclose(embedding, torch.from_numpy(ref["seg_embedding"]), atol=1e-5)
         probabilities = torch.from_numpy(ref["mask_logits"]).float().sigmoid()[:, 0]
-        assert pred.masks.shape == probabilities.shape
-        difference = (pred.masks - probabilities).abs().max().item()
+        assert masks.shape == probabilities.shape
+        difference = (masks - probabilities).abs().max().item()
         assert difference < 1e-4, f"{family}/{case['name']}: max probability difference {difference:.2e}"
-        flipped = int(((pred.masks > 0.5) != torch.from_numpy(ref["masks"][:, 0])).sum())
+        flipped = int(((masks > 0.5) != torch.from_numpy(ref["masks"][:, 0])).sum())
         assert flipped == 0, f"{family}/{case['name']}: {flipped} mask pixels differ from upstream"
 
 
@@ -142,26 +133,26 @@ def test_video_matches_upstream_predict_forward(parity_case):
     inputs = model.adapter.build_inputs(model.processor, keys, case["prompt"].replace("<image>", ""))
     assert inputs["input_ids"][0].tolist() == ref["input_ids"].tolist()
     assert inputs["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist()
-    captured = {}
-    original = model._generate
+    answers = []
+    answer = model.answer
 
     def spy(*args, **kwargs):
-        generated, states = original(*args, **kwargs)
-        captured["states"] = torch.stack(states).clone()
-        return generated, states
+        answers.append(answer(*args, **kwargs))
+        return answers[-1]
 
-    model._generate = spy
+    model.answer = spy  # records what predict_video's public seam returned
     try:
         video = model.predict_video(frames, case["prompt"],
                                     logits_processor=[ForceTokens(case["prompt_len"], case["forced_token_ids"])])
     finally:
-        del model._generate
+        del model.answer
+    assert len(answers) == 1
     assert video.token_ids.tolist() == ref["generated_ids"].tolist()
     assert video.raw_text == case["prediction"]
     assert video.key_frames == case["conditioning_frames"]
-    assert torch.allclose(captured["states"], torch.from_numpy(ref["seg_hidden"]), atol=1e-5)
+    assert torch.allclose(torch.stack(answers[0].seg_states), torch.from_numpy(ref["seg_hidden"]), atol=1e-5)
     with torch.inference_mode():
-        embedding = model.projection(captured["states"])
+        embedding = model.seg_embeddings(answers[0].seg_states)
     assert torch.allclose(embedding, torch.from_numpy(ref["seg_embedding"]), atol=1e-5)
     probabilities = torch.from_numpy(ref["mask_logits"]).float().sigmoid()       # [K, T, h, w]
     assert video.masks.shape == probabilities.shape

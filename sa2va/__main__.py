@@ -34,7 +34,8 @@ def _segment(args: argparse.Namespace) -> int:
     from .masks import overlay, to_uint8
 
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    model = load_model(_model_folder(args.model, args.models_dir), device=args.device, dtype=dtype, quantization=args.quantization,
+    folder = _model_folder(args.model, args.models_dir)
+    model = load_model(folder, device=args.device, dtype=dtype, quantization=args.quantization,
                        attn_implementation=args.attn)
     image = Image.open(args.image).convert("RGB")
     pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)

@@ -12,10 +12,11 @@ Two servers, so that the storage host differs from the hub's host (another port)
 reachable by sha unless ``forget=True``, as after a force-push).
 
 Knobs (all bounded): ``delay_per_chunk`` (seconds per 64 KiB chunk, per connection: a throttled link),
-``fail_once_after`` (drop the connection of the next transfer longer than that after that many bytes), ``fail_statuses`` (statuses, e.g.
-``[503, 503]``, answered to the next CDN requests, with ``retry_after``), ``corrupt`` (file names whose bytes the
-CDN flips once: corrupted in transit, same size), ``stall`` (a transfer sends its headers then nothing for that
-many seconds). ``requests`` records ``(path, range, authorization, server)`` with server ``"hub"`` or ``"cdn"``;
+``fail_once_after`` (drop the connection of the next transfer longer than that after that many bytes),
+``fail_statuses`` (statuses, e.g. ``[503, 503]``, answered to the next CDN requests, with ``retry_after``),
+``corrupt`` (file names whose bytes the CDN flips once: corrupted in transit, same size), ``stall`` (a transfer
+sends its headers then nothing for that many seconds). ``requests`` records ``(path, range, authorization,
+server)`` with server ``"hub"`` or ``"cdn"``;
 ``cdn_bytes`` counts the bytes the CDN sent."""
 from __future__ import annotations
 

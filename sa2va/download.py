@@ -77,8 +77,9 @@ def required_files(family: str) -> tuple[str, ...]:
     return REQUIRED_FILES if family == "internvl" else REQUIRED_FILES + ("preprocessor_config.json",)
 
 
-#: never fetched: remote code, docs and repository media
-SKIPPED_SUFFIXES = (".py", ".md", ".gitattributes", ".png", ".jpg", ".jpeg", ".gif", ".mp4", ".webp")
+#: never fetched: remote code, docs, repository media, and pickle or foreign-format weights (never loaded)
+SKIPPED_SUFFIXES = (".py", ".md", ".gitattributes", ".png", ".jpg", ".jpeg", ".gif", ".mp4", ".webp", ".bin", ".pt",
+                    ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".onnx")
 LOCK_SUFFIX = ".sa2va-download.lock"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_OID = re.compile(r"^[0-9a-f]{40}$")
@@ -777,7 +778,8 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
             return folder
         state = _read_json(folder / STATE_FILE)
         try:
-            commit, remote = _pin(repo_id, revision, state, session)
+            commit, remote = _in_thread(lambda: _pin(repo_id, revision, state, session), session, cancelled,
+                                        poll_s, repo_id, folder)
         except DownloadError as exc:
             raise DownloadError(f"{exc} {_by_hand(repo_id, folder)}") from exc
         if not any(f.path == "config.json" for f in remote):
@@ -799,6 +801,34 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
     if left:
         raise DownloadError(f"{folder} is still incomplete after downloading {repo_id}: {', '.join(left)}.")
     return folder
+
+
+def _in_thread(fn: Callable[[], object], session: _Session, cancelled: CancelCallback | None, poll_s: float,
+               repo_id: str, folder: Path):
+    """``fn()`` run in a thread while this one polls ``cancelled`` (a stalled hub API cannot delay Cancel)."""
+    result: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except (Sa2VAError, OSError, ValueError) as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"sa2va-download-{folder.name}-api", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(poll_s)
+            if thread.is_alive() and cancelled is not None and cancelled():
+                raise DownloadCancelled(f"Download of {repo_id} cancelled; the partial files in {folder} are kept "
+                                        f"and the next run resumes them.")
+    finally:
+        if thread.is_alive():
+            session.abort()
+            thread.join(0.5)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _pin(repo_id: str, revision: str, state: dict, session: _Session) -> tuple[str, list[RemoteFile]]:

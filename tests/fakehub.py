@@ -15,7 +15,8 @@ Knobs (all bounded): ``delay_per_chunk`` (seconds per 64 KiB chunk, per connecti
 ``fail_once_after`` (drop the connection of the next transfer longer than that after that many bytes),
 ``fail_statuses`` (statuses, e.g. ``[503, 503]``, answered to the next CDN requests, with ``retry_after``),
 ``corrupt`` (file names whose bytes the CDN flips once: corrupted in transit, same size), ``stall`` (a transfer
-sends its headers then nothing for that many seconds). ``requests`` records ``(path, range, authorization,
+sends its headers then nothing for that many seconds), ``api_stall`` (the API answers after that many
+seconds). ``requests`` records ``(path, range, authorization,
 server)`` with server ``"hub"`` or ``"cdn"``;
 ``cdn_bytes`` counts the bytes the CDN sent."""
 from __future__ import annotations
@@ -61,6 +62,7 @@ class FakeHub:
         self.retry_after: float | None = 0
         self.corrupt: set[str] = set()
         self.stall = 0.0
+        self.api_stall = 0.0
         self.cdn_bytes = 0
         self.active = self.max_active = 0  # concurrent transfers now / at most
         self.requests: list[tuple[str, str | None, str | None, str]] = []
@@ -119,6 +121,8 @@ class FakeHub:
                 self.end_headers()
 
             def _json(self, value) -> None:
+                if hub.api_stall:
+                    time.sleep(hub.api_stall)
                 if value is None:
                     return self._empty(404)
                 body = json.dumps(value).encode()

@@ -155,6 +155,18 @@ def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_aft
         assert time.monotonic() - returned < 2.0
 
 
+def test_cancel_while_the_hub_api_hangs_is_prompt(hub, tmp_path):
+    hub.api_stall = 10.0
+    flag = threading.Event()
+    timer = threading.Timer(0.3, flag.set)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, tmp_path / "Sa2VA-Tiny", cancelled=flag.is_set)
+    assert time.monotonic() - start < 1.3
+    assert not (tmp_path / "Sa2VA-Tiny").exists()
+
+
 def test_dropped_connection_is_retried_and_resumes_from_disk(hub, hub_repo, tmp_path):
     target = tmp_path / "Sa2VA-Tiny"
     hub.fail_once_after = 3 * 2**20 + 123

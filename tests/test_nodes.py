@@ -169,12 +169,12 @@ def test_symlinked_sa2va_folder_is_used_as_it_is(models_dir, tmp_path, monkeypat
 
 
 def test_complete_folder_loads_without_network(models_dir, monkeypatch):
-    import urllib.request
+    import socket
 
     def no_network(*args, **kwargs):
         raise AssertionError("network used for a complete local folder")
 
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)  # what http.client connects with
     shutil.copytree(models_dir / "tiny-qwen3", models_dir / "Sa2VA-Qwen3-VL-4B")
     handle = loader.load_handle("Sa2VA-Qwen3-VL-4B", dtype="fp32", device="cpu")
     assert handle.model.folder == models_dir / "Sa2VA-Qwen3-VL-4B"

@@ -751,7 +751,11 @@ class _Download:
                     with contextlib.suppress(OSError):
                         job.save()
         if self.fatal:
-            raise self.fatal[0]
+            exc = self.fatal[0]
+            if isinstance(exc, DownloadError):
+                raise exc
+            raise DownloadError(f"Download of {self.repo_id} into {self.folder} failed ({exc}); run the loader "
+                                f"again to resume.") from exc
         if progress is not None:
             progress(min(self.done_bytes(), self.total), self.total)
 
@@ -784,14 +788,18 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
             raise DownloadError(f"{exc} {_by_hand(repo_id, folder)}") from exc
         if not any(f.path == "config.json" for f in remote):
             raise DownloadError(f"{repo_id} on {endpoint()} has no config.json; it is not a model repository.")
-        folder.mkdir(parents=True, exist_ok=True)
-        if state.get("commit") != commit or state.get("repo_id") != repo_id:
-            state = {"repo_id": repo_id, "revision": revision, "commit": commit,
-                     "files": state.get("files", {}) if state.get("repo_id") == repo_id else {}}
-            _write_json(folder / STATE_FILE, state)
-        state.setdefault("files", {})
         logger.info("Downloading %s at commit %s into %s", repo_id, commit[:12], folder)
-        run = _Download(repo_id, folder, commit, remote, state, session, connections)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if state.get("commit") != commit or state.get("repo_id") != repo_id:
+                state = {"repo_id": repo_id, "revision": revision, "commit": commit,
+                         "files": state.get("files", {}) if state.get("repo_id") == repo_id else {}}
+                _write_json(folder / STATE_FILE, state)
+            state.setdefault("files", {})
+            run = _Download(repo_id, folder, commit, remote, state, session, connections)
+        except OSError as exc:  # a read-only folder, a full disk
+            raise DownloadError(f"Download of {repo_id} into {folder} failed ({exc}); run the loader again to "
+                                f"resume.") from exc
         run.run(connections, progress, cancelled, poll_s)
         if run.bad:
             raise DownloadError(f"{', '.join(run.bad)} of {repo_id} failed the integrity check (the bytes received "

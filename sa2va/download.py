@@ -295,6 +295,13 @@ class _Session:
                 raise DownloadCancelled(f"Download cancelled while asking the hub for {what}.")
 
 
+def _write_all(out, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (a raw write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
 def _backoff(failures: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return min(max(retry_after, 0.0), 2 * MAX_BACKOFF_S)
@@ -624,7 +631,7 @@ class _Download:
                     data = resp.read1(min(CHUNK, seg.length - seg.done))
                     if not data:
                         raise _Retry(reason="connection closed early")
-                    if not self._gated(lambda: out.write(data)):
+                    if not self._gated(lambda: _write_all(out, data)):
                         return
                     seg.done += len(data)
                     self._count(len(data))
@@ -743,7 +750,7 @@ class _Download:
                                             f"{self.folder} are kept and the next run resumes them.")
         finally:
             self.session.abort()  # no-op for finished workers; stops the rest: nothing is written after this
-            deadline = time.monotonic() + 0.8
+            deadline = time.monotonic() + 0.5  # a thread still alive after this can no longer write
             for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
             for job in self.jobs:  # the exact progress of every partial file, for the next run

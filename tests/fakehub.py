@@ -15,10 +15,9 @@ Knobs (all bounded): ``delay_per_chunk`` (seconds per 64 KiB chunk, per connecti
 ``fail_once_after`` (drop the connection of the next transfer longer than that after that many bytes),
 ``fail_statuses`` (statuses, e.g. ``[503, 503]``, answered to the next CDN requests, with ``retry_after``),
 ``corrupt`` (file names whose bytes the CDN flips once: corrupted in transit, same size), ``stall`` (a transfer
-sends its headers then nothing for that many seconds), ``api_stall`` (the API answers after that many
-seconds). ``requests`` records ``(path, range, authorization,
-server)`` with server ``"hub"`` or ``"cdn"``;
-``cdn_bytes`` counts the bytes the CDN sent."""
+sends its headers then nothing for that many seconds), ``api_stall`` (the API answers after that many seconds).
+``requests`` records ``(path, range, authorization, server)`` with server ``"hub"`` or ``"cdn"``; ``cdn_bytes``
+counts the bytes the CDN sent; ``max_active`` the most transfers at once."""
 from __future__ import annotations
 
 import hashlib

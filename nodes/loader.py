@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,17 +64,14 @@ def _check_name(name: str) -> None:
 
 
 def find_local(name: str) -> Path | None:
-    """The folder ``name`` under a registered sa2va folder, never outside it (no '..', no symlink out)."""
+    """The folder ``name`` under a registered sa2va folder. The name must be a plain folder name (no '..', no
+    separator, not absolute); the folder itself, or the sa2va folder, may be a symlink the user created (models
+    on another drive), and is used as it is."""
     _check_name(name)
     for base in comfy.model_dirs():
         candidate = base / name
-        if not candidate.is_dir():
-            continue
-        real_base, real = os.path.realpath(base), os.path.realpath(candidate)
-        if os.path.commonpath([real_base, real]) != real_base:
-            raise InputError(f"Symlinked model folder {candidate} points outside {base}; models must live inside "
-                             f"the sa2va models folder.")
-        return candidate
+        if candidate.is_dir():
+            return candidate
     return None
 
 

@@ -1,15 +1,22 @@
-"""Command line: ``python -m sa2va segment|info ...``.
+"""Command line: ``python -m sa2va segment|info|download|models ...``.
 
-    python -m sa2va segment --model DIR --image IMG --prompt TEXT --out OUTDIR
-        writes OUTDIR/answer.txt, OUTDIR/mask_<i>.png (probabilities as 8-bit grey) and OUTDIR/overlay.png
+    python -m sa2va segment [--model NAME|DIR] --image IMG --prompt TEXT [--out OUTDIR]
+        writes OUTDIR/answer.txt, OUTDIR/mask_<i>.png (probabilities as 8-bit grey) and OUTDIR/overlay.png;
+        a catalog NAME (default Sa2VA-Qwen3-VL-4B) is downloaded first when its folder is incomplete
     python -m sa2va info --model DIR
         prints the family, the tensors and the config facts of a model folder without loading it
+    python -m sa2va download NAME [--models-dir DIR]
+        downloads a catalog model into DIR/NAME/ (DIR: $SA2VA_MODELS_DIR, else ./models/sa2va) with a progress bar;
+        exit 0 when complete, 130 on Ctrl-C (partial files kept, the next run resumes), 2 on an error
+    python -m sa2va models [--models-dir DIR]
+        lists the catalog with download sizes and which models are present in DIR
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +34,8 @@ def _segment(args: argparse.Namespace) -> int:
     from .masks import overlay, to_uint8
 
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    model = load_model(args.model, device=args.device, dtype=dtype, quantization=args.quantization,
+    folder = _model_folder(args.model, args.models_dir)
+    model = load_model(folder, device=args.device, dtype=dtype, quantization=args.quantization,
                        attn_implementation=args.attn)
     image = Image.open(args.image).convert("RGB")
     pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)
@@ -59,14 +67,96 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_dir(value: str | None) -> Path:
+    """--models-dir, else $SA2VA_MODELS_DIR, else ./models/sa2va."""
+    from .model import MODELS_DIR_ENV
+
+    return Path(value or os.environ.get(MODELS_DIR_ENV) or os.path.join("models", "sa2va"))
+
+
+def _fetch(name: str, models_dir: Path) -> Path:
+    """The complete folder of catalog model ``name`` under ``models_dir``, downloaded (with a terminal progress bar)
+    when incomplete; no network when it is complete."""
+    from tqdm import tqdm
+
+    from . import catalog
+    from .download import download, is_complete, required_files
+    from .errors import InputError
+
+    entry = catalog.find(name)
+    if entry is None:
+        raise InputError(f"{name} is not a model this pack can download; `python -m sa2va models` lists them "
+                         f"(any other model: place its folder by hand and pass --model DIR).")
+    folder = models_dir / entry.name
+    required = required_files(entry.family)
+    if is_complete(folder, required):
+        return folder
+    with tqdm(desc=entry.name, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        download(entry.repo_id, folder, progress=progress, required=required)
+    return folder
+
+
+def _model_folder(model: str, models_dir: str | None) -> str | Path:
+    """--model: an existing folder as it is, else a catalog name (downloaded when needed), else the value itself
+    (load_model resolves it under $SA2VA_MODELS_DIR or says it was not found)."""
+    from . import catalog
+
+    if Path(model).expanduser().is_dir() or catalog.find(model) is None:
+        return model
+    return _fetch(model, _models_dir(models_dir))
+
+
+def _download(args: argparse.Namespace) -> int:
+    folder = _fetch(args.name, _models_dir(args.models_dir))
+    print(f"{folder} is complete.")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from . import catalog
+    from .download import is_complete, required_files
+
+    base = _models_dir(args.models_dir)
+    print(f"{'model':<22} {'family':<11} {'download':>9}  status (in {base})")
+    for entry in catalog.CATALOG:
+        folder = base / entry.name
+        if is_complete(folder, required_files(entry.family)):
+            status = "present"
+        elif folder.is_dir():
+            status = "partial (python -m sa2va download resumes it)"
+        else:
+            status = "-"
+        default = " (default)" if entry.name == catalog.DEFAULT_MODEL else ""
+        print(f"{entry.name:<22} {entry.family:<11} {entry.download_gb:>6.0f} GB  {status}{default}")
+    return 0
+
+
+def _add_download_commands(sub) -> None:
+    dl = sub.add_parser("download", help="download a catalog model into DIR/NAME/ (resumes; Ctrl-C keeps partial "
+                                         "files)")
+    dl.add_argument("name", help="catalog name, e.g. Sa2VA-Qwen3-VL-4B (see: python -m sa2va models)")
+    dl.add_argument("--models-dir", default=None, help="default: $SA2VA_MODELS_DIR, else ./models/sa2va")
+    dl.set_defaults(func=_download)
+    models = sub.add_parser("models", help="list the catalog with download sizes and the models present")
+    models.add_argument("--models-dir", default=None, help="default: $SA2VA_MODELS_DIR, else ./models/sa2va")
+    models.set_defaults(func=_models)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sa2va", description="Sa2VA segmentation from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="answer a prompt about an image and write its masks")
-    seg.add_argument("--model", required=True, help="model folder (release format)")
+    seg.add_argument("--model", default=None,
+                     help="model folder, or a catalog name downloaded when needed (default: the default model)")
+    seg.add_argument("--models-dir", default=None, help="where catalog models live (default: $SA2VA_MODELS_DIR, "
+                                                        "else ./models/sa2va)")
     seg.add_argument("--image", required=True, help="input image file")
     seg.add_argument("--prompt", required=True, help='e.g. "Please segment the person."')
-    seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument("--out", default="sa2va-out", help="output folder (default: ./sa2va-out)")
     seg.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     seg.add_argument("--dtype", choices=list(DTYPES), default="auto",
                      help="auto = bf16 on CUDA when supported, fp16 on older GPUs, fp32 on CPU")
@@ -77,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="describe a model folder without loading it")
     info.add_argument("--model", required=True)
     info.set_defaults(func=_info)
+    _add_download_commands(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "func", None) is _segment and args.model is None:
+        from .catalog import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .errors import Sa2VAError
 
@@ -86,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except Sa2VAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ncancelled: partial files are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

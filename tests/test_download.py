@@ -1,6 +1,10 @@
-"""Downloading a release from a local fake hub: plain files, byte progress, cancel mid-file, resume, errors."""
+"""Downloading a release from a fake hub that behaves like the real one (tests/fakehub.py): plain files, byte
+progress, a pinned commit, sha256 checks, the token kept on the hub's host, retries, prompt cancel, resume,
+parallel transfers."""
 import hashlib
+import json
 import shutil
+import socket
 import threading
 import time
 
@@ -16,6 +20,21 @@ REPO = "ByteDance/Sa2VA-Tiny"
 def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
             if p.is_file() and not p.name.startswith(".")}
+
+
+def _release(folder):
+    """What a download of ``folder`` must produce: every file but the remote code and docs."""
+    return {k: v for k, v in _digest(folder).items() if not k.endswith((".py", ".md"))}
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", "/nonexistent/sa2va-test/token")
 
 
 @pytest.fixture
@@ -36,56 +55,266 @@ def hub(hub_repo, monkeypatch):
         yield server
 
 
+def _shards(folder):
+    return sorted(p.name for p in folder.glob("model-*.safetensors"))
+
+
 def test_download_writes_plain_files_and_reports_bytes(hub, hub_repo, tmp_path):
     target = tmp_path / "models" / "Sa2VA-Tiny"
     seen = []
     download.download(REPO, target, progress=lambda done, total: seen.append((done, total)))
     assert download.is_complete(target)
-    expected = {k: v for k, v in _digest(hub_repo).items() if not k.endswith((".py", ".md"))}
+    expected = _release(hub_repo)
     assert _digest(target) == expected
-    assert not list(target.glob("*.part")) and not any(p.is_symlink() for p in target.iterdir())
+    assert not list(target.glob("*.part*")) and not any(p.is_symlink() for p in target.iterdir())
     total = sum((hub_repo / name).stat().st_size for name in expected)
     assert seen[-1] == (total, total)
     assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+    assert not any("modeling" in r[0] or "README" in r[0] for r in hub.requests), "no .py or docs fetched"
+    # weight files came from the second host, by the pinned commit
+    commit = download.pinned_commit(target)
+    assert commit == hub.heads[REPO]
+    cdn = [r for r in hub.requests if r[3] == "cdn"]
+    assert cdn and all(commit in r[0] for r in cdn)
+    assert all(f"/resolve/{commit}/" in r[0] for r in hub.requests if "/resolve/" in r[0])
+
+
+def test_complete_folder_uses_no_network(hub, tmp_path, monkeypatch):
+    target = tmp_path / "Sa2VA-Tiny"
+    download.download(REPO, target)
+    requests = len(hub.requests)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network used for a complete folder")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert download.download(REPO, target) == target
+    assert len(hub.requests) == requests
 
 
 def test_cancel_mid_file_is_prompt_and_resume_completes(hub, hub_repo, tmp_path):
     target = tmp_path / "Sa2VA-Tiny"
-    hub.delay_per_chunk = 0.02  # ~3 MB/s: a multi-MB shard takes seconds
+    hub.delay_per_chunk = 0.02  # ~3 MB/s per connection: a multi-MB shard takes seconds
     flag = threading.Event()
-    progress = []
+    marks = {}
 
     def on_progress(done, total):
-        progress.append(done)
         if done > 1.5 * 2**20 and not flag.is_set():
             flag.set()
-            progress.append(time.monotonic())
+            marks["cancelled_at"] = time.monotonic()
 
     start = time.monotonic()
     with pytest.raises(DownloadCancelled, match="partial files .* are kept"):
         download.download(REPO, target, progress=on_progress, cancelled=flag.is_set)
-    cancelled_at = next(p for p in progress if isinstance(p, float))
-    assert time.monotonic() - cancelled_at < 1.0
+    assert time.monotonic() - marks["cancelled_at"] < 1.0
     assert time.monotonic() - start < 30
-    parts = list(target.glob("*.part"))
-    assert parts and all(p.stat().st_size > 0 for p in parts)
-    assert not download.is_complete(target)
+    assert list(target.glob("*.part")) and not download.is_complete(target)
+    kept = sum(sum(s[2] for s in json.loads(p.read_text())["segments"]) for p in target.glob("*.part.json"))
+    assert kept > 2**20, "the bytes received before Cancel are kept"
     hub.delay_per_chunk = 0.0
+    first = len(hub.requests)
     download.download(REPO, target)
-    assert download.is_complete(target) and not list(target.glob("*.part"))
-    resumed = [r for r in hub.requests if r[1] and r[1].startswith("bytes=") and r[1] != "bytes=0-"]
-    assert resumed, "the second run must resume with a Range request"
-    assert _digest(target) == {k: v for k, v in _digest(hub_repo).items() if not k.endswith((".py", ".md"))}
+    assert download.is_complete(target) and not list(target.glob("*.part*"))
+    shard_bytes = sum((hub_repo / s).stat().st_size for s in _shards(hub_repo))
+    asked = 0
+    for path, byte_range, _, server in hub.requests[first:]:
+        if server == "cdn":
+            assert byte_range, "every weight file was begun before Cancel, so every request resumes a range"
+            begin, end = byte_range[6:].split("-")
+            asked += int(end) + 1 - int(begin)
+    assert asked == shard_bytes - kept, "the resume asks for exactly the missing bytes"
+    assert _digest(target) == _release(hub_repo)
 
 
-def test_network_error_mid_file_leaves_resumable_state(hub, tmp_path):
+def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_after(hub, tmp_path):
     target = tmp_path / "Sa2VA-Tiny"
-    hub.fail_once_after = 3 * 2**20
-    with pytest.raises(DownloadError, match="run the loader again"):
-        download.download(REPO, target)
-    assert not download.is_complete(target)
+    hub.delay_per_chunk = 0.01
+    flag = threading.Event()
+    marks = {}
+
+    def cancel():
+        marks["set_at"] = time.monotonic()
+        flag.set()
+
+    def on_progress(done, total):
+        if done > 2**20 and not marks:
+            hub.stall = 20.0  # every new transfer now hangs after its headers
+            hub.delay_per_chunk = 0.5  # and the running ones crawl
+            marks["timer"] = threading.Timer(0.5, cancel)
+            marks["timer"].start()
+
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, target, progress=on_progress, cancelled=flag.is_set)
+    returned = time.monotonic()
+    assert returned - marks["set_at"] < 1.0, "Cancel is honoured within a second on a stalled link"
+    snapshot = {p.name: p.read_bytes() for p in target.iterdir()}
+    time.sleep(1.0)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == snapshot, "a thread wrote after the return"
+    assert not [t for t in threading.enumerate() if t.name.startswith("sa2va-download") and t.is_alive()]
+    with download.folder_lock(target):  # released: taken at once
+        assert time.monotonic() - returned < 2.0
+
+
+def test_cancel_while_the_hub_api_hangs_is_prompt(hub, tmp_path):
+    hub.api_stall = 10.0
+    flag = threading.Event()
+    timer = threading.Timer(0.3, flag.set)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, tmp_path / "Sa2VA-Tiny", cancelled=flag.is_set)
+    assert time.monotonic() - start < 1.3
+    assert not (tmp_path / "Sa2VA-Tiny").exists()
+
+
+def test_dropped_connection_is_retried_and_resumes_from_disk(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.fail_once_after = 3 * 2**20 + 123
+    download.download(REPO, target, connections=1)
+    assert _digest(target) == _release(hub_repo)
+    resumed = [r for r in hub.requests if r[3] == "cdn" and r[1] and r[1].startswith(f"bytes={3 * 2**20 + 123}-")]
+    assert resumed, "the retry asks for the bytes after those on disk"
+
+
+def test_503_is_retried_honouring_retry_after(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.fail_statuses = [503, 503]
+    hub.retry_after = 0.3
+    start = time.monotonic()
+    download.download(REPO, target, connections=1)
+    assert time.monotonic() - start >= 0.6, "Retry-After was honoured twice"
+    assert _digest(target) == _release(hub_repo)
+    assert not hub.fail_statuses
+
+
+def test_endless_503_gives_up_after_bounded_retries_keeping_parts(hub, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.fail_statuses = [503] * 1000
+    hub.retry_after = None
+    with pytest.raises(DownloadError, match=r"failed 6 times \(HTTP 503\).*run the download again to resume"):
+        download.download(REPO, target, connections=1)
+    assert 1000 - len(hub.fail_statuses) == download.RETRIES + 1
+    hub.fail_statuses = []
     download.download(REPO, target)
     assert download.is_complete(target)
+
+
+@pytest.mark.parametrize("status, words", [(403, "needs a login or access"), (404, "check the model name")])
+def test_permanent_errors_are_not_retried_and_say_what_to_do(hub, tmp_path, status, words):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.fail_statuses = [status] * 10
+    with pytest.raises(download.HubStatusError, match=words):
+        download.download(REPO, target, connections=1)
+    assert len(hub.fail_statuses) == 9, "asked once, not retried"
+
+
+def test_missing_repository_is_a_clear_error(hub, tmp_path):
+    with pytest.raises(DownloadError, match=r"The hub answered 404 for ByteDance/Nope.*check the model name"):
+        download.download("ByteDance/Nope", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupted_shard_is_deleted_named_and_fetched_again(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    bad = _shards(hub_repo)[0]
+    hub.corrupt = {bad}
+    with pytest.raises(DownloadError, match=rf"{bad} of {REPO} failed the integrity check"):
+        download.download(REPO, target)
+    assert not (target / bad).exists() and not list(target.glob(f"{bad}.part*")), "the bad bytes are deleted"
+    others = {k: v for k, v in _release(hub_repo).items() if k != bad}
+    assert {k: v for k, v in _digest(target).items()} == others
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+
+
+def test_corrupted_small_file_fails_its_git_check(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.corrupt = {"tokenizer.json"}
+    with pytest.raises(DownloadError, match="tokenizer.json of .* failed the integrity check"):
+        download.download(REPO, target)
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+
+
+def _new_version(hub_repo, tmp_path):
+    """The repository after a push: every shard rewritten with different bytes of the same size."""
+    v2 = tmp_path / "remote-v2"
+    shutil.copytree(hub_repo, v2)
+    for shard in _shards(v2):
+        data = bytearray((v2 / shard).read_bytes())
+        for i in range(len(data) - 1, len(data) // 4, -4096):
+            data[i] ^= 0x5A
+        (v2 / shard).write_bytes(bytes(data))
+    return v2
+
+
+def _cancel_after(n):
+    flag = threading.Event()
+
+    def on_progress(done, total):
+        if done > n:
+            flag.set()
+    return on_progress, flag.is_set
+
+
+def test_remote_change_between_attempts_never_mixes_versions(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    v1 = hub.heads[REPO]
+    hub.delay_per_chunk = 0.01
+    progress, cancelled = _cancel_after(2 * 2**20)
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, target, progress=progress, cancelled=cancelled)
+    hub.delay_per_chunk = 0.0
+    hub.publish(REPO, _new_version(hub_repo, tmp_path))
+    download.download(REPO, target)
+    assert download.pinned_commit(target) == v1
+    assert _digest(target) == _release(hub_repo), "the resume finishes the version the first attempt saw"
+
+
+def test_pinned_commit_gone_starts_over_on_the_new_one(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.delay_per_chunk = 0.01
+    progress, cancelled = _cancel_after(2 * 2**20)
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, target, progress=progress, cancelled=cancelled)
+    hub.delay_per_chunk = 0.0
+    v2 = _new_version(hub_repo, tmp_path)
+    new = hub.publish(REPO, v2, forget=True)  # history rewritten: the old commit is gone
+    download.download(REPO, target)
+    assert download.pinned_commit(target) == new
+    assert _digest(target) == _release(v2)
+
+
+def test_token_goes_to_the_hub_host_only(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    download.download(REPO, tmp_path / "t")
+    hub_requests = [r for r in hub.requests if r[3] == "hub"]
+    cdn_requests = [r for r in hub.requests if r[3] == "cdn"]
+    assert hub_requests and all(r[2] == "Bearer hf_secret" for r in hub_requests)
+    assert cdn_requests and all(r[2] is None for r in cdn_requests), "the token never reaches the storage host"
+
+
+def test_stored_login_token_is_used(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    token_file = tmp_path / "hf-home" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text("hf_from_login\n")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(token_file))
+    download.download(REPO, tmp_path / "t")
+    assert {r[2] for r in hub.requests if r[3] == "hub"} == {"Bearer hf_from_login"}
+
+
+def test_parallel_transfers_use_several_connections_and_ranges(hub, hub_repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "SEGMENT_MIN", 2**20)
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.delay_per_chunk = 0.005
+    download.download(REPO, target, connections=6)
+    assert 4 <= hub.max_active <= 6
+    shard = _shards(hub_repo)[0]
+    starts = {r[1] for r in hub.requests if r[3] == "cdn" and r[0].split("?")[0].endswith(shard)}
+    assert len(starts) >= 4, "a large file is fetched as several ranges at once"
+    assert _digest(target) == _release(hub_repo)
 
 
 def test_offline_error_names_folder_and_files(tmp_path, monkeypatch):
@@ -103,12 +332,6 @@ def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
                                              r"https://huggingface.co/ByteDance/Sa2VA-Tiny in .*x by hand"):
         download.download(REPO, tmp_path / "x")
     assert not (tmp_path / "x").exists()
-
-
-def test_token_is_sent(hub, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    download.download(REPO, tmp_path / "t")
-    assert all(r[2] == "Bearer hf_secret" for r in hub.requests)
 
 
 def test_truncated_or_missing_shard_is_not_complete(checkpoint_factory, tmp_path):
@@ -140,4 +363,4 @@ def test_concurrent_downloads_of_one_model_do_not_corrupt_it(hub, hub_repo, tmp_
     for t in threads:
         t.join(120)
     assert not failures
-    assert _digest(target) == {k: v for k, v in _digest(hub_repo).items() if not k.endswith((".py", ".md"))}
+    assert _digest(target) == _release(hub_repo)

@@ -151,21 +151,32 @@ def test_model_names_cannot_escape_the_models_folder(models_dir, name):
         loader.find_local(name)
 
 
-def test_symlink_out_of_the_models_folder_is_refused(models_dir, tmp_path):
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (models_dir / "sneaky").symlink_to(outside)
-    with pytest.raises(errors.InputError, match="Symlinked model folder .* points outside"):
-        loader.find_local("sneaky")
+def test_symlinked_model_folder_is_used_as_it_is(models_dir, tmp_path):
+    """Models on another drive: a symlink the user placed in models/sa2va/ is used, as ComfyUI's loaders do."""
+    other_drive = tmp_path / "other-drive" / "Sa2VA-Qwen3-VL-4B"
+    shutil.copytree(models_dir / "tiny-qwen3", other_drive)
+    (models_dir / "Sa2VA-Qwen3-VL-4B").symlink_to(other_drive)
+    assert loader.find_local("Sa2VA-Qwen3-VL-4B") == models_dir / "Sa2VA-Qwen3-VL-4B"
+    assert loader.ensure_model_folder("Sa2VA-Qwen3-VL-4B") == models_dir / "Sa2VA-Qwen3-VL-4B"
+    assert "Sa2VA-Qwen3-VL-4B" in loader.model_choices()
+
+
+def test_symlinked_sa2va_folder_is_used_as_it_is(models_dir, tmp_path, monkeypatch):
+    link = tmp_path / "ComfyUI" / "models" / "sa2va"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(models_dir)
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(link))
+    assert loader.find_local("tiny-qwen3") == link / "tiny-qwen3"
+    assert "tiny-qwen3" in loader.local_models()
 
 
 def test_complete_folder_loads_without_network(models_dir, monkeypatch):
-    import urllib.request
+    import socket
 
     def no_network(*args, **kwargs):
         raise AssertionError("network used for a complete local folder")
 
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)  # what http.client connects with
     shutil.copytree(models_dir / "tiny-qwen3", models_dir / "Sa2VA-Qwen3-VL-4B")
     handle = loader.load_handle(model="Sa2VA-Qwen3-VL-4B", dtype="fp32", device="cpu")
     assert handle.model.folder == models_dir / "Sa2VA-Qwen3-VL-4B"

@@ -133,6 +133,9 @@ def test_disk_full_gives_a_clear_error_and_a_resumable_state(checkpoint_factory,
                 raise OSError(errno.ENOSPC, "No space left on device")
             return self.handle.write(data)
 
+        def __getattr__(self, name):  # seek, truncate, ...
+            return getattr(self.handle, name)
+
         def __enter__(self):
             return self
 

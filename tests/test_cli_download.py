@@ -80,7 +80,9 @@ def test_download_command_ctrl_c_exits_130_keeps_parts_and_the_next_run_resumes(
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 2.0
+    # the process exits (interpreter teardown included) promptly; in-process cancel latency is pinned to 1 s in
+    # tests/test_download.py, this bound only leaves room for a loaded machine
+    assert time.monotonic() - sent < 15.0
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err
     parts = list(folder.glob("*.part.json"))

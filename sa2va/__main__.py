@@ -1,9 +1,14 @@
-"""Command line: ``python -m sa2va segment|info ...``.
+"""Command line: ``python -m sa2va segment|info|doctor ...``.
 
     python -m sa2va segment --model DIR --image IMG --prompt TEXT --out OUTDIR
         writes OUTDIR/answer.txt, OUTDIR/mask_<i>.png (probabilities as 8-bit grey) and OUTDIR/overlay.png
     python -m sa2va info --model DIR
         prints the family, the tensors and the config facts of a model folder without loading it
+    python -m sa2va doctor [--quick] [--device cuda]
+        checks the installation (versions, GPUs, bitsandbytes, one prediction on a tiny model); exit 1 on a failure
+
+torch and the model code are imported only by the commands that need them, so ``doctor`` can report a missing or
+broken torch or transformers.
 """
 from __future__ import annotations
 
@@ -15,7 +20,21 @@ from pathlib import Path
 
 logger = logging.getLogger("sa2va")
 
-DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class _DtypeNames:
+    """The names of :data:`sa2va.model.DTYPES` as argparse choices, read on first use (not at start-up)."""
+
+    def _names(self) -> list[str]:
+        from .model import DTYPES
+
+        return list(DTYPES)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -23,11 +42,10 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from . import load_model
     from .masks import overlay, to_uint8
+    from .model import load_model
 
-    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    model = load_model(args.model, device=args.device, dtype=dtype, quantization=args.quantization,
+    model = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
                        attn_implementation=args.attn)
     image = Image.open(args.image).convert("RGB")
     pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)
@@ -59,6 +77,24 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import exit_code, format_check, run_checks
+
+    checks = run_checks(predict=not args.quick, device=args.device,
+                        report=lambda check: print(format_check(check), flush=True))
+    failed = [c.name for c in checks if c.required and not c.ok]
+    print(f"\n{len(failed)} required check(s) failed: {', '.join(failed)}" if failed else
+          "\nAll required checks passed.")
+    return exit_code(checks)
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    doctor = sub.add_parser("doctor", help="check the installation and print what to fix")
+    doctor.add_argument("--quick", action="store_true", help="skip the prediction on a tiny synthetic model")
+    doctor.add_argument("--device", default="cpu", help="device of the tiny model's prediction (default: cpu)")
+    doctor.set_defaults(func=_doctor)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sa2va", description="Sa2VA segmentation from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--prompt", required=True, help='e.g. "Please segment the person."')
     seg.add_argument("--out", required=True, help="output folder")
     seg.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    seg.add_argument("--dtype", choices=list(DTYPES), default="auto",
+    seg.add_argument("--dtype", choices=_DtypeNames(), default="auto",
                      help="auto = bf16 on CUDA when supported, fp16 on older GPUs, fp32 on CPU")
     seg.add_argument("--quantization", choices=["8bit", "4bit"], default=None, help="bitsandbytes quantisation")
     seg.add_argument("--attn", default=None, help="attention kernel: sdpa (default), eager, flash_attention_2")
@@ -77,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="describe a model folder without loading it")
     info.add_argument("--model", required=True)
     info.set_defaults(func=_info)
+    _add_doctor(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .errors import Sa2VAError

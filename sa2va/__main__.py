@@ -1,4 +1,4 @@
-"""Command line: ``python -m sa2va segment|info|download|models ...``.
+"""Command line: ``python -m sa2va segment|info|download|models|doctor ...``.
 
     python -m sa2va segment [--model NAME|DIR] --image IMG --prompt TEXT [--out OUTDIR]
         writes OUTDIR/answer.txt, OUTDIR/mask_<i>.png (probabilities as 8-bit grey) and OUTDIR/overlay.png;
@@ -10,6 +10,11 @@
         exit 0 when complete, 130 on Ctrl-C (partial files kept, the next run resumes), 2 on an error
     python -m sa2va models [--models-dir DIR]
         lists the catalog with download sizes and which models are present in DIR
+    python -m sa2va doctor [--quick] [--device cuda]
+        checks the installation (versions, GPUs, bitsandbytes, one prediction on a tiny model); exit 1 on a failure
+
+torch and the model code are imported only by the commands that need them, so ``doctor`` can report a missing or
+broken torch or transformers.
 """
 from __future__ import annotations
 
@@ -22,7 +27,21 @@ from pathlib import Path
 
 logger = logging.getLogger("sa2va")
 
-DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class _DtypeNames:
+    """The names of :data:`sa2va.model.DTYPES` as argparse choices, read on first use (not at start-up)."""
+
+    def _names(self) -> list[str]:
+        from .model import DTYPES
+
+        return list(DTYPES)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -30,12 +49,11 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from . import load_model
     from .masks import overlay, to_uint8
+    from .model import load_model
 
-    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
     folder = _model_folder(args.model, args.models_dir)
-    model = load_model(folder, device=args.device, dtype=dtype, quantization=args.quantization,
+    model = load_model(folder, device=args.device, dtype=args.dtype, quantization=args.quantization,
                        attn_implementation=args.attn)
     image = Image.open(args.image).convert("RGB")
     pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)
@@ -146,6 +164,24 @@ def _add_download_commands(sub) -> None:
     models.set_defaults(func=_models)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import exit_code, format_check, run_checks
+
+    checks = run_checks(predict=not args.quick, device=args.device,
+                        report=lambda check: print(format_check(check), flush=True))
+    failed = [c.name for c in checks if c.required and not c.ok]
+    print(f"\n{len(failed)} required check(s) failed: {', '.join(failed)}" if failed else
+          "\nAll required checks passed.")
+    return exit_code(checks)
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    doctor = sub.add_parser("doctor", help="check the installation and print what to fix")
+    doctor.add_argument("--quick", action="store_true", help="skip the prediction on a tiny synthetic model")
+    doctor.add_argument("--device", default="cpu", help="device of the tiny model's prediction (default: cpu)")
+    doctor.set_defaults(func=_doctor)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sa2va", description="Sa2VA segmentation from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--prompt", required=True, help='e.g. "Please segment the person."')
     seg.add_argument("--out", default="sa2va-out", help="output folder (default: ./sa2va-out)")
     seg.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    seg.add_argument("--dtype", choices=list(DTYPES), default="auto",
+    seg.add_argument("--dtype", choices=_DtypeNames(), default="auto",
                      help="auto = bf16 on CUDA when supported, fp16 on older GPUs, fp32 on CPU")
     seg.add_argument("--quantization", choices=["8bit", "4bit"], default=None, help="bitsandbytes quantisation")
     seg.add_argument("--attn", default=None, help="attention kernel: sdpa (default), eager, flash_attention_2")
@@ -168,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--model", required=True)
     info.set_defaults(func=_info)
     _add_download_commands(sub)
+    _add_doctor(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is _segment and args.model is None:
         from .catalog import DEFAULT_MODEL

@@ -25,94 +25,76 @@ _POINT_EMBED_RELEASE = "sam_prompt_encoder.point_embeddings.{}.weight"
 _GAUSSIAN_NATIVE = "prompt_encoder.shared_embedding.positional_embedding"
 _GAUSSIAN_NATIVE_COPY = "shared_image_embedding.positional_embedding"
 
-# Original SAM2 name -> transformers name. Applied in order, each at most once.
-_SAM2_RULES: list[tuple[str, str]] = [
-    (r"^image_encoder\.trunk\.", "vision_encoder.backbone."),
-    (r"^image_encoder\.neck\.convs\.(\d+)\.conv\.", r"vision_encoder.neck.convs.\1."),
-    (r"^(vision_encoder\.backbone\.)patch_embed\.proj\.", r"\1patch_embed.projection."),
-    (r"^(vision_encoder\.backbone\.blocks\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
-    (r"^(vision_encoder\.backbone\.blocks\.\d+\.mlp)\.layers\.0\.", r"\1.proj_in."),
-    (r"^(vision_encoder\.backbone\.blocks\.\d+\.mlp)\.layers\.1\.", r"\1.proj_out."),
-    (r"^sam_prompt_encoder\.pe_layer\.positional_encoding_gaussian_matrix$", _GAUSSIAN_NATIVE),
-    (r"^sam_prompt_encoder\.mask_downscaling\.0\.", "prompt_encoder.mask_embed.conv1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.1\.", "prompt_encoder.mask_embed.layer_norm1."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.3\.", "prompt_encoder.mask_embed.conv2."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.4\.", "prompt_encoder.mask_embed.layer_norm2."),
-    (r"^sam_prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
-    (r"^sam_prompt_encoder\.", "prompt_encoder."),
-    (r"^sam_mask_decoder\.", "mask_decoder."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.0\.", r"\1.proj_in."),
-    (r"^(mask_decoder\.transformer\.layers\.\d+\.mlp)\.layers\.1\.", r"\1.proj_out."),
-    (r"^mask_decoder\.transformer\.norm_final_attn\.", "mask_decoder.transformer.layer_norm_final_attn."),
-    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
-    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
-    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
-    (r"^(memory_attention\.layers\.\d+)\.norm(\d)\.", r"\1.layer_norm\2."),
-    (r"^memory_attention\.norm\.", "memory_attention.layer_norm."),
-    (r"^memory_encoder\.mask_downsampler\.encoder\.12\.", "memory_encoder.mask_downsampler.final_conv."),
-    (r"^memory_encoder\.pix_feat_proj\.", "memory_encoder.feature_projection."),
-    (r"^memory_encoder\.out_proj\.", "memory_encoder.projection."),
-    (r"^memory_encoder\.fuser\.layers\.(\d+)\.", r"memory_encoder.memory_fuser.layers.\1."),
-    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.dwconv\.", r"\1.depthwise_conv."),
-    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.pwconv(\d)\.", r"\1.pointwise_conv\2."),
-    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.norm\.", r"\1.layer_norm."),
-    (r"^(memory_encoder\.memory_fuser\.layers\.\d+)\.(g_weight|gamma)$", r"\1.scale"),
-    (r"^maskmem_tpos_enc$", "memory_temporal_positional_encoding"),
-    (r"^no_mem_embed$", "no_memory_embedding"),
-    (r"^no_mem_pos_enc$", "no_memory_positional_encoding"),
-    (r"^no_obj_ptr$", "no_object_pointer"),
-    (r"^obj_ptr_tpos_proj\.", "temporal_positional_encoding_projection_layer."),  # SAM2.1 only
-    (r"^no_obj_embed_spatial$", "occlusion_spatial_embedding_parameter"),  # SAM2.1 only
-    (r"^obj_ptr_proj\.", "object_pointer_proj."),
-    (r"\.out_proj\.", ".o_proj."),
-]
-# transformers name -> original SAM2 name (the inverse of the table above), used to write release-format
-# checkpoints for tests and to name release keys in error messages.
-_SAM2_INVERSE_RULES: list[tuple[str, str]] = [
-    (r"\.o_proj\.", ".out_proj."),
-    (r"^vision_encoder\.backbone\.patch_embed\.projection\.", "image_encoder.trunk.patch_embed.proj."),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.layer_norm(\d)\.", r"image_encoder.trunk.blocks.\1.norm\2."),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.mlp\.proj_in\.", r"image_encoder.trunk.blocks.\1.mlp.layers.0."),
-    (r"^vision_encoder\.backbone\.blocks\.(\d+)\.mlp\.proj_out\.", r"image_encoder.trunk.blocks.\1.mlp.layers.1."),
-    (r"^vision_encoder\.backbone\.", "image_encoder.trunk."),
-    (r"^vision_encoder\.neck\.convs\.(\d+)\.", r"image_encoder.neck.convs.\1.conv."),
-    (r"^prompt_encoder\.shared_embedding\.positional_embedding$",
-     "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"),
-    (r"^prompt_encoder\.mask_embed\.conv1\.", "sam_prompt_encoder.mask_downscaling.0."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm1\.", "sam_prompt_encoder.mask_downscaling.1."),
-    (r"^prompt_encoder\.mask_embed\.conv2\.", "sam_prompt_encoder.mask_downscaling.3."),
-    (r"^prompt_encoder\.mask_embed\.layer_norm2\.", "sam_prompt_encoder.mask_downscaling.4."),
-    (r"^prompt_encoder\.mask_embed\.conv3\.", "sam_prompt_encoder.mask_downscaling.6."),
-    (r"^prompt_encoder\.", "sam_prompt_encoder."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.layer_norm(\d)\.", r"mask_decoder.transformer.layers.\1.norm\2."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_in\.",
-     r"mask_decoder.transformer.layers.\1.mlp.layers.0."),
-    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.proj_out\.",
-     r"mask_decoder.transformer.layers.\1.mlp.layers.1."),
-    (r"^mask_decoder\.transformer\.layer_norm_final_attn\.", "mask_decoder.transformer.norm_final_attn."),
-    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
-    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
-    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
-    (r"^mask_decoder\.", "sam_mask_decoder."),
-    (r"^memory_attention\.layers\.(\d+)\.layer_norm(\d)\.", r"memory_attention.layers.\1.norm\2."),
-    (r"^memory_attention\.layer_norm\.", "memory_attention.norm."),
-    (r"^memory_encoder\.mask_downsampler\.final_conv\.", "memory_encoder.mask_downsampler.encoder.12."),
-    (r"^memory_encoder\.feature_projection\.", "memory_encoder.pix_feat_proj."),
-    (r"^memory_encoder\.projection\.", "memory_encoder.out_proj."),
-    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.depthwise_conv\.", r"memory_encoder.fuser.layers.\1.dwconv."),
-    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.pointwise_conv(\d)\.",
-     r"memory_encoder.fuser.layers.\1.pwconv\2."),
-    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.layer_norm\.", r"memory_encoder.fuser.layers.\1.norm."),
-    (r"^memory_encoder\.memory_fuser\.layers\.(\d+)\.scale$", r"memory_encoder.fuser.layers.\1.g_weight"),
-    (r"^memory_temporal_positional_encoding$", "maskmem_tpos_enc"),
-    (r"^no_memory_embedding$", "no_mem_embed"),
-    (r"^no_memory_positional_encoding$", "no_mem_pos_enc"),
-    (r"^no_object_pointer$", "no_obj_ptr"),
-    (r"^temporal_positional_encoding_projection_layer\.", "obj_ptr_tpos_proj."),
-    (r"^occlusion_spatial_embedding_parameter$", "no_obj_embed_spatial"),
-    (r"^object_pointer_proj\.", "obj_ptr_proj."),
-]
+# The one table of SAM2 renames: (original SAM2 name, transformers name), both as templates. A template ending in "."
+# renames a prefix, any other renames a whole key, and one starting with "." renames the first occurrence anywhere;
+# "{i}" and "{j}" stand for a number and are carried over. Release -> native applies the rules in this order, each at
+# most once, so later rules may refine what earlier ones produced (a prefix first, then names inside it); native ->
+# release applies the swapped rules in the reverse order. That is an exact inverse as long as no key that a rule
+# leaves alone already looks like that rule's output, which the round-trip tests in tests/test_keymap.py check over
+# every Sam2VideoModel key.
+SAM2_RENAMES: tuple[tuple[str, str], ...] = (
+    ("image_encoder.trunk.", "vision_encoder.backbone."),
+    ("image_encoder.neck.convs.{i}.conv.", "vision_encoder.neck.convs.{i}."),
+    ("vision_encoder.backbone.patch_embed.proj.", "vision_encoder.backbone.patch_embed.projection."),
+    ("vision_encoder.backbone.blocks.{i}.norm{j}.", "vision_encoder.backbone.blocks.{i}.layer_norm{j}."),
+    ("vision_encoder.backbone.blocks.{i}.mlp.layers.0.", "vision_encoder.backbone.blocks.{i}.mlp.proj_in."),
+    ("vision_encoder.backbone.blocks.{i}.mlp.layers.1.", "vision_encoder.backbone.blocks.{i}.mlp.proj_out."),
+    ("sam_prompt_encoder.", "prompt_encoder."),
+    ("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", _GAUSSIAN_NATIVE),
+    ("prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_embed.conv1."),
+    ("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_embed.layer_norm1."),
+    ("prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_embed.conv2."),
+    ("prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_embed.layer_norm2."),
+    ("prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_embed.conv3."),
+    ("sam_mask_decoder.", "mask_decoder."),
+    ("mask_decoder.transformer.layers.{i}.norm{j}.", "mask_decoder.transformer.layers.{i}.layer_norm{j}."),
+    ("mask_decoder.transformer.layers.{i}.mlp.layers.0.", "mask_decoder.transformer.layers.{i}.mlp.proj_in."),
+    ("mask_decoder.transformer.layers.{i}.mlp.layers.1.", "mask_decoder.transformer.layers.{i}.mlp.proj_out."),
+    ("mask_decoder.transformer.norm_final_attn.", "mask_decoder.transformer.layer_norm_final_attn."),
+    ("mask_decoder.output_upscaling.0.", "mask_decoder.upscale_conv1."),
+    ("mask_decoder.output_upscaling.1.", "mask_decoder.upscale_layer_norm."),
+    ("mask_decoder.output_upscaling.3.", "mask_decoder.upscale_conv2."),
+    ("memory_attention.layers.{i}.norm{j}.", "memory_attention.layers.{i}.layer_norm{j}."),
+    ("memory_attention.norm.", "memory_attention.layer_norm."),
+    ("memory_encoder.mask_downsampler.encoder.12.", "memory_encoder.mask_downsampler.final_conv."),
+    ("memory_encoder.pix_feat_proj.", "memory_encoder.feature_projection."),
+    ("memory_encoder.out_proj.", "memory_encoder.projection."),
+    ("memory_encoder.fuser.layers.{i}.", "memory_encoder.memory_fuser.layers.{i}."),
+    ("memory_encoder.memory_fuser.layers.{i}.dwconv.", "memory_encoder.memory_fuser.layers.{i}.depthwise_conv."),
+    ("memory_encoder.memory_fuser.layers.{i}.pwconv{j}.", "memory_encoder.memory_fuser.layers.{i}.pointwise_conv{j}."),
+    ("memory_encoder.memory_fuser.layers.{i}.norm.", "memory_encoder.memory_fuser.layers.{i}.layer_norm."),
+    ("memory_encoder.memory_fuser.layers.{i}.g_weight", "memory_encoder.memory_fuser.layers.{i}.scale"),
+    ("maskmem_tpos_enc", "memory_temporal_positional_encoding"),
+    ("no_mem_embed", "no_memory_embedding"),
+    ("no_mem_pos_enc", "no_memory_positional_encoding"),
+    ("no_obj_ptr", "no_object_pointer"),
+    ("obj_ptr_tpos_proj.", "temporal_positional_encoding_projection_layer."),  # SAM2.1 only
+    ("no_obj_embed_spatial", "occlusion_spatial_embedding_parameter"),  # SAM2.1 only
+    ("obj_ptr_proj.", "object_pointer_proj."),
+    (".out_proj.", ".o_proj."),
+)
+# Other spellings of release names, rewritten before the renames (release -> native only): the facebookresearch
+# checkpoints call the fuser's layer scale ``gamma``; the Sa2VA releases renamed it ``g_weight``.
+RELEASE_ALIASES: tuple[tuple[str, str], ...] = (
+    ("memory_encoder.fuser.layers.{i}.gamma", "memory_encoder.fuser.layers.{i}.g_weight"),
+)
+
+
+def _compile(source: str, target: str) -> tuple[re.Pattern, str]:
+    """A template pair as (pattern, replacement) for ``re.sub`` (see :data:`SAM2_RENAMES`)."""
+    pattern = re.escape(source)
+    for name in ("i", "j"):
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)", 1)
+    if not source.startswith("."):
+        pattern = "^" + pattern
+    if not source.endswith("."):
+        pattern += "$"
+    return re.compile(pattern), target.replace("{i}", r"\g<i>").replace("{j}", r"\g<j>")
+
+
+_ALIASES = [_compile(a, b) for a, b in RELEASE_ALIASES]
+_TO_NATIVE = [_compile(release, native) for release, native in SAM2_RENAMES]
+_TO_RELEASE = [_compile(native, release) for release, native in reversed(SAM2_RENAMES)]
 _MLP3_HEADS = (r"((?:mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head|pred_obj_score_head))"
                r"|object_pointer_proj)")
 _MLP3 = re.compile(rf"^{_MLP3_HEADS}\.layers\.(\d)\.(weight|bias)$")
@@ -131,8 +113,8 @@ def sam2_key_to_native(key: str) -> str | None:
     Returns None for the point embeddings, which :func:`sam2_state_to_native` concatenates."""
     if _POINT_EMBEDDING.match(key):
         return None
-    for pattern, repl in _SAM2_RULES:
-        key = re.sub(pattern, repl, key, count=1)
+    for pattern, repl in _ALIASES + _TO_NATIVE:
+        key = pattern.sub(repl, key, count=1)
     m = _MLP3.match(key)
     if m:
         head, index, kind = m.groups()
@@ -160,8 +142,8 @@ def sam2_key_to_release(key: str) -> str | None:
     if m:
         head, name, kind = m.groups()
         key = f"{head}.layers.{_MLP3_RELEASE[name]}.{kind}"
-    for pattern, repl in _SAM2_INVERSE_RULES:
-        key = re.sub(pattern, repl, key, count=1)
+    for pattern, repl in _TO_RELEASE:
+        key = pattern.sub(repl, key, count=1)
     return key
 
 

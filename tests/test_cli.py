@@ -35,3 +35,110 @@ def test_segment_reports_a_bad_folder_cleanly(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "Model folder not found" in result.stderr
+
+
+def test_doctor_runs_every_check_and_predicts_on_a_tiny_model():
+    result = subprocess.run([sys.executable, "-m", "sa2va", "doctor"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    from sa2va.compat import REQUIREMENTS
+
+    for req in REQUIREMENTS:
+        assert any(line.startswith(("[PASS]", "[WARN]")) and f"] {req.name} >= {req.minimum}:" in line
+                   for line in lines), req.name
+    assert any(line.startswith("[PASS] Python >= 3.10:") for line in lines)
+    assert any(line.startswith(("[PASS] CUDA", "[WARN] CUDA")) for line in lines)
+    assert any("bitsandbytes quantization" in line for line in lines)
+    assert any(line.startswith("[PASS] tiny model: load + predict: 1 mask(s) on cpu") for line in lines), lines
+    assert lines[-1] == "All required checks passed."
+
+
+def _fake_versions(monkeypatch, **versions):
+    """Pretend distributions have these versions (None: not installed), for every check that asks."""
+    from sa2va import compat, doctor
+
+    real = compat.installed_version
+    fake = lambda name: versions[name] if name in versions else real(name)  # noqa: E731
+    monkeypatch.setattr(compat, "installed_version", fake)
+    monkeypatch.setattr(doctor, "installed_version", fake)
+
+
+def test_doctor_fails_with_the_fix_when_transformers_is_too_old(monkeypatch, capsys):
+    from sa2va.__main__ import main
+
+    _fake_versions(monkeypatch, transformers="4.57.1")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] transformers >= 5.0: 4.57.1 is too old -- fix: pip install -U 'transformers>=5.0'" in out
+    # the prediction is not attempted on an installation that cannot run it
+    assert "[FAIL] tiny model: load + predict: skipped: torch or transformers is missing or too old" in out
+    assert out.rstrip().endswith("2 required check(s) failed: transformers >= 5.0, tiny model: load + predict")
+
+
+def test_doctor_reports_a_missing_torch_with_the_pytorch_fix(monkeypatch, capsys):
+    from sa2va.__main__ import main
+
+    _fake_versions(monkeypatch, torch=None)
+    assert main(["doctor", "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] torch >= 2.6: not installed -- fix: install the PyTorch build for your GPU" in out
+
+
+def test_a_missing_optional_package_warns_but_passes(monkeypatch, capsys):
+    from sa2va.__main__ import main
+
+    _fake_versions(monkeypatch, bitsandbytes=None)
+    assert main(["doctor", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "[WARN] bitsandbytes >= 0.45: not installed (optional: 8-bit / 4-bit quantization only) -- fix: " \
+           "pip install -U 'bitsandbytes>=0.45'" in out
+    assert out.rstrip().endswith("All required checks passed.")
+
+
+def test_a_failing_prediction_fails_the_doctor(monkeypatch):
+    from sa2va import doctor, model
+    from sa2va.errors import ModelFolderError
+
+    def broken(*args, **kwargs):
+        raise ModelFolderError("No weights in /tmp/x")
+
+    monkeypatch.setattr(model, "load_model", broken)
+    check = doctor.check_prediction()
+    assert (check.ok, check.status) == (False, "FAIL")
+    assert check.detail == "ModelFolderError: No weights in /tmp/x"
+    assert doctor.exit_code([check]) == 1
+    assert doctor.format_check(check).endswith("-- fix: " + check.fix)
+
+
+def test_a_gpu_without_native_bf16_is_named_with_a_warning(monkeypatch):
+    import torch
+
+    from sa2va import doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: ["NVIDIA H200", "Tesla T4"][i])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: [(9, 0), (7, 5)][i])
+    cuda, h200, t4 = doctor.check_cuda()
+    assert cuda.ok and cuda.detail.endswith("2 GPU(s)")
+    assert (h200.status, h200.detail) == ("PASS", "NVIDIA H200, compute capability 9.0, native bf16 yes")
+    assert (t4.status, t4.detail) == ("WARN", "Tesla T4, compute capability 7.5, native bf16 no")
+    assert "fp16" in t4.fix
+
+
+def test_install_and_test_sa2va_scripts_use_the_doctor(monkeypatch, caplog):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sa2va_install", ROOT / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    assert install.main() == 0
+    _fake_versions(monkeypatch, transformers="4.46.0")
+    with caplog.at_level("ERROR"):
+        assert install.main() == 1
+    assert "transformers >= 5.0: 4.46.0 is too old. Fix: pip install -U 'transformers>=5.0'" in caplog.text
+    result = subprocess.run([sys.executable, "test_sa2va.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[PASS] transformers >= 5.0" in result.stdout and "tiny model" not in result.stdout

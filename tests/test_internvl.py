@@ -20,6 +20,7 @@ from sa2va.errors import CheckpointKeyError, InputError, ModelFolderError
 from sa2va.families import internvl
 from sa2va.families.internvl import (InternVLAdapter, native_config, native_to_release, region_cells,
                                      release_to_native, tile_grid, tile_image, tile_pixels)
+from sa2va.testing import ForceTokens
 
 FAMILY = "internvl"
 
@@ -302,15 +303,11 @@ def test_seg_state_is_the_final_norm_output(model, image):
     """[SEG] feeds the post-norm state computed when the [SEG] token is fed back (no off-by-one)."""
     seg, end = (model.tokenizer.convert_tokens_to_ids(t) for t in ("[SEG]", "<|im_end|>"))
     answer = ids(model, "It is") + [seg] + ids(model, " and") + [seg, end]
-    captured = {}
-    original = model._masks
-    model._masks = lambda images, states: (captured.setdefault("states", torch.stack(states)),
-                                           original(images, states))[1]
-    try:
-        pred = forced(model, image, "Segment it.", answer)
-    finally:
-        del model._masks
-    assert pred.token_ids.tolist() == answer and pred.masks.shape[0] == 2
+    pil = Image.fromarray(image)
+    prompt_length = model.prompt_inputs([pil], "Segment it.")["input_ids"].shape[1]
+    result = model.answer([pil], "Segment it.", logits_processor=[ForceTokens(prompt_length, answer)])
+    assert result.token_ids.tolist() == answer and len(result.seg_states) == 2
+    assert forced(model, image, "Segment it.", answer).masks.shape[0] == 2
     assert model.adapter.seg_state == "post_norm"
     inputs = model.adapter.build_inputs(model.processor, [Image.fromarray(image)], "Segment it.")
     full = torch.cat([inputs["input_ids"], torch.tensor([answer[:-1]])], dim=1)
@@ -318,7 +315,7 @@ def test_seg_state_is_the_final_norm_output(model, image):
         out = model.vlm.model(input_ids=full, pixel_values=inputs["pixel_values"])  # teacher-forced, one pass
     rows = (full[0] == seg).nonzero().flatten()
     assert rows.tolist() == [inputs["input_ids"].shape[1] + 2, inputs["input_ids"].shape[1] + 4]
-    assert torch.allclose(captured["states"], out.last_hidden_state[0, rows], atol=1e-5)
+    assert torch.allclose(torch.stack(result.seg_states), out.last_hidden_state[0, rows], atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ regions

@@ -25,6 +25,49 @@ def test_round_trip_native_release_native(overrides):
         assert back[k].shape == native[k].shape, k
 
 
+@pytest.mark.parametrize("overrides", [None, TINY_SAM2], ids=["hiera_l", "tiny"])
+def test_full_state_dict_round_trips_with_every_tensor_in_its_place(overrides):
+    """Every key of a full Sam2VideoModel state dict, each with its own value, through release and back."""
+    names = sorted(_native_shapes(overrides))
+    native = {k: torch.full((1,), float(i)) for i, k in enumerate(names)}
+    native["prompt_encoder.point_embed.weight"] = torch.arange(8.0).reshape(4, 2)
+    release = keymap.sam2_state_to_release(native)
+    assert len(release) == len(native) + 2  # 4 point embeddings for 1, the gaussian copy dropped
+    back = keymap.sam2_state_to_native(release)
+    assert set(back) == set(native)
+    gaussian, copy = "prompt_encoder.shared_embedding.positional_embedding", "shared_image_embedding.positional_embedding"
+    assert back[copy] is back[gaussian]
+    assert all(torch.equal(back[k], native[k]) for k in names if k != copy)
+
+
+@pytest.mark.parametrize("overrides", [None, TINY_SAM2], ids=["hiera_l", "tiny"])
+def test_every_name_maps_back_to_itself_in_both_directions(overrides):
+    """The release -> native rules and their derived inverse agree key by key (one table, two directions)."""
+    shapes = _native_shapes(overrides)
+    for native in shapes:
+        release = keymap.sam2_key_to_release(native)
+        assert release is not None or native in ("prompt_encoder.point_embed.weight",
+                                                 "shared_image_embedding.positional_embedding")
+        if release is not None:
+            assert keymap.sam2_key_to_native(release) == native, (native, release)
+    releases = keymap.sam2_release_names(shapes)
+    assert len(releases) == len(shapes) + 2
+    for release in releases:
+        native = keymap.sam2_key_to_native(release)
+        if native is not None:
+            assert keymap.sam2_key_to_release(native) == release, (release, native)
+
+
+def test_sam2_1_names_and_the_gamma_alias():
+    for release, native in [("obj_ptr_tpos_proj.weight", "temporal_positional_encoding_projection_layer.weight"),
+                            ("no_obj_embed_spatial", "occlusion_spatial_embedding_parameter")]:
+        assert keymap.sam2_key_to_native(release) == native
+        assert keymap.sam2_key_to_release(native) == release
+    # gamma is read (facebookresearch's name) but written as the releases' g_weight
+    assert keymap.sam2_key_to_release(keymap.sam2_key_to_native("memory_encoder.fuser.layers.0.gamma")) == \
+        "memory_encoder.fuser.layers.0.g_weight"
+
+
 def test_hiera_l_release_has_900_tensors_and_native_898():
     shapes = _native_shapes()
     assert len(shapes) == 898

@@ -228,3 +228,27 @@ def test_library_and_nodes_have_no_import_cycle():
     real = [c for c in cycles if not any(a == b.rpartition(".")[0] or b == a.rpartition(".")[0]
                                          for a, b in zip(c, c[1:]))]
     assert not real, real
+
+
+def _minimums(lines: list[str]) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        line = line.strip().strip('",')
+        if line and not line.startswith("#"):
+            name, _, minimum = line.partition(">=")
+            out[name.strip().lower()] = minimum.strip()
+    return out
+
+
+def test_requirements_and_pyproject_repeat_the_minimums_of_sa2va_compat():
+    """sa2va/compat.py is the one table of minimum versions; the files pip reads must say the same."""
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from sa2va.compat import MIN_PYTHON, MINIMUM_VERSIONS
+
+    expected = {name.lower(): v for name, v in MINIMUM_VERSIONS.items() if name != "torch"}
+    assert _minimums((ROOT / "requirements.txt").read_text().splitlines()) == expected
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert _minimums(project["dependencies"]) == expected
+    assert project["requires-python"] == ">=" + ".".join(map(str, MIN_PYTHON))

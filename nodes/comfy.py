@@ -1,6 +1,8 @@
 """The one bridge to ComfyUI: the V3 node API, model folders, progress, interrupt, memory management.
 
-Inside ComfyUI it uses ``comfy_api.latest`` (``io``, ``ComfyExtension``), ``folder_paths``,
+Inside ComfyUI it uses the newest *versioned* ``comfy_api`` module it has (``comfy_api.v0_0_2`` since ComfyUI 0.3.48;
+never ``comfy_api.latest``, which ComfyUI's maintainers ask packs not to import) for ``io`` and ``ComfyExtension``,
+``folder_paths``,
 ``comfy.utils.ProgressBar``, ``comfy.model_management`` and ``comfy.model_patcher``. Outside ComfyUI (tests, scripts)
 it falls back to plain behaviour: node classes are plain classes whose ``execute`` returns a tuple, the models folder
 comes from ``$SA2VA_MODELS_DIR`` (default ``./models/sa2va``), progress goes to tqdm, nothing is ever
@@ -8,9 +10,15 @@ interrupted, and models live on the device they were loaded to. No other module 
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
+import pkgutil
+import re
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -31,14 +39,46 @@ except ImportError:
     IN_COMFY = False
 
 
-try:  # the V3 node API (ComfyUI 0.3.48 or newer)
-    from comfy_api.latest import ComfyExtension as _ComfyExtension
-    from comfy_api.latest import io
+#: versioned comfy_api modules (``v0_0_2``, ...); ``latest`` is never imported by the pack
+_VERSION_NAME = re.compile(r"v(\d+)_(\d+)_(\d+)")
 
-    HAS_V3 = True
-except ImportError:
-    _ComfyExtension = io = None
-    HAS_V3 = False
+
+def v3_api(import_module: Callable[[str], ModuleType] = importlib.import_module) -> tuple[str, object, type] | None:
+    """``(version, io, ComfyExtension)`` from the newest versioned ``comfy_api`` module that imports and provides
+    both (``v0_0_2`` on ComfyUI 0.3.48 and newer; a newer version when the running ComfyUI has one, falling back
+    to older ones when it fails to import), or None without ComfyUI's V3 API."""
+    try:
+        package = import_module("comfy_api")
+    except ImportError:
+        return None
+    found = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+    versions = sorted((n for n in found if _VERSION_NAME.fullmatch(n)),
+                      key=lambda n: tuple(int(x) for x in _VERSION_NAME.fullmatch(n).groups()), reverse=True)
+    for name in versions:
+        try:
+            module = import_module(f"comfy_api.{name}")
+        except ImportError as exc:
+            logger.debug("comfy_api.%s does not import (%s); trying an older version", name, exc)
+            continue
+        if hasattr(module, "io") and hasattr(module, "ComfyExtension"):
+            return name, module.io, module.ComfyExtension
+    return None
+
+
+_API = v3_api()
+API_VERSION, io, _ComfyExtension = _API if _API is not None else (None, None, None)
+HAS_V3 = _API is not None
+
+
+def supported(factory: Callable, **options) -> dict:
+    """The ``options`` that ``factory`` (``io.Schema``, ``io.Combo.Input``, ...) names as parameters: newer schema
+    features (``search_aliases``, ``advanced``) are passed only to a ComfyUI that has them."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in options.items() if k in parameters}
+
 
 #: the base class of the pack's node classes: ``io.ComfyNode`` inside ComfyUI, a plain class outside
 NodeBase: type = io.ComfyNode if HAS_V3 else object
@@ -50,7 +90,7 @@ def node_output(*values):
 
 
 def schema_api():
-    """``comfy_api.latest.io``, for ``define_schema`` (which ComfyUI alone calls)."""
+    """The versioned ``comfy_api`` module's ``io``, for ``define_schema`` (which ComfyUI alone calls)."""
     if io is None:
         raise RuntimeError("The node schemas need ComfyUI's comfy_api (ComfyUI 0.3.48 or newer); run the nodes "
                            "inside ComfyUI.")

@@ -38,6 +38,11 @@ def model_socket(io):
     return io.Custom(MODEL_TYPE)
 
 
+def advanced(factory) -> dict:
+    """``advanced=True`` for an input of a ComfyUI whose inputs have it (collapsed under "advanced"), else nothing."""
+    return comfy.supported(factory, advanced=True)
+
+
 def refine_inputs(io) -> list:
     """The refinement controls shared by Sa2VA Segmentation and Sa2VA Refine Mask (advanced ones optional); their
     names are the keyword arguments of :func:`refine_settings`."""
@@ -61,12 +66,15 @@ def refine_inputs(io) -> list:
                      tooltip="Grow the masks by this many pixels (round kernel), after eroding. With VITMatte: "
                              "widen the uncertain band outward instead."),
         io.Int.Input("guided_radius", default=DEFAULT_GUIDED_RADIUS, min=1, max=64, optional=True,
+                     **advanced(io.Int.Input),
                      tooltip="FastMatte window radius in pixels (larger follows edges from farther away)."),
         io.Float.Input("guided_eps", default=DEFAULT_GUIDED_EPS, min=0.00001, max=1.0, step=0.001, optional=True,
+                       **advanced(io.Float.Input),
                        tooltip="FastMatte smoothing: image variation below this (variance, 0..1 units) counts as "
                                "flat; smaller follows finer edges."),
         io.Float.Input("vitmatte_max_megapixels", default=DEFAULT_MAX_MEGAPIXELS, min=0.1, max=16.0, step=0.1,
-                       optional=True, tooltip="VITMatte works at most at this size; its alpha is upscaled back."),
+                       optional=True, **advanced(io.Float.Input),
+                       tooltip="VITMatte works at most at this size; its alpha is upscaled back."),
     ]
 
 

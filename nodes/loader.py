@@ -22,6 +22,9 @@ from .common import MODEL_TOOLTIP, model_socket
 
 logger = logging.getLogger(__name__)
 
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["sa2va", "load vlm", "segmentation model", "sam2 loader"]
+
 QUANTIZATIONS = {"none": None, "8bit": "8bit", "4bit": "4bit"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -195,6 +198,7 @@ class Sa2VALoader(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VALoader",
             display_name="Sa2VA Loader",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category="Sa2VA",
             description="Load a Sa2VA model (downloading it first when needed) for one or more Sa2VA "
                         "Segmentation nodes. The model is loaded once and shared by every connected node.",

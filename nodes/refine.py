@@ -20,6 +20,9 @@ from .common import CATEGORY, ModelSlot, refine_inputs, refine_settings, sanitiz
 
 logger = logging.getLogger(__name__)
 
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["matte", "vitmatte", "guided filter", "mask edges", "refine mask"]
+
 VITMATTE_FILES = ("config.json", "preprocessor_config.json")
 #: the shared ViTMatte model
 MATTER_SLOT = ModelSlot("ViTMatte")
@@ -67,6 +70,7 @@ class Sa2VARefineMask(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VARefineMask",
             display_name="Sa2VA Refine Mask",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category=CATEGORY,
             description="Refine any mask on its image with the Sa2VA refinement stack: black/white points, "
                         "FastMatte (guided filter) or VITMatte, erode/dilate, optional threshold.",

@@ -23,6 +23,9 @@ from .refine import MATTER_SLOT, refine_batch
 
 logger = logging.getLogger(__name__)
 
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["segment by text", "referring segmentation", "text to mask", "sam2", "vlm mask"]
+
 
 def handle_for(model: Sa2VAHandle | None, model_name: str) -> Sa2VAHandle:
     """The connected loader's model, else the node's own (:data:`~.common.MODEL_SLOT`, loaded on first use)."""
@@ -50,6 +53,7 @@ class Sa2VASegmentation(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VASegmentation",
             display_name="Sa2VA Segmentation",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category=CATEGORY,
             description="Describe what to segment in plain words; get one mask per object the model finds, for "
                         "every image of the batch, plus the model's answer.",

@@ -17,11 +17,14 @@ from ..sa2va.masks import draw_labels, overlay, threshold
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
-                     MODEL_TOOLTIP, TokenProgress, as_segmentation_request, model_socket, sanitize, to_uint8)
+                     MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket, sanitize, to_uint8)
 from .loader import Sa2VAHandle, model_choices
 from .segmentation import handle_for, release
 
 logger = logging.getLogger(__name__)
+
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["video mask", "track object", "sam2 video", "text to video mask"]
 
 DEFAULT_VIDEO_PROMPT = DEFAULT_PROMPT
 
@@ -57,6 +60,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VAVideoSegmentation",
             display_name="Sa2VA Video Segmentation",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category=CATEGORY,
             description="Segment what the prompt describes through every frame of a clip: the model reads a few key "
                         "frames, then SAM2 follows each object with its memory. One mask track per object.",
@@ -83,7 +87,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                                  tooltip="Move each frame's masks to the CPU as soon as it is done (else they stay on the "
                                          "GPU until the clip ends: 4 bytes per pixel per object per frame). On for "
                                          "long or high-resolution clips on a small GPU."),
-                io.Boolean.Input("offload_state", default=False,
+                io.Boolean.Input("offload_state", default=False, **advanced(io.Boolean.Input),
                                  tooltip="Keep SAM2's memory of past frames (about 6 MB per object at full size, "
                                          "bounded) on the CPU; it moves to the GPU while a frame uses it."),
                 io.Int.Input("max_new_tokens", default=DEFAULT_ANSWER_TOKENS, min=1, max=MAX_ANSWER_TOKENS,

@@ -56,7 +56,11 @@ def refine_batch(image: torch.Tensor, probabilities: list[torch.Tensor],
     """Refine per-image probability stacks (``[N_i, H, W]``) of a sanitised IMAGE batch ``[B, H, W, 3]``."""
     settings.validate()
     shared = matter() if settings.needs_matter and any(p.shape[0] for p in probabilities) else None
-    return [refine(image[i], p, settings, shared) for i, p in enumerate(probabilities)]
+    refined = []
+    for i, p in enumerate(probabilities):
+        comfy.throw_if_interrupted()  # Cancel: no image's refinement starts after it
+        refined.append(refine(image[i], p, settings, shared))
+    return refined
 
 
 class Sa2VARefineMask(comfy.NodeBase):

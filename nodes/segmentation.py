@@ -11,7 +11,7 @@ import logging
 import torch
 
 from ..sa2va import catalog
-from ..sa2va.errors import InputError
+from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
 from ..sa2va.masks import draw_labels, overlay
 from . import comfy
@@ -109,9 +109,13 @@ class Sa2VASegmentation(comfy.NodeBase):
             for i in range(batch):
                 comfy.throw_if_interrupted()
                 handle.prepare()
-                predictions.append(handle.model.predict(
-                    to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
-                    stopping_criteria=[TokenProgress(bar, i * max_new_tokens)]))
+                try:
+                    predictions.append(handle.model.predict(
+                        to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
+                        stopping_criteria=[TokenProgress(bar, i * max_new_tokens)], cancelled=comfy.interrupted))
+                except Cancelled:
+                    comfy.throw_if_interrupted()
+                    raise
                 comfy.throw_if_interrupted()
                 bar.set((i + 1) * max_new_tokens)
             refined = refine_batch(rgb, [p.masks for p in predictions], settings)
@@ -122,6 +126,7 @@ class Sa2VASegmentation(comfy.NodeBase):
                 release(model, handle)
         masks, merged, overlays, texts, phrases = [], [], [], [], []
         for i, (pred, chosen) in enumerate(zip(predictions, refined)):
+            comfy.throw_if_interrupted()
             overlays.append(draw_labels(overlay(rgb[i], chosen, threshold=0.5), chosen, pred.phrases))
             if chosen.shape[0] == 0:
                 chosen = torch.zeros(1, height, width)

@@ -96,3 +96,99 @@ def test_search_aliases_and_advanced_inputs_reach_a_comfyui_that_has_them(monkey
     plain = schema(segmentation.Sa2VASegmentation)  # the 0.3.48 shape: neither feature
     assert "search_aliases" not in plain
     assert not any("advanced" in s.kw for s in plain["inputs"])
+
+
+# ------------------------------------------------------------------------------------------ Cancel per stage
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch, checkpoint_factory):
+    import shutil
+
+    base = tmp_path / "models" / "sa2va"
+    base.mkdir(parents=True)
+    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
+    return base
+
+
+@pytest.fixture
+def handle(models_dir):
+    return pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+
+
+def _cancel_after(monkeypatch, tokens: int):
+    """Cancel pressed while the ``tokens``-th token is generated (the stopping criterion's poll)."""
+    state = {"polls": 0, "stop": False}
+
+    def interrupted():
+        state["polls"] += 1
+        state["stop"] = state["stop"] or state["polls"] >= tokens
+        return state["stop"]
+
+    def throw():
+        if state["stop"]:
+            raise comfy.Interrupted("cancelled")
+
+    monkeypatch.setattr(comfy, "interrupted", interrupted)
+    monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
+    return state
+
+
+def test_cancel_during_generation_never_starts_sam2(handle, monkeypatch):
+    import time
+
+    from nodetools import segment
+
+    _cancel_after(monkeypatch, 2)
+    head = handle.model.grounding
+
+    def never(*args, **kwargs):
+        raise AssertionError("a SAM2 stage started after Cancel")
+
+    monkeypatch.setattr(head, "encode", never)
+    monkeypatch.setattr(head, "image_logits", never)
+    monkeypatch.setattr(handle.model, "masks_for_batch", never)
+    start = time.monotonic()
+    with pytest.raises(comfy.Interrupted):
+        segment(torch.rand(2, 24, 24, 3), "person", handle, max_new_tokens=200)
+    assert time.monotonic() - start < 5.0  # generous on a shared CPU; tokens stop within one step
+
+
+def test_library_cancel_hook_stops_before_each_sam2_stage(handle, monkeypatch):
+    errors = pack_module("sa2va.errors")
+    model = handle.model
+    calls = []
+    monkeypatch.setattr(model.grounding, "encode", lambda *a, **k: calls.append("encode"))
+    image = (torch.rand(20, 20, 3) * 255).to(torch.uint8).numpy()
+    state = torch.zeros(model.projection[0].in_features)
+    with pytest.raises(errors.Cancelled, match="cancelled before the SAM2 image encoder"):
+        model.masks_for(image, [state], cancelled=lambda: True)
+    assert calls == []
+    polls = iter([False, True])  # encoder allowed, decoder refused
+    monkeypatch.setattr(model.grounding, "image_logits", lambda *a, **k: calls.append("decode"))
+    with pytest.raises(errors.Cancelled, match="cancelled before the SAM2 mask decoder"):
+        model.masks_for(image, [state], cancelled=lambda: next(polls))
+    assert calls == ["encode"]
+
+
+def test_cancel_during_refinement_stops_before_the_next_image(monkeypatch):
+    refine_nodes = pack_module("nodes.refine")
+    settings = pack_module("nodes.common").refine_settings(
+        process_details=True, black_point=0.05, white_point=0.95, detail_method="FastMatte", detail_erode=0,
+        detail_dilate=0, mask_threshold=0.3, apply_mask_threshold=False)
+    done, state = [], {"stop": False}
+
+    def refine(image, p, s, m):  # Cancel is pressed while the first image is refined
+        done.append(1)
+        state["stop"] = True
+        return p
+
+    def throw():
+        if state["stop"]:
+            raise comfy.Interrupted("cancelled")
+
+    monkeypatch.setattr(refine_nodes, "refine", refine)
+
+    monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
+    with pytest.raises(comfy.Interrupted):
+        refine_nodes.refine_batch(torch.rand(3, 8, 8, 3), [torch.rand(1, 8, 8)] * 3, settings)
+    assert len(done) == 1

@@ -119,8 +119,8 @@ def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
     monkeypatch.setattr(comfy, "interrupted", interrupted)
     monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
     tokens = []
-    original = handle.model.predict
-    monkeypatch.setattr(handle.model, "predict", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
+    original = handle.model.answer
+    monkeypatch.setattr(handle.model, "answer", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
     with pytest.raises(comfy.Interrupted):
         segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
     assert len(tokens) == 1 and tokens[0].token_ids.numel() <= 3

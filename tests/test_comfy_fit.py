@@ -192,3 +192,81 @@ def test_cancel_during_refinement_stops_before_the_next_image(monkeypatch):
     with pytest.raises(comfy.Interrupted):
         refine_nodes.refine_batch(torch.rand(3, 8, 8, 3), [torch.rand(1, 8, 8)] * 3, settings)
     assert len(done) == 1
+
+
+# ----------------------------------------------------------------------------- video outputs: one copy of the clip
+OVERLAY_SCRIPT = r"""
+import json, sys, threading, time, torch
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests")
+from pack import pack_module
+video = pack_module("nodes.video")
+frames_count, size, build = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+torch.manual_seed(0)
+frames = torch.rand(frames_count, size, size, 3)
+masks = (torch.rand(2, frames_count, size, size) > 0.5).float()
+
+def anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon"):
+                return int(line.split()[1]) * 1024
+
+def stacked():  # what the node did before: a list of frames, stacked at the end
+    rows = []
+    for t in range(frames_count):
+        rgb = video.sanitize(frames[t:t + 1])[0]
+        rows.append(video.draw_labels(video.overlay(rgb, masks[:, t], threshold=0.5), masks[:, t], ["a", "b"]))
+    return torch.stack(rows)
+
+video.overlay_frames(frames[:1], masks[:, :1], ["a", "b"], torch.device("cpu"))  # warm-up (fonts, kernels)
+peak, done = [0], [False]
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.0005)
+base = anon()
+thread = threading.Thread(target=sample)
+thread.start()
+out = stacked() if build == "stacked" else video.overlay_frames(frames, masks, ["a", "b"], torch.device("cpu"))
+time.sleep(0.01)
+done[0] = True
+thread.join()
+print(json.dumps({"output": out.numel() * out.element_size(), "peak_growth": peak[0] - base}))
+"""
+
+
+def overlay_peak(frames: int, size: int, build: str = "preallocated") -> dict:
+    import json
+    import subprocess
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-c", OVERLAY_SCRIPT, str(ROOT), str(frames), str(size), build],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_video_overlay_is_built_into_one_output_without_a_second_copy_of_the_clip():
+    numbers = overlay_peak(32, 256)
+    # one output (24 MiB) plus one frame's working set; stacking a list held the clip twice (about 2x)
+    assert numbers["peak_growth"] <= 1.25 * numbers["output"], numbers
+
+
+def test_video_node_sends_masks_to_the_intermediate_device_as_they_are_made(handle, monkeypatch):
+    from nodetools import segment_video
+
+    seen = {}
+    original = handle.model.predict_video
+
+    def predict_video(*args, options, **kwargs):
+        seen["options"] = options
+        return original(*args, options=options, **kwargs)
+
+    monkeypatch.setattr(handle.model, "predict_video", predict_video)
+    monkeypatch.setattr(comfy, "output_device", lambda: torch.device("cpu"))
+    r = segment_video(torch.rand(4, 24, 32, 3), "box", handle, max_new_tokens=8)
+    assert seen["options"].offload_frames is True and seen["options"].mask_device == torch.device("cpu")
+    assert r.overlay.shape == (4, 24, 32, 3) and r.merged_mask.shape == (4, 24, 32)
+    segment_video(torch.rand(2, 24, 32, 3), "box", handle, max_new_tokens=8, offload_frames=False)
+    assert seen["options"].mask_device is None

@@ -221,6 +221,48 @@ def make_patcher(modules: dict[str, torch.nn.Module], load_device: torch.device,
     return _patcher.ModelPatcher(_Holder(modules), load_device=load_device, offload_device=offload)
 
 
+def make_resident_patcher(size_bytes: int, drop: Callable[[], None], load_device: torch.device,
+                          offload: torch.device):
+    """A ModelPatcher standing for a model that cannot move (bitsandbytes 8/4-bit weights stay where they were
+    loaded), so that ComfyUI's memory manager still knows it (None outside ComfyUI).
+
+    ComfyUI counts ``size_bytes`` (the model's actual weight bytes) as loaded on ``load_device``; when it unloads
+    the model ("Unload Models", or evicting it to make room for another model) ``drop()`` is called, which lets go
+    of the weights: the owner loads them again before its next use. Nothing is ever moved."""
+    if not IN_COMFY:
+        return None
+
+    class ResidentModel(_patcher.ModelPatcher):
+        def __init__(self) -> None:
+            super().__init__(_Holder({}), load_device=load_device, offload_device=offload, size=size_bytes)
+            self.resident = True
+
+        def model_size(self) -> int:
+            return size_bytes
+
+        def loaded_size(self) -> int:
+            return size_bytes if self.resident else 0
+
+        def current_loaded_device(self) -> torch.device:
+            return self.load_device if self.resident else self.offload_device
+
+        def partially_load(self, device_to, extra_memory=0, *args, **kwargs) -> int:
+            self.resident = True  # the owner has (re)loaded the weights before asking
+            return 0
+
+        def partially_unload(self, device_to, memory_to_free=0, *args, **kwargs) -> int:
+            return 0  # all or nothing: ComfyUI then calls detach()
+
+        def detach(self, unpatch_all=True):
+            if self.resident:
+                logger.info("ComfyUI unloads a quantised Sa2VA model; it is loaded again on its next use")
+                self.resident = False
+                drop()
+            return self.model
+
+    return ResidentModel()
+
+
 def load_patcher(patcher, memory_required: int = 0) -> None:
     """Move a registered model fully onto its load device right before use (ComfyUI may have evicted it)."""
     if patcher is not None:
@@ -228,7 +270,8 @@ def load_patcher(patcher, memory_required: int = 0) -> None:
 
 
 def unload_patcher(patcher) -> None:
-    """Move a registered model back to its offload device now and drop it from ComfyUI's loaded list."""
+    """Unload a registered model now (an unquantised one moves to its offload device, a resident one is dropped)
+    and take it off ComfyUI's loaded list."""
     if patcher is None or not IN_COMFY:
         return
     for loaded in list(_mm.current_loaded_models):

@@ -108,7 +108,7 @@ class Sa2VASegmentation(comfy.NodeBase):
         try:
             for i in range(batch):
                 comfy.throw_if_interrupted()
-                handle.prepare()
+                handle.prepare(handle.activation_bytes(height, width, max_new_tokens))
                 try:
                     predictions.append(handle.model.predict(
                         to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,

@@ -147,7 +147,8 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         bar = comfy.Progress(max_new_tokens + total, "Sa2VA video")
         try:
             comfy.throw_if_interrupted()
-            handle.prepare()
+            handle.prepare(handle.activation_bytes(int(frames.shape[1]), int(frames.shape[2]), max_new_tokens,
+                                                   images=min(key_frames, total)))
             try:
                 prediction = handle.model.predict_video(
                     ClipFrames(frames), request, max_new_tokens=max_new_tokens, options=options,

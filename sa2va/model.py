@@ -57,6 +57,46 @@ def _stop_if_cancelled(cancelled: Callable[[], bool] | None, stage: str) -> None
         raise Cancelled(f"Segmentation was cancelled before {stage}.")
 
 
+#: SAM2 Hiera-L image encoder activations per image at fp32 (measured on the CPU, docs/performance.md)
+SAM2_ENCODER_BYTES_FP32 = 400 * 2**20
+#: visual tokens: one per 28x28 pixels within the processor's budget (Qwen-VL; InternVL's tiles are close to it)
+_PIXELS_PER_TOKEN = 28 * 28
+_PIXEL_BUDGET = (512 * _PIXELS_PER_TOKEN, 2048 * _PIXELS_PER_TOKEN)
+_PROMPT_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """What the activation estimate needs to know about a model (its sizes, not its weights).
+
+    :meth:`activation_bytes` is an upper-end estimate of the memory one prediction uses on top of the weights
+    (docs/performance.md, "Memory the nodes ask ComfyUI for"): the key/value cache of the whole sequence, the
+    prefill's hidden states and MLP activations, the vision tower's activations, the scores, and the SAM2 image
+    encoder's activations."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    vision_hidden: int
+    dtype_bytes: int
+
+    def activation_bytes(self, height: int, width: int, max_new_tokens: int, images: int = 1) -> int:
+        """Bytes of activations for ``images`` images of ``height`` x ``width`` and an answer of up to
+        ``max_new_tokens`` tokens (one SAM2 encoder pass at a time)."""
+        pixels = min(max(int(height) * int(width), _PIXEL_BUDGET[0]), _PIXEL_BUDGET[1])
+        visual = images * pixels // _PIXELS_PER_TOKEN
+        sequence = visual + _PROMPT_TOKENS + int(max_new_tokens)
+        kv_cache = 2 * self.layers * self.kv_heads * self.head_dim * sequence * self.dtype_bytes
+        prefill = (visual + _PROMPT_TOKENS) * (4 * self.hidden + 2 * self.intermediate) * self.dtype_bytes
+        vision = 4 * (pixels // _PIXELS_PER_TOKEN) * self.vision_hidden * 8 * self.dtype_bytes
+        scores = 2 * self.vocab * 4
+        sam2 = SAM2_ENCODER_BYTES_FP32 * self.dtype_bytes // 4
+        return int(kv_cache + prefill + vision + scores + sam2)
+
+
 @dataclass
 class Prediction:
     """Result of :meth:`Sa2VAModel.predict` for one image.
@@ -104,6 +144,48 @@ class Sa2VAModel:
     @property
     def device(self) -> torch.device:
         return self.grounding.device
+
+    def memory_bytes(self) -> int:
+        """Bytes the loaded weights actually take: the storage of every parameter and buffer of the language model,
+        the projection and SAM2 (shared storage counted once), plus bitsandbytes' quantisation statistics
+        (4-bit ``quant_state.absmax``, 8-bit ``SCB``). Exact for quantised models, whose modules kept in the compute
+        dtype (vision tower, lm_head) a size estimate from the file would miss."""
+        seen: set[tuple[str, int]] = set()
+        total = 0
+
+        def add(tensor) -> None:
+            nonlocal total
+            if not torch.is_tensor(tensor) or tensor.device.type == "meta":
+                return
+            storage = tensor.untyped_storage()
+            key = (str(tensor.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+
+        for module in (self.vlm, self.projection, self.grounding.model):
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                add(tensor)
+                state = getattr(tensor, "quant_state", None)
+                add(getattr(state, "absmax", None))
+                add(getattr(tensor, "SCB", None))
+        return total
+
+    def memory_profile(self) -> MemoryProfile:
+        """The sizes :meth:`MemoryProfile.activation_bytes` estimates activation memory from."""
+        config = self.vlm.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        vision = getattr(config, "vision_config", None)
+        heads = int(getattr(text, "num_attention_heads", 1))
+        hidden = int(text.hidden_size)
+        head_dim = getattr(text, "head_dim", None) or hidden // heads
+        return MemoryProfile(layers=int(text.num_hidden_layers),
+                             kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+                             head_dim=int(head_dim), hidden=hidden,
+                             intermediate=int(getattr(text, "intermediate_size", 4 * hidden)),
+                             vocab=int(text.vocab_size),
+                             vision_hidden=int(getattr(vision, "hidden_size", hidden) if vision is not None else hidden),
+                             dtype_bytes=torch.empty(0, dtype=self.options.dtype).element_size())
 
     # ------------------------------------------------------------------------------------------ engine seams
     def prompt_inputs(self, images: list, prompt: str, regions: list | None = None) -> dict:

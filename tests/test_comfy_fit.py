@@ -270,3 +270,173 @@ def test_video_node_sends_masks_to_the_intermediate_device_as_they_are_made(hand
     assert r.overlay.shape == (4, 24, 32, 3) and r.merged_mask.shape == (4, 24, 32)
     segment_video(torch.rand(2, 24, 32, 3), "box", handle, max_new_tokens=8, offload_frames=False)
     assert seen["options"].mask_device is None
+
+
+# ------------------------------------------------------------------- ComfyUI's memory manager, faked
+class FakeLoaded:
+    """comfy.model_management.LoadedModel, as far as the pack relies on it."""
+
+    def __init__(self, patcher):
+        self.model = patcher
+
+    def model_unload(self, memory_to_free=None):
+        if memory_to_free is not None and memory_to_free < self.model.loaded_size():
+            if self.model.partially_unload(self.model.offload_device, memory_to_free) >= memory_to_free:
+                return False
+        self.model.detach(True)
+        return True
+
+
+class FakeModelManagement:
+    """comfy.model_management: records what the pack asks for; unload_all_models unloads like ComfyUI."""
+
+    def __init__(self):
+        self.current_loaded_models, self.calls, self.interrupt = [], [], False
+
+    def get_torch_device(self):
+        return torch.device("cpu")
+
+    unet_offload_device = intermediate_device = get_torch_device
+
+    def free_memory(self, memory_required, device, keep_loaded=()):
+        self.calls.append(("free_memory", memory_required))
+
+    def load_models_gpu(self, models, memory_required=0, force_full_load=False, **kwargs):
+        self.calls.append(("load_models_gpu", memory_required))
+        for patcher in models:
+            if not any(loaded.model is patcher for loaded in self.current_loaded_models):
+                patcher.partially_load(patcher.load_device, 1e32)
+                self.current_loaded_models.insert(0, FakeLoaded(patcher))
+
+    def unload_all_models(self):
+        for loaded in list(self.current_loaded_models):
+            if loaded.model_unload():
+                self.current_loaded_models.remove(loaded)
+
+    def soft_empty_cache(self):
+        pass
+
+    def processing_interrupted(self):
+        return self.interrupt
+
+    def throw_exception_if_processing_interrupted(self):
+        if self.interrupt:
+            raise comfy.Interrupted("interrupted")
+
+
+class FakeModelPatcher:
+    """comfy.model_patcher.ModelPatcher: holds the module, moves it on partially_load / detach."""
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        self.model.device = offload_device
+
+    def model_size(self):
+        return self.size or sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+
+    def loaded_size(self):
+        return self.model_size() if self.model.device == self.load_device else 0
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        self.model.to(device_to)
+        self.model.device = device_to
+        return 0
+
+    def partially_unload(self, device_to, memory_to_free=0):
+        return 0
+
+    def detach(self, unpatch_all=True):
+        self.model.to(self.offload_device)
+        self.model.device = self.offload_device
+        return self.model
+
+
+@pytest.fixture
+def fake_comfyui(monkeypatch, models_dir):
+    mm = FakeModelManagement()
+    monkeypatch.setattr(comfy, "IN_COMFY", True)
+    monkeypatch.setattr(comfy, "_mm", mm)
+    monkeypatch.setattr(comfy, "_patcher", types.SimpleNamespace(ModelPatcher=FakeModelPatcher))
+    monkeypatch.setattr(comfy, "_cutils", types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(
+        update_absolute=lambda value, total=None: None)))
+    monkeypatch.setattr(comfy, "_folder_paths", types.SimpleNamespace(
+        get_folder_paths=lambda name: [str(models_dir if name == "sa2va" else models_dir.parent / name)]))
+    return mm
+
+
+def _resident_bytes(model) -> int:
+    parts = (model.vlm, model.grounding.model, model.projection)
+    return sum(t.numel() * t.element_size() for p in parts for t in list(p.parameters()) + list(p.buffers()))
+
+
+@pytest.fixture
+def quantised_handle(fake_comfyui, monkeypatch):
+    """A "4bit" handle through the loader's quantised path (the CPU has no bitsandbytes kernels: the weights load
+    unquantised, which is all the memory bookkeeping needs)."""
+    loader = pack_module("nodes.loader")
+    real = loader.load_model
+    loads = []
+
+    def load_model(folder, quantization=None, **kwargs):
+        loads.append(quantization)
+        return real(folder, **kwargs)
+
+    monkeypatch.setattr(loader, "load_model", load_model)
+    handle = loader.load_handle(model="tiny-qwen3", dtype="fp32", quantization="4bit", device="cpu")
+    handle.loads = loads
+    return handle
+
+
+def test_quantised_size_is_the_actual_parameter_bytes(quantised_handle):
+    assert quantised_handle.size_bytes == _resident_bytes(quantised_handle.model) > 0
+    assert quantised_handle.patcher.model_size() == quantised_handle.size_bytes
+
+
+def test_prepare_asks_comfyui_for_the_activation_memory_of_a_quantised_model(quantised_handle, fake_comfyui):
+    from nodetools import segment
+
+    fake_comfyui.calls.clear()
+    segment(torch.rand(1, 48, 64, 3), "person", quantised_handle, max_new_tokens=16)
+    asked = [n for call, n in fake_comfyui.calls if call == "load_models_gpu"]
+    assert asked and asked[0] == quantised_handle.activation_bytes(48, 64, 16) > 0
+
+
+def test_prepare_asks_for_activation_memory_for_an_unquantised_model_too(fake_comfyui, models_dir):
+    from nodetools import segment
+
+    handle = pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+    segment(torch.rand(1, 48, 64, 3), "person", handle, max_new_tokens=16)
+    assert ("load_models_gpu", handle.activation_bytes(48, 64, 16)) in fake_comfyui.calls
+
+
+def test_unload_models_drops_a_quantised_model_and_the_next_run_loads_it_again(quantised_handle, fake_comfyui):
+    from nodetools import segment
+
+    segment(torch.rand(1, 24, 24, 3), "person", quantised_handle, max_new_tokens=8)
+    assert len(fake_comfyui.current_loaded_models) == 1 and quantised_handle.loads == ["4bit"]
+    fake_comfyui.unload_all_models()  # ComfyUI's "Unload Models"
+    assert quantised_handle.model is None and not fake_comfyui.current_loaded_models
+    r = segment(torch.rand(1, 24, 24, 3), "person", quantised_handle, max_new_tokens=8)
+    assert quantised_handle.loads == ["4bit", "4bit"] and quantised_handle.model is not None
+    assert r.masks.shape[1:] == (24, 24) and len(fake_comfyui.current_loaded_models) == 1
+
+
+def test_clean_vram_after_drops_a_quantised_loader_model(quantised_handle, fake_comfyui):
+    from nodetools import segment
+
+    segment(torch.rand(1, 24, 24, 3), "person", quantised_handle, max_new_tokens=8, clean_vram_after=True)
+    assert quantised_handle.model is None and not fake_comfyui.current_loaded_models
+    segment(torch.rand(1, 24, 24, 3), "person", quantised_handle, max_new_tokens=8)
+    assert quantised_handle.loads == ["4bit", "4bit"]
+
+
+def test_quantised_estimate_counts_the_parts_kept_in_the_compute_dtype():
+    estimated_bytes = pack_module("sa2va.quantization").estimated_bytes
+    shapes = [("model.model.language_model.layers.0.mlp.up_proj.weight", (128, 64)),   # quantised
+              ("model.model.language_model.layers.0.input_layernorm.weight", (64,)),   # kept
+              ("model.model.visual.blocks.0.attn.qkv.weight", (96, 32)),               # kept (vision)
+              ("model.lm_head.weight", (100, 64))]                                     # kept
+    kept = (64 + 96 * 32 + 100 * 64) * 2
+    assert estimated_bytes(shapes, "4bit", torch.bfloat16) == kept + 128 * 64 // 2 + 128 * 64 // 64 * 4
+    assert estimated_bytes(shapes, "8bit", torch.bfloat16) == kept + 128 * 64 + 128 * 4
+    assert estimated_bytes(shapes, None, torch.bfloat16) == kept + 128 * 64 * 2

@@ -107,6 +107,11 @@ def extension(nodes: list[type]):
     return Sa2VAExtension()
 
 
+def hidden(node: type, name: str):
+    """A hidden input of the running node (``unique_id``, ``prompt``: ComfyUI sets ``cls.hidden``); None outside."""
+    return getattr(getattr(node, "hidden", None), name, None)
+
+
 class Interrupted(Exception):
     """Raised outside ComfyUI when a run is cancelled (inside ComfyUI its own interrupt exception is raised)."""
 

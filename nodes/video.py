@@ -19,7 +19,7 @@ from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
                      MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket, sanitize, to_uint8)
 from .loader import Sa2VAHandle, model_choices
-from .segmentation import handle_for, release
+from .segmentation import handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                                  tooltip="Off: output the model's soft probabilities (0..1) instead of binary masks."),
                 io.Boolean.Input("clean_vram_after", default=False,
                                  tooltip="Release the model's memory after this run (the next run loads it again)."),
+                *load_inputs(io),
                 model_socket(io).Input("model", optional=True,
                                        tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
             ],
@@ -125,12 +126,14 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                 io.String.Output(display_name="phrases", tooltip="One line per object: 'index: phrase (masks "
                                                                  "first-last)'."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
     def execute(cls, *, frames: torch.Tensor, prompt: str, model_name: str, key_frames: int, key_frame_spacing: str,
                 mode: str, offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
-                apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None):
+                apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None,
+                dtype: str = "auto", quantization: str = "none"):
         if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
             raise InputError(f"Expected a ComfyUI IMAGE batch [T, H, W, 3] holding the frames of one clip, got "
                              f"{getattr(frames, 'shape', type(frames))}.")
@@ -142,7 +145,8 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         options.validate()
         request = as_segmentation_request(prompt or "")
         check_prompt(request)
-        handle = handle_for(model, model_name)
+        handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
+                            node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
         total = int(frames.shape[0])
         bar = comfy.Progress(max_new_tokens + total, "Sa2VA video")
         try:

@@ -440,3 +440,98 @@ def test_quantised_estimate_counts_the_parts_kept_in_the_compute_dtype():
     assert estimated_bytes(shapes, "4bit", torch.bfloat16) == kept + 128 * 64 // 2 + 128 * 64 // 64 * 4
     assert estimated_bytes(shapes, "8bit", torch.bfloat16) == kept + 128 * 64 + 128 * 4
     assert estimated_bytes(shapes, None, torch.bfloat16) == kept + 128 * 64 * 2
+
+
+# ------------------------------------------------------------------------- the standalone nodes' model slot
+def _as_node(monkeypatch, node_id: str, prompt: dict):
+    """Run the Segmentation node as ComfyUI would for node ``node_id`` of the queued ``prompt``."""
+    node = pack_module("nodes.segmentation").Sa2VASegmentation
+    monkeypatch.setattr(node, "hidden", types.SimpleNamespace(unique_id=node_id, prompt=prompt), raising=False)
+
+
+def _standalone(model_name, **inputs):
+    return {"class_type": "Sa2VASegmentation", "inputs": {"model_name": model_name, **inputs}}
+
+
+@pytest.fixture
+def slot(models_dir, monkeypatch):
+    import shutil
+
+    shutil.copytree(models_dir / "tiny-qwen3", models_dir / "tiny-qwen3-b")
+    common = pack_module("nodes.common")
+    common.MODEL_SLOT.release()
+    loads = []
+    segmentation = pack_module("nodes.segmentation")
+    real = segmentation.load_handle
+    monkeypatch.setattr(segmentation, "load_handle", lambda **options: loads.append(options) or real(**options))
+    yield common.MODEL_SLOT, loads
+    common.MODEL_SLOT.release()
+
+
+def test_two_standalone_nodes_with_different_models_keep_both(slot, monkeypatch):
+    from nodetools import segment
+
+    held, loads = slot
+    prompt = {"1": _standalone("tiny-qwen3"), "2": _standalone("tiny-qwen3-b")}
+    image = torch.rand(1, 20, 24, 3)
+    for _ in range(2):
+        for node_id, name in (("1", "tiny-qwen3"), ("2", "tiny-qwen3-b")):
+            _as_node(monkeypatch, node_id, prompt)
+            segment(image, "person", None, model_name=name, max_new_tokens=4)
+    assert [o["model"] for o in loads] == ["tiny-qwen3", "tiny-qwen3-b"], "each model loaded once, never reloaded"
+    assert len(held.values) == 2
+
+
+def test_the_slot_is_keyed_by_every_load_option(slot, monkeypatch):
+    from nodetools import segment
+
+    held, loads = slot
+    prompt = {"1": _standalone("tiny-qwen3"), "2": _standalone("tiny-qwen3", dtype="fp32")}
+    image = torch.rand(1, 20, 24, 3)
+    _as_node(monkeypatch, "1", prompt)
+    segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=4)
+    _as_node(monkeypatch, "2", prompt)
+    segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=4, dtype="fp32")
+    assert [o["dtype"] for o in loads] == ["auto", "fp32"] and len(held.values) == 2
+
+
+def test_the_slot_releases_a_model_no_node_uses(slot, monkeypatch):
+    from nodetools import segment
+
+    held, loads = slot
+    image = torch.rand(1, 20, 24, 3)
+    prompt = {"1": _standalone("tiny-qwen3"), "2": _standalone("tiny-qwen3-b")}
+    for node_id, name in (("1", "tiny-qwen3"), ("2", "tiny-qwen3-b")):
+        _as_node(monkeypatch, node_id, prompt)
+        segment(image, "person", None, model_name=name, max_new_tokens=4)
+    # node 2 now has a Sa2VA Loader connected: its own model goes
+    loader_handle = pack_module("nodes.loader").load_handle(model="tiny-qwen3-b", dtype="fp32", device="cpu")
+    prompt = {"1": _standalone("tiny-qwen3"), "2": _standalone("tiny-qwen3-b", model=["9", 0]),
+              "9": {"class_type": "Sa2VALoader", "inputs": {}}}
+    _as_node(monkeypatch, "2", prompt)
+    segment(image, "person", loader_handle, model_name="tiny-qwen3-b", max_new_tokens=4)
+    assert [dict(k)["model"] for k in held.values] == ["tiny-qwen3"]
+    # node 1 was deleted from the workflow: the next run of any Sa2VA node releases its model
+    _as_node(monkeypatch, "2", {"2": prompt["2"], "9": prompt["9"]})
+    segment(image, "person", loader_handle, model_name="tiny-qwen3-b", max_new_tokens=4)
+    assert held.empty
+
+
+def test_vitmatte_goes_through_comfyuis_memory_manager(fake_comfyui, models_dir, tiny_vitmatte):
+    import shutil
+
+    refine_nodes = pack_module("nodes.refine")
+    refine_nodes.MATTER_SLOT.release()
+    shutil.copytree(tiny_vitmatte, models_dir.parent / "vitmatte" / "vitmatte-small-composition-1k")
+    from nodetools import refine_mask
+
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1.0
+    refine_mask(torch.rand(1, 32, 32, 3), mask, detail_method="VITMatte", vitmatte_max_megapixels=0.01)
+    (managed,) = refine_nodes.MATTER_SLOT.values.values()
+    assert isinstance(managed.patcher, FakeModelPatcher)
+    assert [loaded.model for loaded in fake_comfyui.current_loaded_models] == [managed.patcher]
+    assert ("load_models_gpu", int(0.01 * refine_nodes.MATTING_BYTES_PER_MEGAPIXEL)) in fake_comfyui.calls
+    refine_mask(torch.rand(1, 32, 32, 3), mask, detail_method="VITMatte", vitmatte_max_megapixels=0.01,
+                clean_vram_after=True)
+    assert refine_nodes.MATTER_SLOT.empty and not fake_comfyui.current_loaded_models

@@ -131,9 +131,9 @@ def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(model
     slot.release()
     image = torch.rand(1, 20, 24, 3)
     segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
-    first = slot.value
+    (first,) = slot.values.values()
     segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
-    assert slot.value is first, "the same model is reused, not reloaded"
+    assert list(slot.values.values()) == [first], "the same model is reused, not reloaded"
     segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8, clean_vram_after=True)
     assert slot.empty
 

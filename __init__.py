@@ -9,7 +9,16 @@ import logging
 
 logger = logging.getLogger(__name__)
 
-if importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None:
+
+def _has_versioned_api() -> bool:
+    """True when ComfyUI's comfy_api has a versioned V3 module (``comfy_api.v0_0_2`` since 0.3.48); the pack never
+    imports ``comfy_api.latest``."""
+    from .nodes import comfy
+
+    return comfy.HAS_V3
+
+
+if importlib.util.find_spec("comfy_api") is not None and _has_versioned_api():
     from .nodes.extension import comfy_entrypoint  # noqa: F401
 
     __all__ = ["comfy_entrypoint"]

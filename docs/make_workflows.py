@@ -48,8 +48,10 @@ LOADER_WIDGETS = ["Sa2VA-Qwen3-VL-4B", "auto", "none", "sdpa", "auto"]
 
 def seg_widgets(prompt):
     """prompt, model_name, max_new_tokens, mask_threshold, apply_mask_threshold, clean_vram_after, then the
-    refinement widgets: process_details, black/white point, detail_method, erode, dilate, radius, eps, megapixels."""
-    return [prompt, "Sa2VA-Qwen3-VL-4B", 512, 0.3, True, False, True, 0.05, 0.95, "FastMatte", 0, 0, 8, 0.01, 2.0]
+    refinement widgets: process_details, black/white point, detail_method, erode, dilate, radius, eps, megapixels,
+    then the own model's dtype and quantization."""
+    return [prompt, "Sa2VA-Qwen3-VL-4B", 512, 0.3, True, False, True, 0.05, 0.95, "FastMatte", 0, 0, 8, 0.01, 2.0,
+            "auto", "none"]
 
 def previews(wf, seg, x, y):
     p1 = wf.node("PreviewImage", (x, y), [], [("images", "IMAGE")], size=(300, 280), title="Overlay")
@@ -102,8 +104,8 @@ VIDEO_OUT = [("masks", "MASK"), ("merged_mask", "MASK"), ("overlay", "IMAGE"), (
 
 def video_widgets(prompt):
     """prompt, model_name, key_frames, key_frame_spacing, mode, offload_frames, offload_state, max_new_tokens,
-    mask_threshold, apply_mask_threshold, clean_vram_after."""
-    return [prompt, "Sa2VA-Qwen3-VL-4B", 5, "first", "memory", False, False, 512, 0.3, True, False]
+    mask_threshold, apply_mask_threshold, clean_vram_after, dtype, quantization."""
+    return [prompt, "Sa2VA-Qwen3-VL-4B", 5, "first", "memory", True, False, 512, 0.3, True, False, "auto", "none"]
 
 wf = WF()
 vid = wf.node("LoadVideo", (40, 60), ["example.mp4", "image"], [], [("VIDEO", "VIDEO")], size=(320, 380))

@@ -1,6 +1,8 @@
 """The one bridge to ComfyUI: the V3 node API, model folders, progress, interrupt, memory management.
 
-Inside ComfyUI it uses ``comfy_api.latest`` (``io``, ``ComfyExtension``), ``folder_paths``,
+Inside ComfyUI it uses the newest *versioned* ``comfy_api`` module it has (``comfy_api.v0_0_2`` since ComfyUI 0.3.48;
+never ``comfy_api.latest``, which ComfyUI's maintainers ask packs not to import) for ``io`` and ``ComfyExtension``,
+``folder_paths``,
 ``comfy.utils.ProgressBar``, ``comfy.model_management`` and ``comfy.model_patcher``. Outside ComfyUI (tests, scripts)
 it falls back to plain behaviour: node classes are plain classes whose ``execute`` returns a tuple, the models folder
 comes from ``$SA2VA_MODELS_DIR`` (default ``./models/sa2va``), progress goes to tqdm, nothing is ever
@@ -8,9 +10,15 @@ interrupted, and models live on the device they were loaded to. No other module 
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
+import pkgutil
+import re
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -31,14 +39,46 @@ except ImportError:
     IN_COMFY = False
 
 
-try:  # the V3 node API (ComfyUI 0.3.48 or newer)
-    from comfy_api.latest import ComfyExtension as _ComfyExtension
-    from comfy_api.latest import io
+#: versioned comfy_api modules (``v0_0_2``, ...); ``latest`` is never imported by the pack
+_VERSION_NAME = re.compile(r"v(\d+)_(\d+)_(\d+)")
 
-    HAS_V3 = True
-except ImportError:
-    _ComfyExtension = io = None
-    HAS_V3 = False
+
+def v3_api(import_module: Callable[[str], ModuleType] = importlib.import_module) -> tuple[str, object, type] | None:
+    """``(version, io, ComfyExtension)`` from the newest versioned ``comfy_api`` module that imports and provides
+    both (``v0_0_2`` on ComfyUI 0.3.48 and newer; a newer version when the running ComfyUI has one, falling back
+    to older ones when it fails to import), or None without ComfyUI's V3 API."""
+    try:
+        package = import_module("comfy_api")
+    except ImportError:
+        return None
+    found = [m.name for m in pkgutil.iter_modules(getattr(package, "__path__", []))]
+    versions = sorted((n for n in found if _VERSION_NAME.fullmatch(n)),
+                      key=lambda n: tuple(int(x) for x in _VERSION_NAME.fullmatch(n).groups()), reverse=True)
+    for name in versions:
+        try:
+            module = import_module(f"comfy_api.{name}")
+        except ImportError as exc:
+            logger.debug("comfy_api.%s does not import (%s); trying an older version", name, exc)
+            continue
+        if hasattr(module, "io") and hasattr(module, "ComfyExtension"):
+            return name, module.io, module.ComfyExtension
+    return None
+
+
+_API = v3_api()
+API_VERSION, io, _ComfyExtension = _API if _API is not None else (None, None, None)
+HAS_V3 = _API is not None
+
+
+def supported(factory: Callable, **options) -> dict:
+    """The ``options`` that ``factory`` (``io.Schema``, ``io.Combo.Input``, ...) names as parameters: newer schema
+    features (``search_aliases``, ``advanced``) are passed only to a ComfyUI that has them."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in options.items() if k in parameters}
+
 
 #: the base class of the pack's node classes: ``io.ComfyNode`` inside ComfyUI, a plain class outside
 NodeBase: type = io.ComfyNode if HAS_V3 else object
@@ -50,7 +90,7 @@ def node_output(*values):
 
 
 def schema_api():
-    """``comfy_api.latest.io``, for ``define_schema`` (which ComfyUI alone calls)."""
+    """The versioned ``comfy_api`` module's ``io``, for ``define_schema`` (which ComfyUI alone calls)."""
     if io is None:
         raise RuntimeError("The node schemas need ComfyUI's comfy_api (ComfyUI 0.3.48 or newer); run the nodes "
                            "inside ComfyUI.")
@@ -65,6 +105,11 @@ def extension(nodes: list[type]):
             return list(nodes)
 
     return Sa2VAExtension()
+
+
+def hidden(node: type, name: str):
+    """A hidden input of the running node (``unique_id``, ``prompt``: ComfyUI sets ``cls.hidden``); None outside."""
+    return getattr(getattr(node, "hidden", None), name, None)
 
 
 class Interrupted(Exception):
@@ -181,6 +226,48 @@ def make_patcher(modules: dict[str, torch.nn.Module], load_device: torch.device,
     return _patcher.ModelPatcher(_Holder(modules), load_device=load_device, offload_device=offload)
 
 
+def make_resident_patcher(size_bytes: int, drop: Callable[[], None], load_device: torch.device,
+                          offload: torch.device):
+    """A ModelPatcher standing for a model that cannot move (bitsandbytes 8/4-bit weights stay where they were
+    loaded), so that ComfyUI's memory manager still knows it (None outside ComfyUI).
+
+    ComfyUI counts ``size_bytes`` (the model's actual weight bytes) as loaded on ``load_device``; when it unloads
+    the model ("Unload Models", or evicting it to make room for another model) ``drop()`` is called, which lets go
+    of the weights: the owner loads them again before its next use. Nothing is ever moved."""
+    if not IN_COMFY:
+        return None
+
+    class ResidentModel(_patcher.ModelPatcher):
+        def __init__(self) -> None:
+            super().__init__(_Holder({}), load_device=load_device, offload_device=offload, size=size_bytes)
+            self.resident = True
+
+        def model_size(self) -> int:
+            return size_bytes
+
+        def loaded_size(self) -> int:
+            return size_bytes if self.resident else 0
+
+        def current_loaded_device(self) -> torch.device:
+            return self.load_device if self.resident else self.offload_device
+
+        def partially_load(self, device_to, extra_memory=0, *args, **kwargs) -> int:
+            self.resident = True  # the owner has (re)loaded the weights before asking
+            return 0
+
+        def partially_unload(self, device_to, memory_to_free=0, *args, **kwargs) -> int:
+            return 0  # all or nothing: ComfyUI then calls detach()
+
+        def detach(self, unpatch_all=True):
+            if self.resident:
+                logger.info("ComfyUI unloads a quantised Sa2VA model; it is loaded again on its next use")
+                self.resident = False
+                drop()
+            return self.model
+
+    return ResidentModel()
+
+
 def load_patcher(patcher, memory_required: int = 0) -> None:
     """Move a registered model fully onto its load device right before use (ComfyUI may have evicted it)."""
     if patcher is not None:
@@ -188,7 +275,8 @@ def load_patcher(patcher, memory_required: int = 0) -> None:
 
 
 def unload_patcher(patcher) -> None:
-    """Move a registered model back to its offload device now and drop it from ComfyUI's loaded list."""
+    """Unload a registered model now (an unquantised one moves to its offload device, a resident one is dropped)
+    and take it off ComfyUI's loaded list."""
     if patcher is None or not IN_COMFY:
         return
     for loaded in list(_mm.current_loaded_models):

@@ -38,6 +38,11 @@ def model_socket(io):
     return io.Custom(MODEL_TYPE)
 
 
+def advanced(factory) -> dict:
+    """``advanced=True`` for an input of a ComfyUI whose inputs have it (collapsed under "advanced"), else nothing."""
+    return comfy.supported(factory, advanced=True)
+
+
 def refine_inputs(io) -> list:
     """The refinement controls shared by Sa2VA Segmentation and Sa2VA Refine Mask (advanced ones optional); their
     names are the keyword arguments of :func:`refine_settings`."""
@@ -61,12 +66,15 @@ def refine_inputs(io) -> list:
                      tooltip="Grow the masks by this many pixels (round kernel), after eroding. With VITMatte: "
                              "widen the uncertain band outward instead."),
         io.Int.Input("guided_radius", default=DEFAULT_GUIDED_RADIUS, min=1, max=64, optional=True,
+                     **advanced(io.Int.Input),
                      tooltip="FastMatte window radius in pixels (larger follows edges from farther away)."),
         io.Float.Input("guided_eps", default=DEFAULT_GUIDED_EPS, min=0.00001, max=1.0, step=0.001, optional=True,
+                       **advanced(io.Float.Input),
                        tooltip="FastMatte smoothing: image variation below this (variance, 0..1 units) counts as "
                                "flat; smaller follows finer edges."),
         io.Float.Input("vitmatte_max_megapixels", default=DEFAULT_MAX_MEGAPIXELS, min=0.1, max=16.0, step=0.1,
-                       optional=True, tooltip="VITMatte works at most at this size; its alpha is upscaled back."),
+                       optional=True, **advanced(io.Float.Input),
+                       tooltip="VITMatte works at most at this size; its alpha is upscaled back."),
     ]
 
 
@@ -121,32 +129,65 @@ class TokenProgress:
 
 # ------------------------------------------------------------------------------------------ model slots
 class ModelSlot:
-    """One module-level place for a model the nodes load themselves (docs/design.md, "No module-level model cache").
+    """The module-level place for models the nodes load themselves (docs/design.md, "No module-level model cache").
 
-    Holds at most one value under one key; asking for another key replaces it; :meth:`release` empties it and gives
-    the memory back."""
+    Keyed by every load option, so two nodes asking for different models each keep theirs, and several models may
+    be held at once: each is registered with ComfyUI's memory manager, whose eviction decides what stays in VRAM.
+    A model is released as soon as no node uses it: each node (``user``: its node id) uses one key at a time; a
+    node that asks for another key, runs with a Sa2VA Loader connected (:meth:`forget`), or is no longer in the
+    queued workflow (:meth:`keep_only`) stops using its old one. Outside ComfyUI every caller is one anonymous
+    user, so a new key replaces the old model."""
 
     def __init__(self, description: str) -> None:
         self.description = description
-        self.key: object = None
-        self.value: object = None
+        self.values: dict[object, object] = {}
+        self.users: dict[str, object] = {}
 
     @property
     def empty(self) -> bool:
-        return self.value is None
+        return not self.values
 
-    def get(self, key: object, load: Callable[[], object]) -> object:
-        """The held value when it was loaded for ``key``, else ``load()`` (after releasing the old one)."""
-        if self.value is None or self.key != key:
-            self.release()
+    def get(self, key: object, load: Callable[[], object], user: str | None = None) -> object:
+        """The value held for ``key``, else ``load()``; ``user`` now uses ``key`` (and no longer its old key)."""
+        self.users[user or ""] = key
+        self._release_unused()
+        if key not in self.values:
             logger.info("Loading %s (%s)", self.description, key)
-            self.value, self.key = load(), key
-        return self.value
+            self.values[key] = load()
+        return self.values[key]
 
-    def release(self) -> None:
-        if self.value is None:
+    def forget(self, user: str | None) -> None:
+        """``user`` uses none of the slot's models any more (e.g. a Sa2VA Loader is connected now)."""
+        if self.users.pop(user or "", None) is not None:
+            self._release_unused()
+
+    def keep_only(self, users: set[str]) -> None:
+        """Only ``users`` (the nodes of the queued workflow that may use the slot) still use their models."""
+        for user in [u for u in self.users if u and u not in users]:
+            del self.users[user]
+        self._release_unused()
+
+    def release(self, key: object = None) -> None:
+        """Release ``key``'s model (every model when None) now, whoever uses it."""
+        keys = list(self.values) if key is None else [key]
+        for user in [u for u, k in self.users.items() if k in keys]:
+            del self.users[user]
+        self._drop([k for k in keys if k in self.values])
+
+    def _release_unused(self) -> None:
+        used = set(self.users.values())
+        self._drop([k for k in self.values if k not in used])
+
+    def _drop(self, keys: list) -> None:
+        if not keys:
             return
-        self.value = self.key = None
+        for key in keys:
+            logger.info("Releasing %s (%s)", self.description, key)
+            value = self.values.pop(key)
+            release_vram = getattr(value, "release_vram", None)
+            if release_vram is not None:
+                release_vram()
+            del value
         gc.collect()
         comfy.soft_empty_cache()
 

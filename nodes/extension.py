@@ -18,6 +18,7 @@ NODES: list[type] = [Sa2VALoader, Sa2VASegmentation, Sa2VARefineMask, Sa2VAVideo
 async def comfy_entrypoint():
     """Called by ComfyUI (0.3.48 or newer) at start-up: register the model folders, return the extension."""
     comfy.register_model_folder()
+    logger.info("ComfyUI-Sa2VA: V3 nodes through comfy_api.%s", comfy.API_VERSION)
     problem = transformers_problem()
     if problem:
         logger.warning("ComfyUI-Sa2VA: %s. The Sa2VA nodes will report this when they run.", problem)

@@ -5,8 +5,11 @@
 """
 from __future__ import annotations
 
+import gc
 import logging
 import re
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +18,16 @@ import torch
 from ..sa2va import catalog
 from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files, required_files
 from ..sa2va.errors import InputError, ModelFolderError
-from ..sa2va.model import DTYPES, Sa2VAModel, load_model, resolve_dtype
+from ..sa2va.checkpoint import read_index
+from ..sa2va.model import DTYPES, MemoryProfile, Sa2VAModel, load_model, resolve_dtype
+from ..sa2va.quantization import estimated_bytes
 from . import comfy
 from .common import MODEL_TOOLTIP, model_socket
 
 logger = logging.getLogger(__name__)
+
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["sa2va", "load vlm", "segmentation model", "sam2 loader"]
 
 QUANTIZATIONS = {"none": None, "8bit": "8bit", "4bit": "4bit"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -121,29 +129,62 @@ class Sa2VAHandle:
     """What travels on an SA2VA_MODEL socket: the loaded model plus how ComfyUI manages its memory.
 
     Unquantised models are registered with ComfyUI's memory manager through ``patcher`` and moved onto the run
-    device by :meth:`prepare` before each use, so "Unload models" frees their VRAM. Quantised models are placed
-    on the run device at load time, never moved, and not registered; :meth:`prepare` asks ComfyUI to make room."""
+    device by :meth:`prepare` before each use, so "Unload Models" frees their VRAM. Quantised models cannot move
+    (bitsandbytes): they are registered through a resident stand-in of their actual size (``size_bytes``), so
+    ComfyUI counts them and evicts other models for them; "Unload Models" and ``clean_vram_after`` drop them
+    (``model`` becomes None) and :meth:`prepare` loads them again (``reload``) on the next use."""
 
-    model: Sa2VAModel
+    model: Sa2VAModel | None
     name: str
     quantization: str | None
     device: torch.device
     patcher: object | None = None
     options: dict = field(default_factory=dict)
+    size_bytes: int = 0
+    profile: MemoryProfile | None = None
+    reload: Callable[[], Sa2VAModel] | None = field(default=None, repr=False)
+
+    def activation_bytes(self, height: int, width: int, max_new_tokens: int, images: int = 1) -> int:
+        """The activation memory one prediction will use (:class:`~sa2va.model.MemoryProfile`); 0 when unknown."""
+        if self.profile is None:
+            return 0
+        return self.profile.activation_bytes(height, width, max_new_tokens, images)
 
     def prepare(self, activation_bytes: int = 0) -> None:
-        """Make the model ready on its run device (call right before each use)."""
+        """Make the model ready on its run device (call right before each use): ComfyUI evicts other models until
+        the weights (if not resident) and ``activation_bytes`` fit; a dropped quantised model is loaded again."""
+        if self.quantization is None:
+            comfy.load_patcher(self.patcher, activation_bytes)
+            return
         if self.patcher is not None:
             comfy.load_patcher(self.patcher, activation_bytes)
         else:
             comfy.free_memory(activation_bytes, self.device)
+        if self.model is None and self.reload is not None:
+            comfy.free_memory(self.size_bytes + activation_bytes, self.device)
+            logger.info("Loading the quantised %s again (it was unloaded)", self.name)
+            self.model = self.reload()
+            if self.patcher is not None:
+                comfy.load_patcher(self.patcher, activation_bytes)  # resident again in ComfyUI's list
+
+    def drop(self) -> None:
+        """Let go of a quantised model's weights (they cannot move off the GPU); :meth:`prepare` reloads them."""
+        if self.model is None or self.reload is None:
+            return
+        self.model = None
+        gc.collect()
+        comfy.soft_empty_cache()
 
     def release_vram(self) -> None:
-        """Move an unquantised model off the GPU now (a quantised one cannot move: only the cache is emptied)."""
-        if self.patcher is not None:
+        """``clean_vram_after``: move an unquantised model off the GPU now; drop a quantised one (reloaded on the
+        next use)."""
+        if self.quantization is None:
             comfy.unload_patcher(self.patcher)
+        elif self.patcher is not None:
+            comfy.unload_patcher(self.patcher)  # ComfyUI calls drop() through the stand-in
+            self.drop()
         else:
-            comfy.soft_empty_cache()
+            self.drop()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,16 +211,39 @@ def load_handle(*, model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quan
     folder = ensure_model_folder(model)
     comfy.throw_if_interrupted()
     if quant:
-        size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-        comfy.free_memory(size // (4 if quant == "8bit" else 8), run_device)
-        loaded = load_model(folder, device=run_device, dtype=dtype, quantization=quant,
-                            attn_implementation=attention)
-        return Sa2VAHandle(loaded, model, quant, run_device, None, {"dtype": dtype, "attention": attention})
+        return _quantised_handle(folder, model, quant, run_device, dtype, attention)
     offload = comfy.offload_device() if comfy.IN_COMFY else run_device
     loaded = load_model(folder, device=offload, dtype=resolve_dtype(dtype, run_device), attn_implementation=attention)
     patcher = comfy.make_patcher({"vlm": loaded.vlm, "projection": loaded.projection,
                                   "sam2": loaded.grounding.model}, run_device, offload)
-    return Sa2VAHandle(loaded, model, None, run_device, patcher, {"dtype": dtype, "attention": attention})
+    return Sa2VAHandle(loaded, model, None, run_device, patcher, {"dtype": dtype, "attention": attention},
+                       size_bytes=loaded.memory_bytes(), profile=loaded.memory_profile())
+
+
+def _call(method: weakref.WeakMethod) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
+def _quantised_handle(folder: Path, name: str, quant: str, run_device: torch.device, dtype: str,
+                      attention: str) -> Sa2VAHandle:
+    """A quantised model loaded on ``run_device`` (after ComfyUI made room for its estimated size), registered with
+    ComfyUI's memory manager at its actual size through a resident stand-in."""
+    compute = resolve_dtype(dtype, run_device)
+    estimate = estimated_bytes(((n, t.shape) for n, t in read_index(folder).tensors.items()), quant, compute)
+
+    def load() -> Sa2VAModel:
+        return load_model(folder, device=run_device, dtype=dtype, quantization=quant, attn_implementation=attention)
+
+    comfy.free_memory(estimate, run_device)
+    loaded = load()
+    handle = Sa2VAHandle(loaded, name, quant, run_device, None, {"dtype": dtype, "attention": attention},
+                         size_bytes=loaded.memory_bytes(), profile=loaded.memory_profile(), reload=load)
+    drop = weakref.WeakMethod(handle.drop)  # the stand-in must not keep the handle alive
+    handle.patcher = comfy.make_resident_patcher(handle.size_bytes, lambda: _call(drop), run_device,
+                                                 comfy.offload_device())
+    return handle
 
 
 class Sa2VALoader(comfy.NodeBase):
@@ -191,6 +255,7 @@ class Sa2VALoader(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VALoader",
             display_name="Sa2VA Loader",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category="Sa2VA",
             description="Load a Sa2VA model (downloading it first when needed) for one or more Sa2VA "
                         "Segmentation nodes. The model is loaded once and shared by every connected node.",

@@ -1,11 +1,14 @@
 """Sa2VA Refine Mask: the refinement stack on any IMAGE + MASK pair; and the ViTMatte model the refinement shares.
 
 The ViTMatte model is loaded on the first VITMatte use into :data:`MATTER_SLOT`, freed by ``clean_vram_after``; it is
-small (~100 MB) and shared by every node that needs it.
+small (~100 MB) and shared by every node that needs it. Inside ComfyUI it is registered with the memory manager like
+an unquantised Sa2VA model: it waits on the offload device, moves to the GPU right before use (after ComfyUI made room
+for it and its activations), and "Unload Models" moves it off the GPU.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,12 +16,15 @@ import torch.nn.functional as F
 
 from ..sa2va.download import DownloadCancelled, download, is_complete
 from ..sa2va.errors import InputError
-from ..sa2va.matting import VITMATTE_NAME, VITMATTE_REPO, Matter, load_matter
+from ..sa2va.matting import DEFAULT_MAX_MEGAPIXELS, VITMATTE_NAME, VITMATTE_REPO, Matter, load_matter
 from ..sa2va.refine import RefineSettings, refine
 from . import comfy
 from .common import CATEGORY, ModelSlot, refine_inputs, refine_settings, sanitize
 
 logger = logging.getLogger(__name__)
+
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["matte", "vitmatte", "guided filter", "mask edges", "refine mask"]
 
 VITMATTE_FILES = ("config.json", "preprocessor_config.json")
 #: the shared ViTMatte model
@@ -43,17 +49,46 @@ def vitmatte_folder() -> Path:
     return target
 
 
-def matter() -> Matter:
-    """The shared ViTMatte model, loaded on first use."""
-    return MATTER_SLOT.get(VITMATTE_NAME, lambda: load_matter(vitmatte_folder(), device=comfy.torch_device()))
+#: ViTMatte activations per megapixel matted (fp32; docs/performance.md)
+MATTING_BYTES_PER_MEGAPIXEL = 2**30
+
+
+@dataclass
+class ManagedMatter:
+    """The shared ViTMatte model and its ModelPatcher (None outside ComfyUI)."""
+
+    matter: Matter
+    patcher: object | None
+
+    def release_vram(self) -> None:
+        comfy.unload_patcher(self.patcher)
+
+
+def load_managed_matter() -> ManagedMatter:
+    """Load ViTMatte on the offload device and register it with ComfyUI's memory manager."""
+    run = comfy.torch_device()
+    offload = comfy.offload_device() if comfy.IN_COMFY else run
+    loaded = load_matter(vitmatte_folder(), device=offload)
+    return ManagedMatter(loaded, comfy.make_patcher({"vitmatte": loaded.model}, run, offload))
+
+
+def matter(max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Matter:
+    """The shared ViTMatte model (loaded on first use), on its run device with room for ``max_megapixels``."""
+    managed = MATTER_SLOT.get(VITMATTE_NAME, load_managed_matter)
+    comfy.load_patcher(managed.patcher, int(max_megapixels * MATTING_BYTES_PER_MEGAPIXEL))
+    return managed.matter
 
 
 def refine_batch(image: torch.Tensor, probabilities: list[torch.Tensor],
                  settings: RefineSettings) -> list[torch.Tensor]:
     """Refine per-image probability stacks (``[N_i, H, W]``) of a sanitised IMAGE batch ``[B, H, W, 3]``."""
     settings.validate()
-    shared = matter() if settings.needs_matter and any(p.shape[0] for p in probabilities) else None
-    return [refine(image[i], p, settings, shared) for i, p in enumerate(probabilities)]
+    shared = matter(settings.max_megapixels) if settings.needs_matter and any(p.shape[0] for p in probabilities) else None
+    refined = []
+    for i, p in enumerate(probabilities):
+        comfy.throw_if_interrupted()  # Cancel: no image's refinement starts after it
+        refined.append(refine(image[i], p, settings, shared))
+    return refined
 
 
 class Sa2VARefineMask(comfy.NodeBase):
@@ -67,6 +102,7 @@ class Sa2VARefineMask(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VARefineMask",
             display_name="Sa2VA Refine Mask",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category=CATEGORY,
             description="Refine any mask on its image with the Sa2VA refinement stack: black/white points, "
                         "FastMatte (guided filter) or VITMatte, erode/dilate, optional threshold.",

@@ -11,32 +11,71 @@ import logging
 import torch
 
 from ..sa2va import catalog
-from ..sa2va.errors import InputError
+from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
 from ..sa2va.masks import draw_labels, overlay
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
-                     MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, as_segmentation_request, model_socket, refine_inputs,
+                     MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket, refine_inputs,
                      refine_settings, sanitize, to_uint8)
-from .loader import Sa2VAHandle, load_handle, model_choices
+from ..sa2va.model import DTYPES
+from .loader import QUANTIZATIONS, Sa2VAHandle, load_handle, model_choices
 from .refine import MATTER_SLOT, refine_batch
 
 logger = logging.getLogger(__name__)
 
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["segment by text", "referring segmentation", "text to mask", "sam2", "vlm mask"]
 
-def handle_for(model: Sa2VAHandle | None, model_name: str) -> Sa2VAHandle:
-    """The connected loader's model, else the node's own (:data:`~.common.MODEL_SLOT`, loaded on first use)."""
+
+#: the nodes that can load their own model (their ``model`` input left unconnected)
+STANDALONE_NODES = ("Sa2VASegmentation", "Sa2VAVideoSegmentation")
+
+
+def standalone_users(prompt: dict) -> set[str]:
+    """Ids of the queued workflow's Segmentation / Video nodes without a Sa2VA Loader (API-format ``prompt``: a
+    connected input is a ``[node_id, output]`` link)."""
+    return {str(node_id) for node_id, node in prompt.items()
+            if isinstance(node, dict) and node.get("class_type") in STANDALONE_NODES
+            and not isinstance(node.get("inputs", {}).get("model"), list)}
+
+
+def handle_for(model: Sa2VAHandle | None, model_name: str, *, dtype: str = "auto", quantization: str = "none",
+               node_id: str | None = None, prompt: dict | None = None) -> Sa2VAHandle:
+    """The connected loader's model, else the node's own from :data:`~.common.MODEL_SLOT` (keyed by every load
+    option; loaded on first use). Models no node of the queued workflow uses any more are released first."""
+    if isinstance(prompt, dict):
+        MODEL_SLOT.keep_only(standalone_users(prompt))
     if model is not None:
+        MODEL_SLOT.forget(node_id)
         return model
-    return MODEL_SLOT.get(model_name, lambda: load_handle(model=model_name))  # type: ignore[return-value]
+    options = {"model": model_name, "dtype": dtype, "quantization": quantization, "attention": "sdpa",
+               "device": "auto"}
+    key = tuple(sorted(options.items()))
+    return MODEL_SLOT.get(key, lambda: load_handle(**options), user=node_id)  # type: ignore[return-value]
 
 
 def release(model: Sa2VAHandle | None, handle: Sa2VAHandle) -> None:
-    """``clean_vram_after``: empty the node's own slot, or move a loader's model off the GPU."""
+    """``clean_vram_after``: release the node's own model, or move a loader's model off the GPU (drop a quantised
+    one; it is loaded again on the next use)."""
     if model is None:
-        MODEL_SLOT.release()
+        for key, value in list(MODEL_SLOT.values.items()):
+            if value is handle:
+                MODEL_SLOT.release(key)
     else:
         handle.release_vram()
+
+
+def load_inputs(io) -> list:
+    """dtype and quantization of the node's own model (used when no Sa2VA Loader is connected; advanced)."""
+    return [
+        io.Combo.Input("dtype", options=list(DTYPES), default="auto", optional=True, **advanced(io.Combo.Input),
+                       tooltip="Without a Sa2VA Loader: the compute precision of the node's own model (auto: bf16 "
+                               "on GPUs that support it, fp16 on older GPUs, fp32 on the CPU)."),
+        io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none", optional=True,
+                       **advanced(io.Combo.Input),
+                       tooltip="Without a Sa2VA Loader: 8bit / 4bit (bitsandbytes) for the node's own model."),
+    ]
 
 
 class Sa2VASegmentation(comfy.NodeBase):
@@ -50,6 +89,7 @@ class Sa2VASegmentation(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VASegmentation",
             display_name="Sa2VA Segmentation",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category=CATEGORY,
             description="Describe what to segment in plain words; get one mask per object the model finds, for "
                         "every image of the batch, plus the model's answer.",
@@ -71,6 +111,7 @@ class Sa2VASegmentation(comfy.NodeBase):
                 io.Boolean.Input("clean_vram_after", default=False,
                                  tooltip="Release the model's memory after this run (the next run loads it again)."),
                 *refine_inputs(io),
+                *load_inputs(io),
                 model_socket(io).Input("model", optional=True,
                                        tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
             ],
@@ -84,19 +125,21 @@ class Sa2VASegmentation(comfy.NodeBase):
                                                               "separated)."),
                 io.String.Output(display_name="phrases", tooltip="One line per mask: 'image_index: phrase'."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
     def execute(cls, *, image: torch.Tensor, segmentation_prompt: str, model_name: str, max_new_tokens: int,
                 mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool,
-                model: Sa2VAHandle | None = None, **refinement):
+                model: Sa2VAHandle | None = None, dtype: str = "auto", quantization: str = "none", **refinement):
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
             raise InputError(f"Expected a ComfyUI IMAGE [B, H, W, 3], got {getattr(image, 'shape', type(image))}.")
         settings = refine_settings(**refinement, mask_threshold=mask_threshold,
                                    apply_mask_threshold=apply_mask_threshold)
         prompt = as_segmentation_request(segmentation_prompt or "")
         check_prompt(prompt)
-        handle = handle_for(model, model_name)
+        handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
+                            node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
         rgb = sanitize(image)
         bar = comfy.Progress(batch * max_new_tokens, "Sa2VA")
@@ -104,10 +147,14 @@ class Sa2VASegmentation(comfy.NodeBase):
         try:
             for i in range(batch):
                 comfy.throw_if_interrupted()
-                handle.prepare()
-                predictions.append(handle.model.predict(
-                    to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
-                    stopping_criteria=[TokenProgress(bar, i * max_new_tokens)]))
+                handle.prepare(handle.activation_bytes(height, width, max_new_tokens))
+                try:
+                    predictions.append(handle.model.predict(
+                        to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
+                        stopping_criteria=[TokenProgress(bar, i * max_new_tokens)], cancelled=comfy.interrupted))
+                except Cancelled:
+                    comfy.throw_if_interrupted()
+                    raise
                 comfy.throw_if_interrupted()
                 bar.set((i + 1) * max_new_tokens)
             refined = refine_batch(rgb, [p.masks for p in predictions], settings)
@@ -118,6 +165,7 @@ class Sa2VASegmentation(comfy.NodeBase):
                 release(model, handle)
         masks, merged, overlays, texts, phrases = [], [], [], [], []
         for i, (pred, chosen) in enumerate(zip(predictions, refined)):
+            comfy.throw_if_interrupted()
             overlays.append(draw_labels(overlay(rgb[i], chosen, threshold=0.5), chosen, pred.phrases))
             if chosen.shape[0] == 0:
                 chosen = torch.zeros(1, height, width)

@@ -13,15 +13,18 @@ import torch
 from ..sa2va import catalog
 from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
-from ..sa2va.masks import draw_labels, overlay, threshold
+from ..sa2va.masks import draw_labels, overlay
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
-                     MODEL_TOOLTIP, TokenProgress, as_segmentation_request, model_socket, sanitize, to_uint8)
+                     MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket, sanitize, to_uint8)
 from .loader import Sa2VAHandle, model_choices
-from .segmentation import handle_for, release
+from .segmentation import handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
+
+#: extra words the node search finds this node by (ComfyUI versions with search aliases)
+SEARCH_ALIASES = ["video mask", "track object", "sam2 video", "text to video mask"]
 
 DEFAULT_VIDEO_PROMPT = DEFAULT_PROMPT
 
@@ -47,6 +50,19 @@ def phrase_lines(phrases: list[str], num_frames: int) -> str:
                      for k, p in enumerate(phrases))
 
 
+def overlay_frames(frames: torch.Tensor, masks: torch.Tensor, phrases: list[str], device: torch.device) -> torch.Tensor:
+    """The overlay IMAGE ``[T, H, W, 3]`` of a clip ``frames`` (ComfyUI IMAGE ``[T, H, W, C]``) and its masks
+    ``[N, T, H, W]``, drawn frame by frame into one output allocated up front on ``device``: the clip is never
+    held twice (no list of frames stacked at the end). Cancel is checked before each frame."""
+    total, height, width = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
+    out = torch.empty(total, height, width, 3, dtype=torch.float32, device=device)
+    for t in range(total):
+        comfy.throw_if_interrupted()
+        rgb = sanitize(frames[t:t + 1])[0]
+        out[t] = draw_labels(overlay(rgb, masks[:, t], threshold=0.5), masks[:, t], phrases)
+    return out
+
+
 class Sa2VAVideoSegmentation(comfy.NodeBase):
     """Outputs: masks ``[N*T, H, W]`` (object-major: object 0's T frames, then object 1's; T empty masks when
     N = 0), merged ``[T, H, W]``, overlay ``[T, H, W, 3]`` (float32 0..1), the answer, one line per object."""
@@ -57,6 +73,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         return io.Schema(
             node_id="Sa2VAVideoSegmentation",
             display_name="Sa2VA Video Segmentation",
+            **comfy.supported(io.Schema, search_aliases=SEARCH_ALIASES),
             category=CATEGORY,
             description="Segment what the prompt describes through every frame of a clip: the model reads a few key "
                         "frames, then SAM2 follows each object with its memory. One mask track per object.",
@@ -79,11 +96,11 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                                tooltip="memory: SAM2 tracks each object from the key frames with its memory (the "
                                        "reference). consistent: every frame is segmented from the prompt alone, "
                                        "with no memory (Sa2VA-i); no drift, but less temporal smoothing."),
-                io.Boolean.Input("offload_frames", default=False,
-                                 tooltip="Move each frame's masks to the CPU as soon as it is done (else they stay on the "
-                                         "GPU until the clip ends: 4 bytes per pixel per object per frame). On for "
-                                         "long or high-resolution clips on a small GPU."),
-                io.Boolean.Input("offload_state", default=False,
+                io.Boolean.Input("offload_frames", default=True,
+                                 tooltip="On (default): each frame's masks go to ComfyUI's intermediate device (the "
+                                         "CPU) as soon as the frame is done. Off: they stay on the GPU until the clip "
+                                         "ends (4 bytes per pixel per object per frame)."),
+                io.Boolean.Input("offload_state", default=False, **advanced(io.Boolean.Input),
                                  tooltip="Keep SAM2's memory of past frames (about 6 MB per object at full size, "
                                          "bounded) on the CPU; it moves to the GPU while a frame uses it."),
                 io.Int.Input("max_new_tokens", default=DEFAULT_ANSWER_TOKENS, min=1, max=MAX_ANSWER_TOKENS,
@@ -95,6 +112,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                                  tooltip="Off: output the model's soft probabilities (0..1) instead of binary masks."),
                 io.Boolean.Input("clean_vram_after", default=False,
                                  tooltip="Release the model's memory after this run (the next run loads it again)."),
+                *load_inputs(io),
                 model_socket(io).Input("model", optional=True,
                                        tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
             ],
@@ -108,28 +126,33 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                 io.String.Output(display_name="phrases", tooltip="One line per object: 'index: phrase (masks "
                                                                  "first-last)'."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
     def execute(cls, *, frames: torch.Tensor, prompt: str, model_name: str, key_frames: int, key_frame_spacing: str,
                 mode: str, offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
-                apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None):
+                apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None,
+                dtype: str = "auto", quantization: str = "none"):
         if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
             raise InputError(f"Expected a ComfyUI IMAGE batch [T, H, W, 3] holding the frames of one clip, got "
                              f"{getattr(frames, 'shape', type(frames))}.")
         if not 0.0 <= mask_threshold <= 1.0:
             raise InputError(f"mask_threshold must be between 0 and 1, got {mask_threshold}.")
         options = VideoOptions(key_frames=key_frames, key_frame_spacing=key_frame_spacing, mode=mode,
-                               offload_frames=offload_frames, offload_state=offload_state)
+                               offload_frames=offload_frames, offload_state=offload_state,
+                               mask_device=comfy.output_device() if offload_frames else None)
         options.validate()
         request = as_segmentation_request(prompt or "")
         check_prompt(request)
-        handle = handle_for(model, model_name)
+        handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
+                            node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
         total = int(frames.shape[0])
         bar = comfy.Progress(max_new_tokens + total, "Sa2VA video")
         try:
             comfy.throw_if_interrupted()
-            handle.prepare()
+            handle.prepare(handle.activation_bytes(int(frames.shape[1]), int(frames.shape[2]), max_new_tokens,
+                                                   images=min(key_frames, total)))
             try:
                 prediction = handle.model.predict_video(
                     ClipFrames(frames), request, max_new_tokens=max_new_tokens, options=options,
@@ -143,15 +166,13 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
             bar.close()
             if clean_vram_after:
                 release(model, handle)
-        probabilities = prediction.masks                                    # [N, T, H, W]
-        chosen = threshold(probabilities, mask_threshold) if apply_mask_threshold else probabilities
-        count, height, width = chosen.shape[0], chosen.shape[2], chosen.shape[3]
-        overlays = []
-        for t in range(total):
-            rgb = sanitize(frames[t:t + 1])[0]
-            overlays.append(draw_labels(overlay(rgb, chosen[:, t], threshold=0.5), chosen[:, t], prediction.phrases))
-        merged = chosen.amax(0) if count else torch.zeros(total, height, width)
-        flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width)
         out = comfy.output_device()
-        return comfy.node_output(flat.to(out), merged.to(out), torch.stack(overlays).to(out), prediction.text,
-                                 phrase_lines(prediction.phrases, total))
+        chosen = prediction.masks.to(out)                                   # [N, T, H, W], ours: thresholded in place
+        if apply_mask_threshold:
+            with torch.inference_mode():  # the library's masks are inference tensors
+                chosen.ge_(mask_threshold)
+        count, height, width = chosen.shape[0], int(frames.shape[1]), int(frames.shape[2])
+        overlays = overlay_frames(frames, chosen, prediction.phrases, out)
+        merged = chosen.amax(0) if count else torch.zeros(total, height, width, device=out)
+        flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width, device=out)
+        return comfy.node_output(flat, merged, overlays, prediction.text, phrase_lines(prediction.phrases, total))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from . import keymap
 from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
-from .errors import InputError, ModelFolderError
+from .errors import Cancelled, InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
@@ -48,6 +49,52 @@ MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
 #: the dtype names the CLI, the nodes and the benchmarks offer; "auto" is :func:`default_dtype` of the device
 DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": torch.float32}
+
+
+def _stop_if_cancelled(cancelled: Callable[[], bool] | None, stage: str) -> None:
+    """Raise :class:`Cancelled` before ``stage`` starts when ``cancelled()`` says so."""
+    if cancelled is not None and cancelled():
+        raise Cancelled(f"Segmentation was cancelled before {stage}.")
+
+
+#: SAM2 Hiera-L image encoder activations per image at fp32 (measured on the CPU, docs/performance.md)
+SAM2_ENCODER_BYTES_FP32 = 400 * 2**20
+#: visual tokens: one per 28x28 pixels within the processor's budget (Qwen-VL; InternVL's tiles are close to it)
+_PIXELS_PER_TOKEN = 28 * 28
+_PIXEL_BUDGET = (512 * _PIXELS_PER_TOKEN, 2048 * _PIXELS_PER_TOKEN)
+_PROMPT_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """What the activation estimate needs to know about a model (its sizes, not its weights).
+
+    :meth:`activation_bytes` is an upper-end estimate of the memory one prediction uses on top of the weights
+    (docs/performance.md, "Memory the nodes ask ComfyUI for"): the key/value cache of the whole sequence, the
+    prefill's hidden states and MLP activations, the vision tower's activations, the scores, and the SAM2 image
+    encoder's activations."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    vision_hidden: int
+    dtype_bytes: int
+
+    def activation_bytes(self, height: int, width: int, max_new_tokens: int, images: int = 1) -> int:
+        """Bytes of activations for ``images`` images of ``height`` x ``width`` and an answer of up to
+        ``max_new_tokens`` tokens (one SAM2 encoder pass at a time)."""
+        pixels = min(max(int(height) * int(width), _PIXEL_BUDGET[0]), _PIXEL_BUDGET[1])
+        visual = images * pixels // _PIXELS_PER_TOKEN
+        sequence = visual + _PROMPT_TOKENS + int(max_new_tokens)
+        kv_cache = 2 * self.layers * self.kv_heads * self.head_dim * sequence * self.dtype_bytes
+        prefill = (visual + _PROMPT_TOKENS) * (4 * self.hidden + 2 * self.intermediate) * self.dtype_bytes
+        vision = 4 * (pixels // _PIXELS_PER_TOKEN) * self.vision_hidden * 8 * self.dtype_bytes
+        scores = 2 * self.vocab * 4
+        sam2 = SAM2_ENCODER_BYTES_FP32 * self.dtype_bytes // 4
+        return int(kv_cache + prefill + vision + scores + sam2)
 
 
 @dataclass
@@ -98,6 +145,48 @@ class Sa2VAModel:
     def device(self) -> torch.device:
         return self.grounding.device
 
+    def memory_bytes(self) -> int:
+        """Bytes the loaded weights actually take: the storage of every parameter and buffer of the language model,
+        the projection and SAM2 (shared storage counted once), plus bitsandbytes' quantisation statistics
+        (4-bit ``quant_state.absmax``, 8-bit ``SCB``). Exact for quantised models, whose modules kept in the compute
+        dtype (vision tower, lm_head) a size estimate from the file would miss."""
+        seen: set[tuple[str, int]] = set()
+        total = 0
+
+        def add(tensor) -> None:
+            nonlocal total
+            if not torch.is_tensor(tensor) or tensor.device.type == "meta":
+                return
+            storage = tensor.untyped_storage()
+            key = (str(tensor.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+
+        for module in (self.vlm, self.projection, self.grounding.model):
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                add(tensor)
+                state = getattr(tensor, "quant_state", None)
+                add(getattr(state, "absmax", None))
+                add(getattr(tensor, "SCB", None))
+        return total
+
+    def memory_profile(self) -> MemoryProfile:
+        """The sizes :meth:`MemoryProfile.activation_bytes` estimates activation memory from."""
+        config = self.vlm.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        vision = getattr(config, "vision_config", None)
+        heads = int(getattr(text, "num_attention_heads", 1))
+        hidden = int(text.hidden_size)
+        head_dim = getattr(text, "head_dim", None) or hidden // heads
+        return MemoryProfile(layers=int(text.num_hidden_layers),
+                             kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+                             head_dim=int(head_dim), hidden=hidden,
+                             intermediate=int(getattr(text, "intermediate_size", 4 * hidden)),
+                             vocab=int(text.vocab_size),
+                             vision_hidden=int(getattr(vision, "hidden_size", hidden) if vision is not None else hidden),
+                             dtype_bytes=torch.empty(0, dtype=self.options.dtype).element_size())
+
     # ------------------------------------------------------------------------------------------ engine seams
     def prompt_inputs(self, images: list, prompt: str, regions: list | None = None) -> dict:
         """The language model's inputs (``input_ids``, pixels, ...) for ``images`` shown in order, then ``prompt``
@@ -145,18 +234,23 @@ class Sa2VAModel:
         return self.projection(torch.stack(seg_states).to(device=self.grounding.device, dtype=dtype))
 
     @torch.inference_mode()
-    def masks_for(self, image, seg_states: list[torch.Tensor]) -> torch.Tensor:
+    def masks_for(self, image, seg_states: list[torch.Tensor],
+                  cancelled: Callable[[], bool] | None = None) -> torch.Tensor:
         """Probabilities float32 ``[N, H, W]`` (on the CPU, at the image's size) for N [SEG] states on one image
-        (PIL image / HxWx3 uint8 array); ``[0, H, W]`` when there are none."""
-        return self.masks_for_batch([image], [seg_states])[0]
+        (PIL image / HxWx3 uint8 array); ``[0, H, W]`` when there are none. ``cancelled``: as
+        :meth:`masks_for_batch`."""
+        return self.masks_for_batch([image], [seg_states], cancelled=cancelled)[0]
 
     @torch.inference_mode()
     def masks_for_batch(self, images: list, seg_states: list[list[torch.Tensor]],
-                        encode_batch_size: int | None = None) -> list[torch.Tensor]:
+                        encode_batch_size: int | None = None,
+                        cancelled: Callable[[], bool] | None = None) -> list[torch.Tensor]:
         """Probabilities ``[N_i, H_i, W_i]`` for each image and its [SEG] states.
 
         The SAM2 image encoder runs once per image that has at least one state, batched over up to
-        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call."""
+        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call.
+        ``cancelled()`` is polled before every encoder call and every image's decoding; when it returns True,
+        :class:`~sa2va.errors.Cancelled` is raised and no further stage starts."""
         images = [to_pil(image) for image in images]
         head = self.grounding
         out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
@@ -164,8 +258,10 @@ class Sa2VAModel:
         step = encode_batch_size or max(len(wanted), 1)
         for start in range(0, len(wanted), step):
             chunk = wanted[start:start + step]
+            _stop_if_cancelled(cancelled, "the SAM2 image encoder")
             features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
             for j, i in enumerate(chunk):
+                _stop_if_cancelled(cancelled, "the SAM2 mask decoder")
                 embeddings = self.seg_embeddings(seg_states[i])
                 single = features if len(chunk) == 1 else features.select(j)
                 low = head.image_logits(single, embeddings)
@@ -175,7 +271,8 @@ class Sa2VAModel:
     # ------------------------------------------------------------------------------------------- predictions
     @torch.inference_mode()
     def predict(self, image, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                logits_processor=None, stopping_criteria=None, regions: list | None = None) -> Prediction:
+                logits_processor=None, stopping_criteria=None, regions: list | None = None,
+                cancelled: Callable[[], bool] | None = None) -> Prediction:
         """Answer ``prompt`` about ``image`` and segment every [SEG] of the answer.
 
         image: PIL image or HxWx3 uint8 array; prompt: text, with or without ``<image>``. ``logits_processor`` is
@@ -183,23 +280,27 @@ class Sa2VAModel:
         node layer uses them for per-token progress and cancel). A [SEG] generated as the very last token has no
         hidden state and gives no mask; a "[SEG]" typed in the prompt never requests a mask. ``regions``: region
         masks (HxW arrays of the image's size, non-zero inside) that the prompt can name as region1, region2, ...
-        (InternVL3 models only)."""
+        (InternVL3 models only). ``cancelled()``: polled after generation and before each SAM2 stage; when it
+        returns True, :class:`~sa2va.errors.Cancelled` is raised (a stopping criterion ends generation itself)."""
         check_request(prompt, max_new_tokens)
         pil = to_pil(image)
         answer = self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
-        return Prediction.of(answer, self.masks_for(pil, answer.seg_states))
+        _stop_if_cancelled(cancelled, "SAM2")
+        return Prediction.of(answer, self.masks_for(pil, answer.seg_states, cancelled=cancelled))
 
     @torch.inference_mode()
     def predict_batch(self, images, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       logits_processor=None, stopping_criteria=None,
-                      encode_batch_size: int | None = DEFAULT_ENCODE_BATCH) -> list[Prediction]:
+                      encode_batch_size: int | None = DEFAULT_ENCODE_BATCH,
+                      cancelled: Callable[[], bool] | None = None) -> list[Prediction]:
         """:meth:`predict` for a batch of images with one prompt; returns one :class:`Prediction` per image.
 
         images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array. The answers are
         generated image by image (same results as :meth:`predict`); the SAM2 image encoder then runs once, batched
         over the images whose answers have [SEG] (in groups of ``encode_batch_size``, None for one group: each image
         in a group costs about 0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are
-        decoded in one call. ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate``."""
+        decoded in one call. ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate``;
+        ``cancelled()`` is polled before each image's answer and each SAM2 stage (:meth:`predict`)."""
         check_request(prompt, max_new_tokens)
         if encode_batch_size is not None and (not isinstance(encode_batch_size, int) or encode_batch_size < 1):
             raise InputError(f"encode_batch_size must be a positive integer or None, got {encode_batch_size!r}.")
@@ -207,8 +308,12 @@ class Sa2VAModel:
             raise InputError("predict_batch takes a list of images or a [B, H, W, 3] array; use predict for one "
                              "image.")
         pils = [to_pil(image) for image in images]
-        answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria) for pil in pils]
-        masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size)
+        answers = []
+        for pil in pils:
+            _stop_if_cancelled(cancelled, "the next image")
+            answers.append(self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria))
+        _stop_if_cancelled(cancelled, "SAM2")
+        masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size, cancelled=cancelled)
         return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
 
     @torch.inference_mode()

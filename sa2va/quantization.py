@@ -1,6 +1,9 @@
 """bitsandbytes settings shared by every family: which modules are quantised and which stay in the compute dtype."""
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
 
 from .errors import DependencyError
@@ -27,3 +30,29 @@ def quantization_config(mode: str, dtype: torch.dtype):
     raise ValueError(f"quantization must be None, '8bit' or '4bit', not {mode!r}")
 
 
+
+
+#: release-name parts of tensors that stay in the compute dtype when quantising (vision, projector, head, embeddings)
+_KEPT_PARTS = ("visual", "vision", "lm_head", "embed", "mlp1", "multi_modal_projector", "merger")
+
+
+def estimated_bytes(shapes: Iterable[tuple[str, tuple[int, ...]]], mode: str | None, dtype: torch.dtype) -> int:
+    """Bytes a model will take once loaded, from its release tensors' names and shapes (before loading, to make room).
+
+    Linear weights of the language model's layers (2-D ``...layers...weight``) take 1 byte per value at 8-bit (plus
+    a float32 scale per row) and half a byte at 4-bit (plus a float32 absmax per 64 values); every other tensor
+    (vision tower, projector, lm_head, embeddings, norms, SAM2) stays in ``dtype``. After loading,
+    :meth:`~sa2va.model.Sa2VAModel.memory_bytes` gives the exact figure."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    total = 0
+    for name, shape in shapes:
+        numel = math.prod(shape)
+        quantised = (mode is not None and len(shape) == 2 and name.endswith(".weight") and ".layers." in name
+                     and not any(part in name for part in _KEPT_PARTS))
+        if not quantised:
+            total += numel * size
+        elif mode == "8bit":
+            total += numel + shape[0] * 4
+        else:
+            total += numel // 2 + math.ceil(numel / 64) * 4
+    return total

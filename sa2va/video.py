@@ -72,13 +72,15 @@ class VideoOptions:
     key_frame_spacing: ``"first"`` (frames 0..K-1, the reference) or ``"even"`` (:func:`key_frame_indices`);
     mode: ``"memory"`` (SAM2 tracking with memory, the reference) or ``"consistent"`` (every frame decoded from the
     [SEG] embeddings alone); offload_frames: keep the finished masks on the CPU instead of the compute device;
-    offload_state: keep SAM2's memory bank on the CPU."""
+    offload_state: keep SAM2's memory bank on the CPU; mask_device: where each frame's masks go as soon as they are
+    made (it overrides offload_frames; ComfyUI's nodes pass its intermediate device)."""
 
     key_frames: int = DEFAULT_KEY_FRAMES
     key_frame_spacing: str = "first"
     mode: str = "memory"
     offload_frames: bool = False
     offload_state: bool = False
+    mask_device: torch.device | str | None = None
 
     def validate(self) -> None:
         """Raise :class:`InputError` for an unusable option."""
@@ -211,7 +213,10 @@ def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions,
     answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, stopping_criteria)
     steps.check()
     head = model.grounding
-    out_device = torch.device("cpu") if options.offload_frames else head.device
+    if options.mask_device is not None:
+        out_device = torch.device(options.mask_device)
+    else:
+        out_device = torch.device("cpu") if options.offload_frames else head.device
     writer = _MaskWriter(len(answer.seg_states), total, height, width, head.image_size, out_device)
     if answer.seg_states:
         embeddings = model.seg_embeddings(answer.seg_states)

@@ -19,6 +19,7 @@ def _socket(kind):
 
 FAKE_IO = types.SimpleNamespace(
     ComfyNode=object, Schema=lambda **kw: kw, NodeOutput=lambda *a: a, Custom=_socket,
+    Hidden=types.SimpleNamespace(unique_id="UNIQUE_ID", prompt="PROMPT"),
     **{k: _socket(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
 
 

@@ -119,8 +119,8 @@ def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
     monkeypatch.setattr(comfy, "interrupted", interrupted)
     monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
     tokens = []
-    original = handle.model.predict
-    monkeypatch.setattr(handle.model, "predict", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
+    original = handle.model.answer
+    monkeypatch.setattr(handle.model, "answer", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
     with pytest.raises(comfy.Interrupted):
         segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
     assert len(tokens) == 1 and tokens[0].token_ids.numel() <= 3
@@ -131,9 +131,9 @@ def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(model
     slot.release()
     image = torch.rand(1, 20, 24, 3)
     segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
-    first = slot.value
+    (first,) = slot.values.values()
     segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8)
-    assert slot.value is first, "the same model is reused, not reloaded"
+    assert list(slot.values.values()) == [first], "the same model is reused, not reloaded"
     segment(image, "person", None, model_name="tiny-qwen3", max_new_tokens=8, clean_vram_after=True)
     assert slot.empty
 

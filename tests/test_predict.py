@@ -46,9 +46,9 @@ def test_batched_decode_equals_per_seg_reference(model_factory, family, image):
     captured = {}
     original = model.masks_for
 
-    def spy(image, states):
+    def spy(image, states, **kwargs):
         captured["states"] = [s.clone() for s in states]
-        return original(image, states)
+        return original(image, states, **kwargs)
 
     model.masks_for = spy
     try:

@@ -383,7 +383,7 @@ def test_video_node_schema_with_a_test_double(monkeypatch):
     inputs = {s.name: s for s in schema["inputs"]}
     assert list(inputs) == ["frames", "prompt", "model_name", "key_frames", "key_frame_spacing", "mode",
                             "offload_frames", "offload_state", "max_new_tokens", "mask_threshold",
-                            "apply_mask_threshold", "clean_vram_after", "model"]
+                            "apply_mask_threshold", "clean_vram_after", "dtype", "quantization", "model"]
     assert inputs["frames"].kind == "Image" and inputs["prompt"].kw["multiline"] is True
     assert inputs["key_frames"].kw["default"] == 5 and inputs["key_frames"].kw["min"] == 1
     assert inputs["key_frame_spacing"].kw["options"] == ["first", "even"]

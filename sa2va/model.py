@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 2048
 #: images per SAM2 encoder call in predict_batch (bounds activation memory, ~0.4 GB per image at fp32 on CPU)
 DEFAULT_ENCODE_BATCH = 8
+#: requests per batched ``generate`` call in answer_batch / predict_batch (bounds the KV cache and the prefill)
+DEFAULT_GENERATE_BATCH = 4
 MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
 #: the dtype names the CLI, the nodes and the benchmarks offer; "auto" is :func:`default_dtype` of the device
 DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -116,6 +118,44 @@ class Sa2VAModel:
         once per generated token). A "[SEG]" typed in the prompt never requests a mask."""
         check_request(prompt, max_new_tokens)
         inputs = self.prompt_inputs(images, prompt, regions=regions)
+        return self._generate(inputs, 1, max_new_tokens, logits_processor, stopping_criteria)[0]
+
+    @torch.inference_mode()
+    def answer_batch(self, images: list, prompts: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     logits_processor=None, stopping_criteria=None,
+                     batch_size: int | None = DEFAULT_GENERATE_BATCH) -> list[Answer]:
+        """One :class:`~sa2va.answer.Answer` per image: ``prompts[i]`` (or the one ``prompt``) about ``images[i]``.
+
+        Requests are generated together, up to ``batch_size`` per ``generate`` call (None: all at once), left-padded,
+        with every row's [SEG] states collected; ids are those of :meth:`answer` one request at a time and the
+        states equal up to float rounding (docs/performance.md). ``logits_processor`` and ``stopping_criteria`` see
+        the whole batch ``[rows, length]`` (rows padded on the left with the tokenizer's pad id)."""
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(images):
+            raise InputError(f"Give one prompt, or one prompt per image: got {len(prompts)} prompts for "
+                             f"{len(images)} images.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"generate_batch_size must be a positive integer or None, got {batch_size!r}.")
+        for prompt in prompts:
+            check_request(prompt, max_new_tokens)
+        step = batch_size or max(len(images), 1)
+        answers: list[Answer] = []
+        for start in range(0, len(images), step):
+            rows = [self.prompt_inputs([image], prompt) for image, prompt in
+                    zip(images[start:start + step], prompts[start:start + step])]
+            inputs = rows[0] if len(rows) == 1 else left_pad(rows, self.pad_id)
+            answers += self._generate(inputs, len(rows), max_new_tokens, logits_processor, stopping_criteria)
+        return answers
+
+    @property
+    def pad_id(self) -> int:
+        """The id batched generation pads prompts with (on the left) and ends finished rows with."""
+        eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
+
+    def _generate(self, inputs: dict, rows: int, max_new_tokens: int, logits_processor,
+                  stopping_criteria) -> list[Answer]:
+        """Greedy ``generate`` on prepared (possibly left-padded) inputs of ``rows`` requests; one answer per row."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         collector = SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
@@ -124,7 +164,7 @@ class Sa2VAModel:
         processors.append(collector)
         eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos[0])
+                                      eos_token_id=eos, pad_token_id=self.pad_id)
         device = next(self.vlm.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         try:
@@ -132,11 +172,19 @@ class Sa2VAModel:
                                           stopping_criteria=StoppingCriteriaList(list(stopping_criteria or [])))
         finally:
             collector.remove()
-        generated = sequences[0, inputs["input_ids"].shape[1]:].cpu()
+        generated = sequences[:, inputs["input_ids"].shape[1]:].cpu()
         del inputs, sequences
-        raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
-        return Answer(token_ids=generated, raw_text=raw_text, text=clean_text(self.tokenizer, generated),
-                      seg_states=collector.states, phrases=phrases_for(raw_text, len(collector.states)))
+        answers = []
+        for row in range(rows):
+            ids = generated[row]
+            if rows > 1:  # a row that ended early is padded after its end token: cut there, as generate alone stops
+                ends = torch.nonzero(torch.isin(ids, torch.tensor(eos))).flatten()
+                ids = ids[:int(ends[0]) + 1] if len(ends) else ids
+            states = collector.rows[row] if row < len(collector.rows) else []
+            raw_text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
+            answers.append(Answer(token_ids=ids, raw_text=raw_text, text=clean_text(self.tokenizer, ids),
+                                  seg_states=states, phrases=phrases_for(raw_text, len(states))))
+        return answers
 
     def seg_embeddings(self, seg_states: list[torch.Tensor]) -> torch.Tensor:
         """SAM2 prompt tokens ``[N, 256]`` (on the grounding head's device, in the projection's dtype) for N
@@ -190,24 +238,29 @@ class Sa2VAModel:
         return Prediction.of(answer, self.masks_for(pil, answer.seg_states))
 
     @torch.inference_mode()
-    def predict_batch(self, images, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    def predict_batch(self, images, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       logits_processor=None, stopping_criteria=None,
-                      encode_batch_size: int | None = DEFAULT_ENCODE_BATCH) -> list[Prediction]:
-        """:meth:`predict` for a batch of images with one prompt; returns one :class:`Prediction` per image.
+                      encode_batch_size: int | None = DEFAULT_ENCODE_BATCH,
+                      generate_batch_size: int | None = DEFAULT_GENERATE_BATCH) -> list[Prediction]:
+        """:meth:`predict` for a batch of images; returns one :class:`Prediction` per image.
 
-        images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array. The answers are
-        generated image by image (same results as :meth:`predict`); the SAM2 image encoder then runs once, batched
-        over the images whose answers have [SEG] (in groups of ``encode_batch_size``, None for one group: each image
-        in a group costs about 0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are
-        decoded in one call. ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate``."""
-        check_request(prompt, max_new_tokens)
+        images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array; prompt: one prompt for
+        every image, or one per image (the same image may appear several times with different prompts). The answers
+        are generated in batches of up to ``generate_batch_size`` requests (:meth:`answer_batch`: same ids as
+        :meth:`predict`, masks equal within 1e-5); the SAM2 image encoder then runs once per distinct image whose
+        answer has [SEG] (in groups of ``encode_batch_size``, None for one group: each image in a group costs about
+        0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are decoded in one call.
+        ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate`` and see the batch's rows."""
+        for text in ([prompt] if isinstance(prompt, str) else prompt):
+            check_request(text, max_new_tokens)
         if encode_batch_size is not None and (not isinstance(encode_batch_size, int) or encode_batch_size < 1):
             raise InputError(f"encode_batch_size must be a positive integer or None, got {encode_batch_size!r}.")
         if isinstance(images, (Image.Image, str)) or (isinstance(images, np.ndarray) and images.ndim != 4):
             raise InputError("predict_batch takes a list of images or a [B, H, W, 3] array; use predict for one "
                              "image.")
         pils = [to_pil(image) for image in images]
-        answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria) for pil in pils]
+        answers = self.answer_batch(pils, prompt, max_new_tokens, logits_processor, stopping_criteria,
+                                    batch_size=generate_batch_size)
         masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size)
         return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
 
@@ -239,6 +292,26 @@ class Sa2VAModel:
         return segment_clip(self, source, prompt, options, max_new_tokens=max_new_tokens,
                             logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                             progress=progress, cancelled=cancelled)
+
+
+def left_pad(rows: list[dict], pad_id: int) -> dict:
+    """One batch of prompt inputs from several one-request inputs (each ``input_ids`` ``[1, P_i]``).
+
+    Token-aligned tensors (``input_ids``, ``attention_mask``, any ``[1, P_i]`` tensor) are padded on the left to the
+    longest prompt (``pad_id`` for the ids, 0 for the rest, so the attention mask is 0 over the padding) and stacked;
+    every other tensor (pixels, image grids) is concatenated along its first axis, in row order."""
+    length = max(int(r["input_ids"].shape[1]) for r in rows)
+    out: dict = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if key == "inputs_embeds" or not all(torch.is_tensor(v) for v in values):
+            raise InputError(f"These inputs cannot be batched ({key}); run the requests one at a time.")
+        if all(v.ndim == 2 and v.shape == r["input_ids"].shape for v, r in zip(values, rows)):
+            fill = pad_id if key == "input_ids" else 0
+            out[key] = torch.cat([torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values])
+        else:
+            out[key] = torch.cat(values)
+    return out
 
 
 def _projection(hidden: int) -> torch.nn.Sequential:

@@ -1,4 +1,5 @@
-"""predict_batch: one SAM2 encoder call for the images of a batch, and the same results as predict image by image."""
+"""predict_batch / answer_batch: batched generation and one SAM2 encoder call for the images of a batch, with the
+same results as predict image by image."""
 import numpy as np
 import pytest
 import torch
@@ -7,23 +8,7 @@ from PIL import Image
 import sa2va
 from conftest import ids
 from sa2va.inputs import to_pil
-
-
-class ForceByPromptLength:
-    """Forces a different answer per image: the prompt length (it grows with the image's token count) picks it.
-
-    ``schedules``: prompt length -> answer ids. The prompts must differ by more than the longest answer."""
-
-    def __init__(self, schedules: dict[int, list[int]]) -> None:
-        self.schedules = dict(sorted(schedules.items()))
-
-    def __call__(self, input_ids, scores):
-        length = input_ids.shape[1]
-        prompt = max(p for p in self.schedules if p <= length)
-        answer = self.schedules[prompt]
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, answer[min(length - prompt, len(answer) - 1)]] = 0
-        return forced
+from sa2va.testing import ForceByPromptLength
 
 
 def _answer(model, count: int) -> list[int]:
@@ -42,13 +27,14 @@ def _images(image: np.ndarray) -> list[np.ndarray]:
 
 
 def _forcing(model, images, prompt, seg_counts):
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
     schedules = {}
-    for img, count in zip(images, seg_counts):
-        inputs = model.prompt_inputs([img], prompt)
+    for img, text, count in zip(images, prompts, seg_counts):
+        inputs = model.prompt_inputs([img], text)
         schedules[inputs["input_ids"].shape[1]] = _answer(model, count)
     lengths = sorted(schedules)
     assert len(lengths) == len(images) and min(np.diff(lengths)) > max(len(a) for a in schedules.values()), lengths
-    return ForceByPromptLength(schedules)
+    return ForceByPromptLength(schedules, model.pad_id)
 
 
 def _encoder_batches(model):
@@ -106,3 +92,56 @@ def test_predict_batch_rejects_single_images_and_bad_group_sizes(model_factory, 
     with pytest.raises(sa2va.InputError, match="prompt is empty"):
         model.predict_batch([image], " <image> ")
     assert model.predict_batch([], "Segment it.") == []
+
+
+class RowCounter:
+    """A score-neutral logits processor that records the batch size of every generation step's first call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, input_ids, scores):
+        self.calls.append(tuple(input_ids.shape))
+        return scores
+
+    def batches(self) -> list[int]:
+        """Rows of each ``generate`` call (a call starts where the sequence length drops or the row count changes)."""
+        out, previous = [], None
+        for rows, length in self.calls:
+            if previous is None or length <= previous[1] or rows != previous[0]:
+                out.append(rows)
+            previous = (rows, length)
+        return out
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "internvl"])
+def test_answer_batch_gives_the_ids_and_states_of_one_by_one_answers(model_factory, image, family_name):
+    model = model_factory(family_name)
+    # InternVL's prompt length follows the tile count (1, 5 and 13 tiles here), Qwen's the pixel count
+    images = _images(image) if family_name != "internvl" else [
+        image[:200, :200].copy(), np.asarray(Image.fromarray(image).resize((1280, 320))), image]
+    prompt = "Please segment the person."
+    forcing = _forcing(model, images, prompt, [2, 0, 1])
+    singles = [model.answer([img], prompt, logits_processor=[forcing]) for img in images]
+    counter = RowCounter()
+    batch = model.answer_batch(images, prompt, logits_processor=[forcing, counter], batch_size=None)
+    assert counter.batches() == [3]  # one generate call for the three requests
+    assert [len(a.seg_states) for a in batch] == [2, 0, 1]
+    for one, many in zip(singles, batch):
+        assert torch.equal(one.token_ids, many.token_ids)
+        assert (one.raw_text, one.text, one.phrases) == (many.raw_text, many.text, many.phrases)
+        for a, b in zip(one.seg_states, many.seg_states):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
+
+
+def test_answer_batch_bounds_the_rows_per_generate_call(model_factory, image):
+    model = model_factory("qwen3_vl")
+    images = _images(image)
+    counter = RowCounter()
+    answers = model.answer_batch(images, "Segment it.", max_new_tokens=4, logits_processor=[counter], batch_size=2)
+    assert counter.batches() == [2, 1] and len(answers) == 3
+    with pytest.raises(sa2va.InputError, match="generate_batch_size"):
+        model.answer_batch(images, "Segment it.", batch_size=0)
+    with pytest.raises(sa2va.InputError, match="one prompt per image"):
+        model.answer_batch(images, ["a", "b"])
+

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from . import keymap
+from .cache import EncoderCache, content_key
 from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
@@ -77,10 +78,13 @@ class Prediction:
 class Sa2VAModel:
     """A loaded Sa2VA model: native vision-language model + [SEG] projection + SAM2 grounding head.
 
-    Build it with :func:`load_model`. It holds no per-call state, so one instance serves many predictions."""
+    Build it with :func:`load_model`. It holds no per-call state but :attr:`encoder_cache` (:mod:`sa2va.cache`):
+    the SAM2 image features and the vision tower's image embeddings of recent images, by content, so a second prompt
+    on an image skips both encoders. One instance serves many predictions, from several callers."""
 
     def __init__(self, folder: Path, config: dict, adapter: FamilyAdapter, vlm: torch.nn.Module, processor,
-                 projection: torch.nn.Module, grounding: GroundingHead, options: LoadOptions) -> None:
+                 projection: torch.nn.Module, grounding: GroundingHead, options: LoadOptions,
+                 encoder_cache: EncoderCache | None = None) -> None:
         self.folder = folder
         self.config = config
         self.adapter = adapter
@@ -91,6 +95,9 @@ class Sa2VAModel:
         self.grounding = grounding
         self.options = options
         self.seg_id: int = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        #: encoder outputs by image content, bytes-bounded LRU (``encoder_cache.limit_bytes``; 0 turns it off)
+        self.encoder_cache = encoder_cache if encoder_cache is not None else EncoderCache()
+        self.adapter.cache_image_features(vlm, self.encoder_cache)
 
     @property
     def family(self) -> str:
@@ -203,22 +210,37 @@ class Sa2VAModel:
                         encode_batch_size: int | None = None) -> list[torch.Tensor]:
         """Probabilities ``[N_i, H_i, W_i]`` for each image and its [SEG] states.
 
-        The SAM2 image encoder runs once per image that has at least one state, batched over up to
-        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call."""
+        The SAM2 image encoder runs once per distinct image (by content) that has at least one state and is not in
+        :attr:`encoder_cache`, batched over up to ``encode_batch_size`` such images (all at once when None); the
+        masks of each image are decoded in one call."""
         images = [to_pil(image) for image in images]
         head = self.grounding
         out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
-        wanted = [i for i, s in enumerate(seg_states) if s]
-        step = encode_batch_size or max(len(wanted), 1)
-        for start in range(0, len(wanted), step):
-            chunk = wanted[start:start + step]
-            features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
-            for j, i in enumerate(chunk):
-                embeddings = self.seg_embeddings(seg_states[i])
-                single = features if len(chunk) == 1 else features.select(j)
-                low = head.image_logits(single, embeddings)
+        keys = {i: self.sam2_key(images[i]) for i, states in enumerate(seg_states) if states}
+        distinct = list(dict.fromkeys(keys.values()))
+        first = {key: next(i for i in keys if keys[i] == key) for key in distinct}
+        cache = self.encoder_cache
+        step = encode_batch_size or max(len(distinct), 1)
+        for start in range(0, len(distinct), step):
+            chunk = distinct[start:start + step]
+            features = {key: cache.get(key) for key in chunk}
+            todo = [key for key in chunk if features[key] is None]
+            if todo:
+                encoded = head.encode(sam2_pixels([images[first[key]] for key in todo], head.image_size))
+                for j, key in enumerate(todo):
+                    features[key] = encoded if len(todo) == 1 else encoded.select(j)
+                    if cache.enabled:
+                        cache.put(key, features[key] if len(todo) == 1 else features[key].clone())
+            for i in (i for i in keys if keys[i] in features):
+                low = head.image_logits(features[keys[i]], self.seg_embeddings(seg_states[i]))
                 out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
         return out
+
+    def sam2_key(self, image: Image.Image) -> str:
+        """The :attr:`encoder_cache` key of an image's SAM2 features: its pixels, mode and size, the encoder's input
+        size, and the weights' device and dtype (and compile backend, which may round differently)."""
+        head = self.grounding
+        return content_key("sam2", image, head.image_size, head.device, head.dtype, head.compiled)
 
     # ------------------------------------------------------------------------------------------- predictions
     @torch.inference_mode()
@@ -404,13 +426,16 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | str | None = torch.bfloat16, quantization: str | None = None,
-               attn_implementation: str | None = None, compile_sam2: bool | str = False) -> Sa2VAModel:
+               attn_implementation: str | None = None, compile_sam2: bool | str = False,
+               encoder_cache_mb: float | None = None) -> Sa2VAModel:
     """Load a Sa2VA model folder in the release format onto ``device``.
 
     dtype: a torch dtype, a name of :data:`DTYPES` ("bf16", ...), or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
     (bitsandbytes; the language model only). attn_implementation: None means "sdpa"; "eager" for exact parity.
     compile_sam2: wrap the SAM2 image encoder in ``torch.compile`` (True for the default inductor backend, or a
     backend name); opt-in, worth it on CUDA for many images, as the first call compiles for minutes.
+    encoder_cache_mb: byte limit of :attr:`Sa2VAModel.encoder_cache` in MiB (None: ``$SA2VA_ENCODER_CACHE_MB``, else
+    :data:`sa2va.cache.DEFAULT_CACHE_MB`; 0 turns the cache off).
     Never downloads: use :mod:`sa2va.download` for that."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -426,6 +451,10 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     if not isinstance(compile_sam2, (bool, str)) or compile_sam2 == "":
         raise InputError(f"compile_sam2 must be False, True or a torch.compile backend name such as 'inductor', "
                          f"got {compile_sam2!r}.")
+    if encoder_cache_mb is not None and (isinstance(encoder_cache_mb, bool) or
+                                         not isinstance(encoder_cache_mb, (int, float)) or encoder_cache_mb < 0):
+        raise InputError(f"encoder_cache_mb must be a number of MiB >= 0 (0 turns the cache off), got "
+                         f"{encoder_cache_mb!r}.")
     require_transformers()
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
@@ -440,4 +469,5 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     vlm = adapter.load_vlm(folder, config, index, options)
     logger.info("Loaded %s (%s) on %s as %s%s", folder.name, family, device, dtype,
                 f", {quantization}" if quantization else "")
-    return Sa2VAModel(folder, config, adapter, vlm, processor, projection, grounding, options)
+    cache = EncoderCache(None if encoder_cache_mb is None else int(encoder_cache_mb * 2**20))
+    return Sa2VAModel(folder, config, adapter, vlm, processor, projection, grounding, options, cache)

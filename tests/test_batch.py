@@ -145,3 +145,81 @@ def test_answer_batch_bounds_the_rows_per_generate_call(model_factory, image):
     with pytest.raises(sa2va.InputError, match="one prompt per image"):
         model.answer_batch(images, ["a", "b"])
 
+
+def test_predict_batch_takes_one_prompt_per_image_and_encodes_each_image_once(model_factory, image):
+    model = model_factory("qwen3_vl")
+    images = [image, image, _images(image)[1]]
+    prompts = ["Please segment the person.", "Please segment the red box and the green disc in this picture now.",
+               "Please segment the person."]
+    forcing = _forcing(model, images, prompts, [1, 2, 1])
+    singles = [model.predict(img, text, logits_processor=[forcing]) for img, text in zip(images, prompts)]
+    seen, handle = _encoder_batches(model)
+    model.encoder_cache.clear()
+    try:
+        batch = model.predict_batch(images, prompts, logits_processor=[forcing], generate_batch_size=3)
+    finally:
+        handle.remove()
+    assert seen == [2]  # the image shown twice is encoded once
+    for one, many in zip(singles, batch):
+        assert torch.equal(one.token_ids, many.token_ids)
+        assert torch.allclose(one.masks, many.masks, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "internvl"])
+def test_a_second_prompt_on_the_same_image_skips_both_encoders(model_factory, family_name, image):
+    model = model_factory(family_name)
+    model.encoder_cache.clear()
+    vision_calls, sam2_calls = [], []
+    tower = model.vlm.model.vision_tower if family_name == "internvl" else model.vlm.model.visual
+    hooks = [tower.register_forward_hook(lambda m, a, o: vision_calls.append(1)),
+             model.grounding.model.vision_encoder.backbone.patch_embed.register_forward_hook(
+                 lambda m, a, o: sam2_calls.append(1))]
+    prompts = ["Please segment the person.", "Please segment the red box."]
+    try:
+        first = [model.predict(image, text, max_new_tokens=12) for text in prompts]
+        assert (len(vision_calls), len(sam2_calls)) == (1, 1)  # the second prompt hit both caches
+        assert model.encoder_cache.hits >= 2  # one SAM2 entry, one vision entry per image (Qwen) or tile (InternVL)
+        other = image[::-1].copy()  # other content: both encoders run again
+        model.predict(other, prompts[0], max_new_tokens=12)
+        assert (len(vision_calls), len(sam2_calls)) == (2, 2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    limit = model.encoder_cache.limit_bytes
+    model.encoder_cache.limit_bytes = 0  # off: the same predictions without the cache
+    try:
+        again = [model.predict(image, text, max_new_tokens=12) for text in prompts]
+    finally:
+        model.encoder_cache.limit_bytes = limit
+    for cached, plain in zip(first, again):
+        assert torch.equal(cached.token_ids, plain.token_ids)
+        assert torch.equal(cached.masks, plain.masks)
+
+
+def test_the_encoder_cache_is_bounded_in_bytes_and_least_recently_used():
+    from sa2va.cache import EncoderCache, content_key
+
+    cache = EncoderCache(limit_bytes=3 * 400)
+    tensors = {name: torch.full((100,), float(i)) for i, name in enumerate("abcd")}  # 400 bytes each
+    for name in "abc":
+        cache.put(name, tensors[name])
+    assert cache.get("a") is tensors["a"]  # "a" is now the most recently used
+    cache.put("d", tensors["d"])
+    assert cache.get("b") is None and len(cache) == 3 and cache.nbytes == 1200
+    cache.put("huge", torch.zeros(1000))  # larger than the whole limit: never stored
+    assert cache.get("huge") is None and cache.nbytes == 1200
+    cache.limit_bytes = 400
+    assert len(cache) == 1 and cache.get("d") is tensors["d"]
+    same = np.zeros((4, 4, 3), np.uint8)
+    assert content_key(Image.fromarray(same)) == content_key(Image.fromarray(same.copy()))
+    assert content_key(Image.fromarray(same)) != content_key(Image.fromarray(same + 1))
+    assert content_key(torch.zeros(4)) != content_key(torch.zeros(2, 2))  # shape is part of the key
+
+
+def test_load_model_takes_the_cache_limit(checkpoint_factory, monkeypatch):
+    with pytest.raises(sa2va.InputError, match="encoder_cache_mb"):
+        sa2va.load_model(checkpoint_factory("qwen3_vl"), dtype="fp32", encoder_cache_mb=-1)
+    monkeypatch.setenv("SA2VA_ENCODER_CACHE_MB", "3")
+    from sa2va.cache import EncoderCache
+
+    assert EncoderCache().limit_bytes == 3 * 2**20

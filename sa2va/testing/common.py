@@ -280,7 +280,7 @@ class ForceByPromptLength:
             length = input_ids.shape[1] - pad
             prompt = max((p for p in self.schedules if p <= length), default=None)
             if prompt is None:
-                raise ValueError(f"row {row}: no schedule for a prompt of at most {length} tokens")
+                raise ValueError(f"unknown prompt: row {row} has no schedule for a prompt of at most {length} tokens")
             answer = self.schedules[prompt]
             forced[row, answer[min(length - prompt, len(answer) - 1)]] = 0
         return forced

@@ -143,7 +143,9 @@ class Sa2VAHandle:
             comfy.free_memory(activation_bytes, self.device)
 
     def release_vram(self) -> None:
-        """Move an unquantised model off the GPU now (a quantised one cannot move: only the cache is emptied)."""
+        """Move an unquantised model off the GPU now (a quantised one cannot move: only the cache is emptied); the
+        model's encoder cache (sa2va/cache.py) is emptied either way."""
+        self.model.encoder_cache.clear()
         if self.patcher is not None:
             comfy.unload_patcher(self.patcher)
         else:

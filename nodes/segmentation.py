@@ -11,9 +11,10 @@ import logging
 import torch
 
 from ..sa2va import catalog
-from ..sa2va.errors import InputError
+from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
 from ..sa2va.masks import draw_labels, overlay
+from ..sa2va.model import DEFAULT_GENERATE_BATCH
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
                      MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, as_segmentation_request, model_socket, refine_inputs,
@@ -99,17 +100,21 @@ class Sa2VASegmentation(comfy.NodeBase):
         handle = handle_for(model, model_name)
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
         rgb = sanitize(image)
-        bar = comfy.Progress(batch * max_new_tokens, "Sa2VA")
-        predictions = []
+        calls = -(-batch // DEFAULT_GENERATE_BATCH)  # batched generate calls (sa2va.model.DEFAULT_GENERATE_BATCH)
+        bar = comfy.Progress(calls * max_new_tokens, "Sa2VA")
         try:
-            for i in range(batch):
+            comfy.throw_if_interrupted()
+            handle.prepare()
+            try:
+                predictions = handle.model.predict_batch(
+                    [to_uint8(rgb[i]) for i in range(batch)], prompt, max_new_tokens=max_new_tokens,
+                    stopping_criteria=[TokenProgress(bar, 0)], generate_batch_size=DEFAULT_GENERATE_BATCH,
+                    cancelled=comfy.interrupted)
+            except Cancelled:
                 comfy.throw_if_interrupted()
-                handle.prepare()
-                predictions.append(handle.model.predict(
-                    to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
-                    stopping_criteria=[TokenProgress(bar, i * max_new_tokens)]))
-                comfy.throw_if_interrupted()
-                bar.set((i + 1) * max_new_tokens)
+                raise
+            comfy.throw_if_interrupted()
+            bar.set(calls * max_new_tokens)
             refined = refine_batch(rgb, [p.masks for p in predictions], settings)
         finally:
             bar.close()

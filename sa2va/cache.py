@@ -94,6 +94,7 @@ class EncoderCache:
         self._lock = threading.Lock()
         self._limit = default_limit_bytes() if limit_bytes is None else int(limit_bytes)
         self.nbytes = 0
+        self._device: torch.device | None = None
         self.hits = 0
         self.misses = 0
 
@@ -136,6 +137,15 @@ class EncoderCache:
             self._entries[key] = (value, size)
             self.nbytes += size
             self._evict()
+
+    def bind(self, device: torch.device) -> None:
+        """Note the device the model now runs on; entries made on another device are dropped (a model moved off the
+        GPU and back must not keep GPU memory for stale entries)."""
+        with self._lock:
+            if self._device != device:
+                self._entries.clear()
+                self.nbytes = 0
+                self._device = device
 
     def clear(self) -> None:
         """Drop every entry (the memory goes back once no result refers to it)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from .cache import EncoderCache, content_key
 from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
-from .errors import InputError, ModelFolderError
+from .errors import Cancelled, InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
@@ -130,13 +131,16 @@ class Sa2VAModel:
     @torch.inference_mode()
     def answer_batch(self, images: list, prompts: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      logits_processor=None, stopping_criteria=None,
-                     batch_size: int | None = DEFAULT_GENERATE_BATCH) -> list[Answer]:
+                     batch_size: int | None = DEFAULT_GENERATE_BATCH,
+                     cancelled: Callable[[], bool] | None = None) -> list[Answer]:
         """One :class:`~sa2va.answer.Answer` per image: ``prompts[i]`` (or the one ``prompt``) about ``images[i]``.
 
         Requests are generated together, up to ``batch_size`` per ``generate`` call (None: all at once), left-padded,
         with every row's [SEG] states collected; ids are those of :meth:`answer` one request at a time and the
         states equal up to float rounding (docs/performance.md). ``logits_processor`` and ``stopping_criteria`` see
-        the whole batch ``[rows, length]`` (rows padded on the left with the tokenizer's pad id)."""
+        the whole batch ``[rows, length]`` (rows padded on the left with the tokenizer's pad id). ``cancelled()`` is
+        polled before each ``generate`` call and raises :class:`~sa2va.errors.Cancelled` when it returns True (a
+        stopping criterion ends the call in progress)."""
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             raise InputError(f"Give one prompt, or one prompt per image: got {len(prompts)} prompts for "
@@ -148,6 +152,8 @@ class Sa2VAModel:
         step = batch_size or max(len(images), 1)
         answers: list[Answer] = []
         for start in range(0, len(images), step):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"Generation was cancelled after {start} of {len(images)} requests.")
             rows = [self.prompt_inputs([image], prompt) for image, prompt in
                     zip(images[start:start + step], prompts[start:start + step])]
             inputs = rows[0] if len(rows) == 1 else left_pad(rows, self.pad_id)
@@ -173,6 +179,7 @@ class Sa2VAModel:
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                       eos_token_id=eos, pad_token_id=self.pad_id)
         device = next(self.vlm.parameters()).device
+        self.encoder_cache.bind(device)
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         try:
             sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
@@ -220,6 +227,7 @@ class Sa2VAModel:
         distinct = list(dict.fromkeys(keys.values()))
         first = {key: next(i for i in keys if keys[i] == key) for key in distinct}
         cache = self.encoder_cache
+        cache.bind(next(self.vlm.parameters()).device)
         step = encode_batch_size or max(len(distinct), 1)
         for start in range(0, len(distinct), step):
             chunk = distinct[start:start + step]
@@ -263,7 +271,8 @@ class Sa2VAModel:
     def predict_batch(self, images, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       logits_processor=None, stopping_criteria=None,
                       encode_batch_size: int | None = DEFAULT_ENCODE_BATCH,
-                      generate_batch_size: int | None = DEFAULT_GENERATE_BATCH) -> list[Prediction]:
+                      generate_batch_size: int | None = DEFAULT_GENERATE_BATCH,
+                      cancelled: Callable[[], bool] | None = None) -> list[Prediction]:
         """:meth:`predict` for a batch of images; returns one :class:`Prediction` per image.
 
         images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array; prompt: one prompt for
@@ -272,7 +281,9 @@ class Sa2VAModel:
         :meth:`predict`, masks equal within 1e-5); the SAM2 image encoder then runs once per distinct image whose
         answer has [SEG] (in groups of ``encode_batch_size``, None for one group: each image in a group costs about
         0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are decoded in one call.
-        ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate`` and see the batch's rows."""
+        ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate`` and see the batch's rows;
+        ``cancelled()`` is polled before each ``generate`` call and before the masks (raises
+        :class:`~sa2va.errors.Cancelled`)."""
         for text in ([prompt] if isinstance(prompt, str) else prompt):
             check_request(text, max_new_tokens)
         if encode_batch_size is not None and (not isinstance(encode_batch_size, int) or encode_batch_size < 1):
@@ -282,7 +293,9 @@ class Sa2VAModel:
                              "image.")
         pils = [to_pil(image) for image in images]
         answers = self.answer_batch(pils, prompt, max_new_tokens, logits_processor, stopping_criteria,
-                                    batch_size=generate_batch_size)
+                                    batch_size=generate_batch_size, cancelled=cancelled)
+        if cancelled is not None and cancelled():
+            raise Cancelled(f"Segmentation was cancelled after the answers to {len(pils)} requests.")
         masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size)
         return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
 

@@ -38,7 +38,8 @@ def _forcing(model, images, prompt, seg_counts):
 
 
 def _encoder_batches(model):
-    """Records the batch size of every SAM2 image-encoder pass."""
+    """Records the batch size of every SAM2 image-encoder pass (the encoder cache is emptied first)."""
+    model.encoder_cache.clear()
     seen = []
     patch_embed = model.grounding.model.vision_encoder.backbone.patch_embed
     handle = patch_embed.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
@@ -154,7 +155,6 @@ def test_predict_batch_takes_one_prompt_per_image_and_encodes_each_image_once(mo
     forcing = _forcing(model, images, prompts, [1, 2, 1])
     singles = [model.predict(img, text, logits_processor=[forcing]) for img, text in zip(images, prompts)]
     seen, handle = _encoder_batches(model)
-    model.encoder_cache.clear()
     try:
         batch = model.predict_batch(images, prompts, logits_processor=[forcing], generate_batch_size=3)
     finally:

@@ -303,13 +303,13 @@ def test_seg_state_is_the_final_norm_output(model, image):
     seg, end = (model.tokenizer.convert_tokens_to_ids(t) for t in ("[SEG]", "<|im_end|>"))
     answer = ids(model, "It is") + [seg] + ids(model, " and") + [seg, end]
     captured = {}
-    original = model._masks
-    model._masks = lambda images, states: (captured.setdefault("states", torch.stack(states)),
-                                           original(images, states))[1]
+    original = model.masks_for
+    model.masks_for = lambda image, states: (captured.setdefault("states", torch.stack(states)),
+                                             original(image, states))[1]
     try:
         pred = forced(model, image, "Segment it.", answer)
     finally:
-        del model._masks
+        del model.masks_for
     assert pred.token_ids.tolist() == answer and pred.masks.shape[0] == 2
     assert model.adapter.seg_state == "post_norm"
     inputs = model.adapter.build_inputs(model.processor, [Image.fromarray(image)], "Segment it.")

@@ -26,7 +26,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-#: default byte limit in MiB: about 24 full-size images (SAM2 features ~20 MB and Qwen3-VL-4B embeddings ~6 MB each)
+#: default byte limit in MiB: about 15 full-size images (SAM2 features ~20 MB in fp32, ~10 MB in bf16, and Qwen3-VL-4B
+#: embeddings with their deepstack levels ~21 MB in bf16, each)
 DEFAULT_CACHE_MB = 512
 CACHE_ENV = "SA2VA_ENCODER_CACHE_MB"
 

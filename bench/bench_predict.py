@@ -9,7 +9,8 @@ full-size SAM2 Hiera-L at 1024 px and a tiny language model, so the time is the 
 language model's. Decoding is forced (``sa2va.testing.ForceTokens``) to ``Sure, it is [SEG] ... it is [SEG].``
 with exactly N [SEG].
 
-"ours" is ``Sa2VAModel.predict``. "baseline" follows the reference (``predict_forward`` of ByteDance's Sa2VA code,
+"ours" is ``Sa2VAModel.predict`` with its encoder cache emptied before every run (every run encodes the image
+again, as a new image would). "baseline" follows the reference (``predict_forward`` of ByteDance's Sa2VA code,
 docs/design.md, "The reference algorithm") step by step on the same transformers modules and weights:
 
 1. ``generate(..., output_hidden_states=True, return_dict_in_generate=True)``: every layer's hidden states of every
@@ -72,6 +73,7 @@ def prompt_length(model, image) -> int:
 
 
 def ours(model, image, forced: list[int], length: int):
+    model.encoder_cache.clear()  # a cold prediction: nothing served from the encoder cache of the previous run
     pred = model.predict(image, PROMPT, logits_processor=[ForceTokens(length, forced)])
     return pred.token_ids, pred.masks
 

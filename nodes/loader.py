@@ -177,7 +177,9 @@ class Sa2VAHandle:
 
     def release_vram(self) -> None:
         """``clean_vram_after``: move an unquantised model off the GPU now; drop a quantised one (reloaded on the
-        next use)."""
+        next use). The model's encoder cache (sa2va/cache.py) is emptied either way."""
+        if self.model is not None:
+            self.model.encoder_cache.clear()
         if self.quantization is None:
             comfy.unload_patcher(self.patcher)
         elif self.patcher is not None:

@@ -14,11 +14,11 @@ from ..sa2va import catalog
 from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
 from ..sa2va.masks import draw_labels, overlay
+from ..sa2va.model import DEFAULT_GENERATE_BATCH, DTYPES
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
-                     MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket, refine_inputs,
-                     refine_settings, sanitize, to_uint8)
-from ..sa2va.model import DTYPES
+                     MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket,
+                     refine_inputs, refine_settings, sanitize, to_uint8)
 from .loader import QUANTIZATIONS, Sa2VAHandle, load_handle, model_choices
 from .refine import MATTER_SLOT, refine_batch
 
@@ -142,21 +142,22 @@ class Sa2VASegmentation(comfy.NodeBase):
                             node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
         rgb = sanitize(image)
-        bar = comfy.Progress(batch * max_new_tokens, "Sa2VA")
-        predictions = []
+        calls = -(-batch // DEFAULT_GENERATE_BATCH)  # batched generate calls (sa2va.model.DEFAULT_GENERATE_BATCH)
+        bar = comfy.Progress(calls * max_new_tokens, "Sa2VA")
         try:
-            for i in range(batch):
+            comfy.throw_if_interrupted()
+            rows = min(batch, DEFAULT_GENERATE_BATCH)  # requests generated together: their activations add up
+            handle.prepare(rows * handle.activation_bytes(height, width, max_new_tokens))
+            try:
+                predictions = handle.model.predict_batch(
+                    [to_uint8(rgb[i]) for i in range(batch)], prompt, max_new_tokens=max_new_tokens,
+                    stopping_criteria=[TokenProgress(bar, 0)], generate_batch_size=DEFAULT_GENERATE_BATCH,
+                    cancelled=comfy.interrupted)
+            except Cancelled:
                 comfy.throw_if_interrupted()
-                handle.prepare(handle.activation_bytes(height, width, max_new_tokens))
-                try:
-                    predictions.append(handle.model.predict(
-                        to_uint8(rgb[i]), prompt, max_new_tokens=max_new_tokens,
-                        stopping_criteria=[TokenProgress(bar, i * max_new_tokens)], cancelled=comfy.interrupted))
-                except Cancelled:
-                    comfy.throw_if_interrupted()
-                    raise
-                comfy.throw_if_interrupted()
-                bar.set((i + 1) * max_new_tokens)
+                raise
+            comfy.throw_if_interrupted()
+            bar.set(calls * max_new_tokens)
             refined = refine_batch(rgb, [p.masks for p in predictions], settings)
         finally:
             bar.close()

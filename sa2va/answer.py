@@ -31,26 +31,37 @@ class Answer:
 
 
 class SegStateCollector:
-    """Keeps the final-layer hidden state of each decoding step whose *input* token is [SEG].
+    """Keeps the final-layer hidden state of each decoding step whose *input* token is [SEG], row by row.
 
-    A forward hook on the final norm stores the last position's state of the current step (pre-norm input or
-    post-norm output); a logits processor, which runs after that forward and sees the ids fed so far, keeps the
-    stored state when the last fed id is [SEG]. Scores pass through unchanged. Call :meth:`remove` when done."""
+    A forward hook on the final norm stores the last position's state of every row of the current step (pre-norm
+    input or post-norm output); a logits processor, which runs after that forward and sees the ids fed so far, keeps
+    a row's stored state when that row's last fed id is [SEG]. With left padding the last position is a real token
+    of every row, so batched generation works unchanged. Scores pass through unchanged. Call :meth:`remove` when
+    done."""
 
     def __init__(self, norm: torch.nn.Module, seg_id: int, pre_norm: bool) -> None:
         self.seg_id = seg_id
         self.pre_norm = pre_norm
         self.current: torch.Tensor | None = None
-        self.states: list[torch.Tensor] = []
+        #: one list of states per batch row, in answer order
+        self.rows: list[list[torch.Tensor]] = []
         self.handle = norm.register_forward_hook(self._hook)
+
+    @property
+    def states(self) -> list[torch.Tensor]:
+        """The states of row 0 (the only row of an unbatched ``generate``)."""
+        return self.rows[0] if self.rows else []
 
     def _hook(self, module, inputs, output) -> None:
         tensor = inputs[0] if self.pre_norm else output
-        self.current = tensor[0, -1].detach()
+        self.current = tensor[:, -1].detach()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if int(input_ids[0, -1]) == self.seg_id and self.current is not None:
-            self.states.append(self.current)
+        while len(self.rows) < input_ids.shape[0]:
+            self.rows.append([])
+        if self.current is not None:
+            for row in torch.nonzero(input_ids[:, -1] == self.seg_id).flatten().tolist():
+                self.rows[row].append(self.current[row])
         return scores
 
     def remove(self) -> None:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from . import keymap
+from .cache import EncoderCache, content_key
 from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 2048
 #: images per SAM2 encoder call in predict_batch (bounds activation memory, ~0.4 GB per image at fp32 on CPU)
 DEFAULT_ENCODE_BATCH = 8
+#: requests per batched ``generate`` call in answer_batch / predict_batch (bounds the KV cache and the prefill)
+DEFAULT_GENERATE_BATCH = 4
 MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
 #: the dtype names the CLI, the nodes and the benchmarks offer; "auto" is :func:`default_dtype` of the device
 DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16,
@@ -122,10 +125,13 @@ class Prediction:
 class Sa2VAModel:
     """A loaded Sa2VA model: native vision-language model + [SEG] projection + SAM2 grounding head.
 
-    Build it with :func:`load_model`. It holds no per-call state, so one instance serves many predictions."""
+    Build it with :func:`load_model`. It holds no per-call state but :attr:`encoder_cache` (:mod:`sa2va.cache`):
+    the SAM2 image features and the vision tower's image embeddings of recent images, by content, so a second prompt
+    on an image skips both encoders. One instance serves many predictions, from several callers."""
 
     def __init__(self, folder: Path, config: dict, adapter: FamilyAdapter, vlm: torch.nn.Module, processor,
-                 projection: torch.nn.Module, grounding: GroundingHead, options: LoadOptions) -> None:
+                 projection: torch.nn.Module, grounding: GroundingHead, options: LoadOptions,
+                 encoder_cache: EncoderCache | None = None) -> None:
         self.folder = folder
         self.config = config
         self.adapter = adapter
@@ -136,6 +142,9 @@ class Sa2VAModel:
         self.grounding = grounding
         self.options = options
         self.seg_id: int = self.tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+        #: encoder outputs by image content, bytes-bounded LRU (``encoder_cache.limit_bytes``; 0 turns it off)
+        self.encoder_cache = encoder_cache if encoder_cache is not None else EncoderCache()
+        self.adapter.cache_image_features(vlm, self.encoder_cache)
 
     @property
     def family(self) -> str:
@@ -205,6 +214,49 @@ class Sa2VAModel:
         once per generated token). A "[SEG]" typed in the prompt never requests a mask."""
         check_request(prompt, max_new_tokens)
         inputs = self.prompt_inputs(images, prompt, regions=regions)
+        return self._generate(inputs, 1, max_new_tokens, logits_processor, stopping_criteria)[0]
+
+    @torch.inference_mode()
+    def answer_batch(self, images: list, prompts: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     logits_processor=None, stopping_criteria=None,
+                     batch_size: int | None = DEFAULT_GENERATE_BATCH,
+                     cancelled: Callable[[], bool] | None = None) -> list[Answer]:
+        """One :class:`~sa2va.answer.Answer` per image: ``prompts[i]`` (or the one ``prompt``) about ``images[i]``.
+
+        Requests are generated together, up to ``batch_size`` per ``generate`` call (None: all at once), left-padded,
+        with every row's [SEG] states collected; ids are those of :meth:`answer` one request at a time and the
+        states equal up to float rounding (docs/performance.md). ``logits_processor`` and ``stopping_criteria`` see
+        the whole batch ``[rows, length]`` (rows padded on the left with the tokenizer's pad id). ``cancelled()`` is
+        polled before each ``generate`` call and raises :class:`~sa2va.errors.Cancelled` when it returns True (a
+        stopping criterion ends the call in progress)."""
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(images):
+            raise InputError(f"Give one prompt, or one prompt per image: got {len(prompts)} prompts for "
+                             f"{len(images)} images.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"generate_batch_size must be a positive integer or None, got {batch_size!r}.")
+        for prompt in prompts:
+            check_request(prompt, max_new_tokens)
+        step = batch_size or max(len(images), 1)
+        answers: list[Answer] = []
+        for start in range(0, len(images), step):
+            if cancelled is not None and cancelled():
+                raise Cancelled(f"Generation was cancelled after {start} of {len(images)} requests.")
+            rows = [self.prompt_inputs([image], prompt) for image, prompt in
+                    zip(images[start:start + step], prompts[start:start + step])]
+            inputs = rows[0] if len(rows) == 1 else left_pad(rows, self.pad_id)
+            answers += self._generate(inputs, len(rows), max_new_tokens, logits_processor, stopping_criteria)
+        return answers
+
+    @property
+    def pad_id(self) -> int:
+        """The id batched generation pads prompts with (on the left) and ends finished rows with."""
+        eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
+
+    def _generate(self, inputs: dict, rows: int, max_new_tokens: int, logits_processor,
+                  stopping_criteria) -> list[Answer]:
+        """Greedy ``generate`` on prepared (possibly left-padded) inputs of ``rows`` requests; one answer per row."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         collector = SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
@@ -213,19 +265,28 @@ class Sa2VAModel:
         processors.append(collector)
         eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos[0])
+                                      eos_token_id=eos, pad_token_id=self.pad_id)
         device = next(self.vlm.parameters()).device
+        self.encoder_cache.bind(device)
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         try:
             sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
                                           stopping_criteria=StoppingCriteriaList(list(stopping_criteria or [])))
         finally:
             collector.remove()
-        generated = sequences[0, inputs["input_ids"].shape[1]:].cpu()
+        generated = sequences[:, inputs["input_ids"].shape[1]:].cpu()
         del inputs, sequences
-        raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
-        return Answer(token_ids=generated, raw_text=raw_text, text=clean_text(self.tokenizer, generated),
-                      seg_states=collector.states, phrases=phrases_for(raw_text, len(collector.states)))
+        answers = []
+        for row in range(rows):
+            ids = generated[row]
+            if rows > 1:  # a row that ended early is padded after its end token: cut there, as generate alone stops
+                ends = torch.nonzero(torch.isin(ids, torch.tensor(eos))).flatten()
+                ids = ids[:int(ends[0]) + 1] if len(ends) else ids
+            states = collector.rows[row] if row < len(collector.rows) else []
+            raw_text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
+            answers.append(Answer(token_ids=ids, raw_text=raw_text, text=clean_text(self.tokenizer, ids),
+                                  seg_states=states, phrases=phrases_for(raw_text, len(states))))
+        return answers
 
     def seg_embeddings(self, seg_states: list[torch.Tensor]) -> torch.Tensor:
         """SAM2 prompt tokens ``[N, 256]`` (on the grounding head's device, in the projection's dtype) for N
@@ -247,26 +308,42 @@ class Sa2VAModel:
                         cancelled: Callable[[], bool] | None = None) -> list[torch.Tensor]:
         """Probabilities ``[N_i, H_i, W_i]`` for each image and its [SEG] states.
 
-        The SAM2 image encoder runs once per image that has at least one state, batched over up to
-        ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call.
-        ``cancelled()`` is polled before every encoder call and every image's decoding; when it returns True,
-        :class:`~sa2va.errors.Cancelled` is raised and no further stage starts."""
+        The SAM2 image encoder runs once per distinct image (by content) that has at least one state and is not in
+        :attr:`encoder_cache`, batched over up to ``encode_batch_size`` such images (all at once when None); the
+        masks of each image are decoded in one call. ``cancelled()`` is polled before every encoder call and every
+        image's decoding; when it returns True, :class:`~sa2va.errors.Cancelled` is raised and no further stage
+        starts."""
         images = [to_pil(image) for image in images]
         head = self.grounding
         out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
-        wanted = [i for i, s in enumerate(seg_states) if s]
-        step = encode_batch_size or max(len(wanted), 1)
-        for start in range(0, len(wanted), step):
-            chunk = wanted[start:start + step]
-            _stop_if_cancelled(cancelled, "the SAM2 image encoder")
-            features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
-            for j, i in enumerate(chunk):
+        keys = {i: self.sam2_key(images[i]) for i, states in enumerate(seg_states) if states}
+        distinct = list(dict.fromkeys(keys.values()))
+        first = {key: next(i for i in keys if keys[i] == key) for key in distinct}
+        cache = self.encoder_cache
+        cache.bind(next(self.vlm.parameters()).device)
+        step = encode_batch_size or max(len(distinct), 1)
+        for start in range(0, len(distinct), step):
+            chunk = distinct[start:start + step]
+            features = {key: cache.get(key) for key in chunk}
+            todo = [key for key in chunk if features[key] is None]
+            if todo:
+                _stop_if_cancelled(cancelled, "the SAM2 image encoder")
+                encoded = head.encode(sam2_pixels([images[first[key]] for key in todo], head.image_size))
+                for j, key in enumerate(todo):
+                    features[key] = encoded if len(todo) == 1 else encoded.select(j)
+                    if cache.enabled:
+                        cache.put(key, features[key] if len(todo) == 1 else features[key].clone())
+            for i in (i for i in keys if keys[i] in features):
                 _stop_if_cancelled(cancelled, "the SAM2 mask decoder")
-                embeddings = self.seg_embeddings(seg_states[i])
-                single = features if len(chunk) == 1 else features.select(j)
-                low = head.image_logits(single, embeddings)
+                low = head.image_logits(features[keys[i]], self.seg_embeddings(seg_states[i]))
                 out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
         return out
+
+    def sam2_key(self, image: Image.Image) -> str:
+        """The :attr:`encoder_cache` key of an image's SAM2 features: its pixels, mode and size, the encoder's input
+        size, and the weights' device and dtype (and compile backend, which may round differently)."""
+        head = self.grounding
+        return content_key("sam2", image, head.image_size, head.device, head.dtype, head.compiled)
 
     # ------------------------------------------------------------------------------------------- predictions
     @torch.inference_mode()
@@ -289,29 +366,32 @@ class Sa2VAModel:
         return Prediction.of(answer, self.masks_for(pil, answer.seg_states, cancelled=cancelled))
 
     @torch.inference_mode()
-    def predict_batch(self, images, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    def predict_batch(self, images, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       logits_processor=None, stopping_criteria=None,
                       encode_batch_size: int | None = DEFAULT_ENCODE_BATCH,
+                      generate_batch_size: int | None = DEFAULT_GENERATE_BATCH,
                       cancelled: Callable[[], bool] | None = None) -> list[Prediction]:
-        """:meth:`predict` for a batch of images with one prompt; returns one :class:`Prediction` per image.
+        """:meth:`predict` for a batch of images; returns one :class:`Prediction` per image.
 
-        images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array. The answers are
-        generated image by image (same results as :meth:`predict`); the SAM2 image encoder then runs once, batched
-        over the images whose answers have [SEG] (in groups of ``encode_batch_size``, None for one group: each image
-        in a group costs about 0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are
-        decoded in one call. ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate``;
-        ``cancelled()`` is polled before each image's answer and each SAM2 stage (:meth:`predict`)."""
-        check_request(prompt, max_new_tokens)
+        images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array; prompt: one prompt for
+        every image, or one per image (the same image may appear several times with different prompts). The answers
+        are generated in batches of up to ``generate_batch_size`` requests (:meth:`answer_batch`: same ids as
+        :meth:`predict`, masks equal within 1e-5); the SAM2 image encoder then runs once per distinct image whose
+        answer has [SEG] (in groups of ``encode_batch_size``, None for one group: each image in a group costs about
+        0.4 GB of activations at fp32 on the SAM2 encoder), and the masks of each image are decoded in one call.
+        ``logits_processor`` and ``stopping_criteria`` are passed to every ``generate`` and see the batch's rows;
+        ``cancelled()`` is polled before each ``generate`` call and before the masks (raises
+        :class:`~sa2va.errors.Cancelled`)."""
+        for text in ([prompt] if isinstance(prompt, str) else prompt):
+            check_request(text, max_new_tokens)
         if encode_batch_size is not None and (not isinstance(encode_batch_size, int) or encode_batch_size < 1):
             raise InputError(f"encode_batch_size must be a positive integer or None, got {encode_batch_size!r}.")
         if isinstance(images, (Image.Image, str)) or (isinstance(images, np.ndarray) and images.ndim != 4):
             raise InputError("predict_batch takes a list of images or a [B, H, W, 3] array; use predict for one "
                              "image.")
         pils = [to_pil(image) for image in images]
-        answers = []
-        for pil in pils:
-            _stop_if_cancelled(cancelled, "the next image")
-            answers.append(self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria))
+        answers = self.answer_batch(pils, prompt, max_new_tokens, logits_processor, stopping_criteria,
+                                    batch_size=generate_batch_size, cancelled=cancelled)
         _stop_if_cancelled(cancelled, "SAM2")
         masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size, cancelled=cancelled)
         return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
@@ -344,6 +424,26 @@ class Sa2VAModel:
         return segment_clip(self, source, prompt, options, max_new_tokens=max_new_tokens,
                             logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                             progress=progress, cancelled=cancelled)
+
+
+def left_pad(rows: list[dict], pad_id: int) -> dict:
+    """One batch of prompt inputs from several one-request inputs (each ``input_ids`` ``[1, P_i]``).
+
+    Token-aligned tensors (``input_ids``, ``attention_mask``, any ``[1, P_i]`` tensor) are padded on the left to the
+    longest prompt (``pad_id`` for the ids, 0 for the rest, so the attention mask is 0 over the padding) and stacked;
+    every other tensor (pixels, image grids) is concatenated along its first axis, in row order."""
+    length = max(int(r["input_ids"].shape[1]) for r in rows)
+    out: dict = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        if key == "inputs_embeds" or not all(torch.is_tensor(v) for v in values):
+            raise InputError(f"These inputs cannot be batched ({key}); run the requests one at a time.")
+        if all(v.ndim == 2 and v.shape == r["input_ids"].shape for v, r in zip(values, rows)):
+            fill = pad_id if key == "input_ids" else 0
+            out[key] = torch.cat([torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values])
+        else:
+            out[key] = torch.cat(values)
+    return out
 
 
 def _projection(hidden: int) -> torch.nn.Sequential:
@@ -436,13 +536,16 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | str | None = torch.bfloat16, quantization: str | None = None,
-               attn_implementation: str | None = None, compile_sam2: bool | str = False) -> Sa2VAModel:
+               attn_implementation: str | None = None, compile_sam2: bool | str = False,
+               encoder_cache_mb: float | None = None) -> Sa2VAModel:
     """Load a Sa2VA model folder in the release format onto ``device``.
 
     dtype: a torch dtype, a name of :data:`DTYPES` ("bf16", ...), or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
     (bitsandbytes; the language model only). attn_implementation: None means "sdpa"; "eager" for exact parity.
     compile_sam2: wrap the SAM2 image encoder in ``torch.compile`` (True for the default inductor backend, or a
     backend name); opt-in, worth it on CUDA for many images, as the first call compiles for minutes.
+    encoder_cache_mb: byte limit of :attr:`Sa2VAModel.encoder_cache` in MiB (None: ``$SA2VA_ENCODER_CACHE_MB``, else
+    :data:`sa2va.cache.DEFAULT_CACHE_MB`; 0 turns the cache off).
     Never downloads: use :mod:`sa2va.download` for that."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -458,6 +561,10 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     if not isinstance(compile_sam2, (bool, str)) or compile_sam2 == "":
         raise InputError(f"compile_sam2 must be False, True or a torch.compile backend name such as 'inductor', "
                          f"got {compile_sam2!r}.")
+    if encoder_cache_mb is not None and (isinstance(encoder_cache_mb, bool) or
+                                         not isinstance(encoder_cache_mb, (int, float)) or encoder_cache_mb < 0):
+        raise InputError(f"encoder_cache_mb must be a number of MiB >= 0 (0 turns the cache off), got "
+                         f"{encoder_cache_mb!r}.")
     require_transformers()
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
@@ -472,4 +579,5 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     vlm = adapter.load_vlm(folder, config, index, options)
     logger.info("Loaded %s (%s) on %s as %s%s", folder.name, family, device, dtype,
                 f", {quantization}" if quantization else "")
-    return Sa2VAModel(folder, config, adapter, vlm, processor, projection, grounding, options)
+    cache = EncoderCache(None if encoder_cache_mb is None else int(encoder_cache_mb * 2**20))
+    return Sa2VAModel(folder, config, adapter, vlm, processor, projection, grounding, options, cache)

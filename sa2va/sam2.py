@@ -96,6 +96,10 @@ class ImageFeatures:
         return ImageFeatures([f[index:index + 1] for f in self.high_res], self.top[:, index:index + 1],
                              self.position[:, index:index + 1], self.size)
 
+    def clone(self) -> "ImageFeatures":
+        """A copy that owns its memory (a :meth:`select` view keeps the whole batch alive)."""
+        return ImageFeatures([f.clone() for f in self.high_res], self.top.clone(), self.position.clone(), self.size)
+
 
 @dataclass
 class DecodeOutput:

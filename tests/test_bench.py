@@ -2,6 +2,8 @@
 
 Only correctness is checked here; timings come from running bench/bench_predict.py (docs/performance.md)."""
 import importlib
+import json
+import subprocess
 import sys
 
 import pytest
@@ -40,3 +42,24 @@ def test_check_same_rejects_different_masks(bench_predict):
         bench_predict.check_same(2, (ids, masks), (ids, masks + 1e-3))
     with pytest.raises(AssertionError, match="token ids differ"):
         bench_predict.check_same(2, (ids, masks), (ids + 1, masks))
+
+
+def test_gpu_check_plumbing_runs_on_a_tiny_geometry(checkpoint_factory, tmp_path):
+    """bench/gpu_check.py --tiny end to end (CPU: the quantised modes say they need CUDA)."""
+    out = tmp_path / "gpu.json"
+    folder = checkpoint_factory("qwen3_vl")
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--device", "cpu",
+                             "--folder", str(folder), "--budget-s", "120", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert json.loads(result.stdout) == summary
+    bf16, fp32 = summary["modes"]["bf16"], summary["modes"]["fp32"]
+    for key in ("load_s", "end_to_end_s", "prefill_tokens_per_s", "decode_tokens_per_s", "sam2_encoder_ms"):
+        assert isinstance(bf16[key], (int, float)) and bf16[key] > 0, (key, bf16[key])
+    assert bf16["prompt_tokens"] == fp32["prompt_tokens"] > 0
+    for key in ("video_frames_per_s", "batch2_images_per_s"):  # a number, or skipped for the budget
+        assert isinstance(bf16[key], (int, float)) or bf16[key] == "skipped: budget"
+    assert summary["modes"]["8bit"] == {"skipped": "bitsandbytes quantisation needs CUDA"}
+    agreement = summary["mask_agreement_vs_fp32"]["bf16"]
+    assert 0.9 <= agreement["iou"] <= 1.0 and 0 <= agreement["max_abs_dp"] < 0.2

@@ -45,7 +45,14 @@ def _force(handle, monkeypatch, text_ids):
         processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], text_ids)
         return original(image, prompt, logits_processor=[processor], **kwargs)
 
+    def predict_batch(images, prompt, **kwargs):
+        lengths = {model.prompt_inputs([image], prompt)["input_ids"].shape[1] for image in images}
+        processor = synthetic.ForceByPromptLength({n: text_ids for n in lengths}, model.pad_id)
+        return original_batch(images, prompt, logits_processor=[processor], **kwargs)
+
+    original_batch = model.predict_batch
     monkeypatch.setattr(model, "predict", predict)
+    monkeypatch.setattr(model, "predict_batch", predict_batch)
 
 
 def test_batch_outputs_are_aligned(handle, monkeypatch):
@@ -118,12 +125,14 @@ def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
 
     monkeypatch.setattr(comfy, "interrupted", interrupted)
     monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
-    tokens = []
-    original = handle.model.answer
-    monkeypatch.setattr(handle.model, "answer", lambda *a, **k: tokens.append(original(*a, **k)) or tokens[-1])
+    batches = []
+    original = handle.model.answer_batch
+    monkeypatch.setattr(handle.model, "answer_batch",
+                        lambda *a, **k: batches.append(original(*a, **k)) or batches[-1])
     with pytest.raises(comfy.Interrupted):
         segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
-    assert len(tokens) == 1 and tokens[0].token_ids.numel() <= 3
+    # the two images were generated together, both rows stopped within a token of the cancel, and no mask was made
+    assert len(batches) == 1 and len(batches[0]) == 2 and all(a.token_ids.numel() <= 3 for a in batches[0])
 
 
 def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(models_dir):

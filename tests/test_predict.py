@@ -63,6 +63,7 @@ def test_batched_decode_equals_per_seg_reference(model_factory, family, image):
 
 def test_image_encoder_runs_once_for_several_segs(model_factory, image):
     model = model_factory("qwen3_vl")
+    model.encoder_cache.clear()  # the image may have been encoded by an earlier test
     calls = []
     # the patch embedding runs once per encoder pass, on the fast path and on get_image_features alike
     patch_embed = model.grounding.model.vision_encoder.backbone.patch_embed

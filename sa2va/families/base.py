@@ -41,6 +41,10 @@ class FamilyAdapter(Protocol):
     def final_norm(self, vlm: torch.nn.Module) -> torch.nn.Module:
         """The language model's final norm, hooked to read the [SEG] hidden state."""
 
+    def cache_image_features(self, vlm: torch.nn.Module, cache) -> None:
+        """Make ``vlm`` serve its vision tower's per-image outputs from ``cache`` (a :class:`~sa2va.cache.
+        EncoderCache`) by content, with the same numbers as without it."""
+
     def hidden_size(self, config: dict) -> int:
         """Width of the language model's hidden state (input of the [SEG] projection)."""
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..cache import EncoderCache, cached_per_unit, content_key
 from ..checkpoint import ShardIndex, check_keys, check_shapes
 from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
@@ -479,6 +480,46 @@ class InternVLAdapter:
 
     def final_norm(self, vlm: torch.nn.Module) -> torch.nn.Module:
         return vlm.model.language_model.norm
+
+    def cache_image_features(self, vlm: torch.nn.Module, cache: EncoderCache) -> None:
+        """Serve the vision tower's per-tile features ``[256, H]`` from ``cache``, keyed by each 448-px tile's pixels
+        (tiles are encoded independently); the tower runs on the tiles it has not seen, alone when all are new (the
+        uncached call, unchanged)."""
+        inner = vlm.model
+        original = inner.get_image_features
+
+        def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
+                               **kwargs):
+            if not cache.enabled:
+                return original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+                                vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+            weight = inner.multi_modal_projector.linear_1.weight
+            keys = [content_key(self.name, "vision", tile, vision_feature_layer, vision_feature_select_strategy,
+                                weight.device, weight.dtype) for tile in pixel_values]
+            outputs = []
+
+            def compute(indices: list[int]) -> list[torch.Tensor]:
+                chosen = pixel_values if len(indices) == len(keys) else pixel_values[indices]
+                out = original(pixel_values=chosen, vision_feature_layer=vision_feature_layer,
+                               vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+                outputs.append(out)
+                return list(out.pooler_output.unbind(0))
+
+            values, all_new = cached_per_unit(cache, keys, compute)
+            if all_new:
+                return outputs[0]
+            out = outputs[0] if outputs else type(self).feature_output(torch.stack(values))
+            out.pooler_output = torch.stack(values)
+            return out
+
+        inner.get_image_features = get_image_features
+
+    @staticmethod
+    def feature_output(features: torch.Tensor):
+        """The output object of ``get_image_features`` holding ``features`` as its ``pooler_output``."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=features)
 
     def eos_token_ids(self, config: dict, tokenizer) -> list[int]:
         """``<|im_end|>`` (the tokenizer's eos) and ``<|endoftext|>`` (the reference's second stop word)."""

@@ -21,6 +21,7 @@ import re
 import torch
 from PIL import Image
 
+from ..cache import EncoderCache, cached_per_unit, content_key
 from ..checkpoint import ShardIndex, check_keys, check_shapes
 from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config
@@ -235,6 +236,43 @@ class QwenVLAdapter:
 
     def final_norm(self, vlm: torch.nn.Module) -> torch.nn.Module:
         return vlm.model.language_model.norm
+
+    def cache_image_features(self, vlm: torch.nn.Module, cache: EncoderCache) -> None:
+        """Serve the vision tower's per-image outputs (embeddings and, for Qwen3-VL, the deepstack features) from
+        ``cache``, keyed by each image's patch pixels and grid; the tower runs on the images it has not seen, alone
+        when all are new (the uncached call, unchanged)."""
+        inner = vlm.model
+        original = inner.get_image_features
+        output_class: list[type] = []
+
+        def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+            if not cache.enabled or image_grid_thw is None:
+                return original(pixel_values, image_grid_thw, **kwargs)
+            weight = inner.visual.patch_embed.proj.weight
+            pieces = torch.split(pixel_values, image_grid_thw.prod(-1).tolist())
+            keys = [content_key(self.name, "vision", piece, grid, weight.device, weight.dtype)
+                    for piece, grid in zip(pieces, image_grid_thw.tolist())]
+            outputs = []
+
+            def compute(indices: list[int]) -> list[tuple]:
+                chosen = pieces[indices[0]] if len(indices) == 1 else torch.cat([pieces[i] for i in indices])
+                out = original(chosen, image_grid_thw[indices], **kwargs)
+                outputs.append(out)
+                output_class[:] = [type(out)]
+                deep = getattr(out, "deepstack_features", None)
+                return [(out.pooler_output[j], None if deep is None else tuple(level[j] for level in deep))
+                        for j in range(len(indices))]
+
+            values, all_new = cached_per_unit(cache, keys, compute)
+            if all_new:
+                return outputs[0]
+            fields = {"pooler_output": tuple(v[0] for v in values)}
+            if values[0][1] is not None:
+                fields["deepstack_features"] = [tuple(v[1][level] for v in values)
+                                                for level in range(len(values[0][1]))]
+            return output_class[0](**fields)
+
+        inner.get_image_features = get_image_features
 
     def eos_token_ids(self, config: dict, tokenizer) -> list[int]:
         eos = config["text_config"].get("eos_token_id", tokenizer.eos_token_id)

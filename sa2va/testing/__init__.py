@@ -7,6 +7,7 @@ checkpoint with the upstream code can be committed and compared against a checkp
 
 - :func:`write_checkpoint`: one entry point for every family;
 - :class:`ForceTokens`: a logits processor that forces an answer (exact [SEG] counts from random weights);
+- :class:`ForceByPromptLength`: one forced answer per batch row, picked by the row's unpadded prompt length;
 - :data:`TINY_SAM2`: the 256-px SAM2 geometry of the tiny checkpoints.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .common import TINY_SAM2, ForceTokens
+from .common import TINY_SAM2, ForceByPromptLength, ForceTokens
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl")
 
@@ -47,4 +48,4 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
                       max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
 
 
-__all__ = ["FAMILIES", "TINY_SAM2", "ForceTokens", "write_checkpoint"]
+__all__ = ["FAMILIES", "TINY_SAM2", "ForceByPromptLength", "ForceTokens", "write_checkpoint"]

@@ -258,3 +258,29 @@ class ForceTokens:
         forced = torch.full_like(scores, float("-inf"))
         forced[:, self.token_ids[step]] = 0
         return forced
+
+
+class ForceByPromptLength:
+    """Forces a different answer per batch row: the row's prompt length, left padding not counted, picks it.
+
+    ``schedules``: unpadded prompt length -> answer ids (emitted in order, then the last id repeated); ``pad_id``:
+    the id ``generate`` pads rows with on the left. The prompts must differ in length by more than the longest
+    answer, and must not start with ``pad_id``. Works for one-by-one and batched ``generate`` alike, so tests can
+    compare the two."""
+
+    def __init__(self, schedules: dict[int, list[int]], pad_id: int) -> None:
+        self.schedules = dict(sorted(schedules.items()))
+        self.pad_id = pad_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        forced = torch.full_like(scores, float("-inf"))
+        not_pad = (input_ids != self.pad_id).int()
+        padding = (not_pad.cumsum(1) == 0).sum(1).tolist()  # leading pad ids of each row
+        for row, pad in enumerate(padding):
+            length = input_ids.shape[1] - pad
+            prompt = max((p for p in self.schedules if p <= length), default=None)
+            if prompt is None:
+                raise ValueError(f"unknown prompt: row {row} has no schedule for a prompt of at most {length} tokens")
+            answer = self.schedules[prompt]
+            forced[row, answer[min(length - prompt, len(answer) - 1)]] = 0
+        return forced

@@ -1,0 +1,186 @@
+"""The encoder cache: image-encoder outputs kept by image content, so a second prompt on an image skips both encoders.
+
+A :class:`EncoderCache` lives on each loaded model (``Sa2VAModel.encoder_cache``) and goes with it. It holds the SAM2
+image features and the vision tower's image embeddings of the most recently used images, least recently used first
+out, within a byte limit (:data:`DEFAULT_CACHE_MB`, the ``SA2VA_ENCODER_CACHE_MB`` environment variable or
+``load_model(encoder_cache_mb=...)``; 0 turns it off). Keys are hashes of the encoder's input content (pixel bytes,
+shape, dtype and the preprocessing that produced them) plus the weights' device and dtype, so equal images hit and
+anything else misses, whichever node or queued run asks. A cached value is what the encoder returned for that image
+alone, so results with and without the cache are the same numbers.
+
+The cache assumes the weights do not change while the model is loaded; :meth:`EncoderCache.clear` empties it (the
+nodes do when they release the model's memory).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+#: default byte limit in MiB: about 15 full-size images (SAM2 features ~20 MB in fp32, ~10 MB in bf16, and Qwen3-VL-4B
+#: embeddings with their deepstack levels ~21 MB in bf16, each)
+DEFAULT_CACHE_MB = 512
+CACHE_ENV = "SA2VA_ENCODER_CACHE_MB"
+
+
+def default_limit_bytes() -> int:
+    """The byte limit from ``$SA2VA_ENCODER_CACHE_MB`` (MiB, 0 = off), else :data:`DEFAULT_CACHE_MB`."""
+    text = os.environ.get(CACHE_ENV, "").strip()
+    if not text:
+        return DEFAULT_CACHE_MB * 2**20
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        logger.warning("%s=%r is not a number of MiB >= 0; using %d", CACHE_ENV, text, DEFAULT_CACHE_MB)
+        return DEFAULT_CACHE_MB * 2**20
+    return int(value * 2**20)
+
+
+def tensor_bytes(value: object) -> int:
+    """Bytes held by the tensors in ``value`` (a tensor, or lists / tuples / dicts / dataclass-like objects of them)."""
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    if hasattr(value, "__dict__"):
+        return sum(tensor_bytes(v) for v in vars(value).values())
+    return 0
+
+
+def _update(digest, part: object) -> None:
+    if isinstance(part, Image.Image):
+        digest.update(repr(("image", part.mode, part.size)).encode())
+        digest.update(part.tobytes())
+    elif torch.is_tensor(part):
+        flat = part.detach().contiguous().reshape(-1)
+        digest.update(repr(("tensor", tuple(part.shape), str(part.dtype))).encode())
+        digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
+    elif isinstance(part, np.ndarray):
+        digest.update(repr(("array", part.shape, str(part.dtype))).encode())
+        digest.update(np.ascontiguousarray(part).tobytes())
+    else:
+        digest.update(repr(part).encode())
+    digest.update(b"\0")
+
+
+def content_key(*parts: object) -> str:
+    """A hash of ``parts``: images, tensors and arrays by content, shape and dtype; anything else by ``repr``."""
+    digest = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        _update(digest, part)
+    return digest.hexdigest()
+
+
+class EncoderCache:
+    """A thread-safe least-recently-used map from content keys to encoder outputs, bounded in bytes.
+
+    Values are read-only by convention: callers must not change a returned tensor in place. An entry larger than the
+    whole limit is not stored. ``hits`` and ``misses`` count lookups since the last :meth:`clear`."""
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
+        self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._limit = default_limit_bytes() if limit_bytes is None else int(limit_bytes)
+        self.nbytes = 0
+        self._device: torch.device | None = None
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def limit_bytes(self) -> int:
+        return self._limit
+
+    @limit_bytes.setter
+    def limit_bytes(self, value: int) -> None:
+        with self._lock:
+            self._limit = max(int(value), 0)
+            self._evict()
+
+    @property
+    def enabled(self) -> bool:
+        return self._limit > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> object | None:
+        """The value stored under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: Hashable, value: object) -> None:
+        """Store ``value`` under ``key``, dropping the least recently used entries beyond the limit."""
+        size = tensor_bytes(value)
+        with self._lock:
+            if key in self._entries:
+                self.nbytes -= self._entries.pop(key)[1]
+            if size > self._limit:
+                return
+            self._entries[key] = (value, size)
+            self.nbytes += size
+            self._evict()
+
+    def bind(self, device: torch.device) -> None:
+        """Note the device the model now runs on; entries made on another device are dropped (a model moved off the
+        GPU and back must not keep GPU memory for stale entries)."""
+        with self._lock:
+            if self._device != device:
+                self._entries.clear()
+                self.nbytes = 0
+                self._device = device
+
+    def clear(self) -> None:
+        """Drop every entry (the memory goes back once no result refers to it)."""
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = 0
+            self.hits = self.misses = 0
+
+    def _evict(self) -> None:
+        while self._entries and self.nbytes > self._limit:
+            _, (_, size) = self._entries.popitem(last=False)
+            self.nbytes -= size
+
+
+def cached_per_unit(cache: EncoderCache, keys: list[Hashable],
+                    compute: Callable[[list[int]], list[object]]) -> tuple[list[object], bool]:
+    """Encoder outputs for units (images, tiles) with content ``keys``: hits from ``cache``, the rest from one
+    ``compute(indices)`` call that returns one value per index, in order; those are stored (cloned when they are
+    views of a larger batch, so every entry owns just its memory). Returns (values, True when every unit was
+    computed now, i.e. the caller's own output of that call can be returned unchanged)."""
+    found = [cache.get(key) for key in keys]
+    missing = [i for i, value in enumerate(found) if value is None]
+    if missing:
+        computed = compute(missing)
+        for i, value in zip(missing, computed):
+            stored = _clone(value) if len(missing) > 1 else value
+            cache.put(keys[i], stored)
+            found[i] = value
+    return found, len(missing) == len(keys)
+
+
+def _clone(value: object) -> object:
+    if torch.is_tensor(value):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(v) for v in value)
+    return value

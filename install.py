@@ -4,8 +4,23 @@ It installs nothing itself (the pack never runs pip at runtime): it checks that 
 installed transformers is new enough, and says what to do otherwise.
 """
 import importlib.metadata as metadata
+import importlib.util
 import logging
 import sys
+from pathlib import Path
+
+
+def _load_compat():
+    """sa2va/compat.py alone (it imports only the standard library), without the sa2va package, which needs torch:
+    the one place that knows the oldest supported transformers."""
+    spec = importlib.util.spec_from_file_location("sa2va_compat", Path(__file__).resolve().parent / "sa2va" /
+                                                  "compat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+transformers_problem = _load_compat().transformers_problem
 
 logging.basicConfig(level=logging.INFO, format="[ComfyUI-Sa2VA] %(message)s")
 log = logging.getLogger("ComfyUI-Sa2VA")
@@ -24,13 +39,15 @@ def main() -> int:
         log.error("torch is not installed. Install the PyTorch build for your GPU first (https://pytorch.org); "
                   "this pack never installs or replaces torch.")
         ok = False
-    transformers = _version("transformers")
-    if transformers is None or int(transformers.split(".")[0]) < 5:
-        log.error("transformers %s found; Sa2VA needs transformers>=5.0: pip install -U 'transformers>=5.0'",
-                  transformers)
+    problem = transformers_problem()
+    if problem:
+        log.error("%s", problem)
         ok = False
+    if _version("bitsandbytes") is None:
+        log.info("bitsandbytes is not installed: optional, only for 8-bit / 4-bit quantization "
+                 "(pip install 'bitsandbytes>=0.45')")
     if ok:
-        log.info("requirements look fine (torch %s, transformers %s)", _version("torch"), transformers)
+        log.info("requirements look fine (torch %s, transformers %s)", _version("torch"), _version("transformers"))
     return 0 if ok else 1
 
 

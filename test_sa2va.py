@@ -44,19 +44,28 @@ def main() -> int:
         return 1
     import torch
 
+    from sa2va.compat import MIN_TRANSFORMERS_TEXT, TRANSFORMERS_REQUIREMENT, transformers_problem
+
     tf = version("transformers")
-    required &= check("transformers >= 5.0", tf is not None and int(tf.split(".")[0]) >= 5, tf or "missing",
-                      "pip install -U 'transformers>=5.0'")
+    problem = transformers_problem()
+    required &= check(f"transformers >= {MIN_TRANSFORMERS_TEXT}", problem is None, tf or "missing",
+                      f"pip install -U '{TRANSFORMERS_REQUIREMENT}'")
     for module, pip_name in (("safetensors", "safetensors"), ("PIL", "pillow"), ("numpy", "numpy"),
-                             ("accelerate", "accelerate"), ("huggingface_hub", "huggingface_hub")):
+                             ("accelerate", "accelerate"), ("tqdm", "tqdm")):
         try:
             importlib.import_module(module)
             required &= check(f"import {module}", True, version(pip_name) or "")
         except ImportError as exc:
             required &= check(f"import {module}", False, str(exc), f"pip install {pip_name}")
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        check("CUDA GPU", True, f"{name}, bf16 {'supported' if torch.cuda.is_bf16_supported() else 'not supported'}")
+        from sa2va.model import default_dtype
+
+        for index in range(torch.cuda.device_count()):
+            name = torch.cuda.get_device_name(index)
+            major, minor = torch.cuda.get_device_capability(index)
+            auto = {torch.bfloat16: "bf16", torch.float16: "fp16"}[default_dtype(f"cuda:{index}")]
+            check(f"CUDA GPU cuda:{index}", True, f"{name}, compute capability {major}.{minor}, dtype auto = {auto}"
+                  + ("" if auto == "bf16" else " (no native bf16 before compute capability 8.0)"))
     else:
         check("CUDA GPU", True, "none found: models run on the CPU (slow; fine for testing)")
     try:
@@ -65,7 +74,7 @@ def main() -> int:
         check("bitsandbytes (8-bit / 4-bit)", True, version("bitsandbytes") or "")
     except ImportError as exc:
         check("bitsandbytes (8-bit / 4-bit)", False, f"optional, not usable: {exc}",
-              "pip install bitsandbytes  (only needed for quantization)")
+              "pip install 'bitsandbytes>=0.45'  (only needed for quantization)")
 
     if not required:
         print("\nSome required checks failed; fix them and run this again.")

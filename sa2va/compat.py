@@ -1,14 +1,29 @@
-"""Version checks of the libraries Sa2VA runs on, with one actionable message each."""
+"""The versions of transformers Sa2VA runs on, and the few places where their APIs differ.
+
+Supported: transformers 4.57.x and 5.x (``MIN_TRANSFORMERS`` is the one source of truth for the oldest; the
+requirements, README.md and the install checks are tested against it). Every difference between those versions that
+the library meets is handled here, so the rest of the code calls one function whatever is installed:
+
+* ``no_init_weights`` lives in ``transformers.initialization`` in 5.x, in ``transformers.modeling_utils`` in 4.57;
+* ``Sam2VideoModel.get_image_features`` returns an output object in 5.x, a plain tuple in 4.57;
+* ``InternVLModel.get_image_features`` returns an output object in 5.x (``return_dict=True``), the tensor in 4.57.
+
+This module imports only the standard library at import time, so the install checks can use it before anything
+heavy is known to work.
+"""
 from __future__ import annotations
 
 import importlib.metadata as metadata
 
-from .errors import DependencyError
+#: oldest supported transformers (major, minor): the first release with native Qwen3-VL, InternVL and SAM2 video
+MIN_TRANSFORMERS = (4, 57)
+MIN_TRANSFORMERS_TEXT = ".".join(map(str, MIN_TRANSFORMERS))
+#: the requirement string every message, requirements.txt and pyproject.toml use
+TRANSFORMERS_REQUIREMENT = f"transformers>={MIN_TRANSFORMERS_TEXT}"
 
-MIN_TRANSFORMERS = (5, 0)
 
-
-def _major_minor(version: str) -> tuple[int, int]:
+def version_tuple(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as ``4.57.6``, ``5.0.0rc1`` or ``5.24.0+cu124``."""
     parts = (version.split("+")[0].split(".") + ["0", "0"])[:2]
     return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)  # type: ignore[return-value]
 
@@ -18,15 +33,74 @@ def transformers_problem() -> str | None:
     try:
         version = metadata.version("transformers")
     except metadata.PackageNotFoundError:
-        return "transformers is not installed: pip install 'transformers>=5.0'"
-    if _major_minor(version) < MIN_TRANSFORMERS:
-        return (f"transformers {version} is too old for Sa2VA (needs 5.0 or newer for native Qwen3-VL and SAM2): "
-                f"pip install -U 'transformers>=5.0'")
+        return f"transformers is not installed: pip install '{TRANSFORMERS_REQUIREMENT}'"
+    if version_tuple(version) < MIN_TRANSFORMERS:
+        return (f"transformers {version} is too old for Sa2VA (needs {MIN_TRANSFORMERS_TEXT} or newer for native "
+                f"Qwen3-VL, InternVL and SAM2): pip install -U '{TRANSFORMERS_REQUIREMENT}'")
     return None
 
 
 def require_transformers() -> None:
-    """Raise :class:`DependencyError` when transformers is missing or too old."""
+    """Raise :class:`~sa2va.errors.DependencyError` when transformers is missing or too old."""
+    from .errors import DependencyError
+
     problem = transformers_problem()
     if problem:
         raise DependencyError(problem[0].upper() + problem[1:])
+
+
+def installed_transformers() -> tuple[int, int]:
+    """(major, minor) of the installed transformers; (0, 0) when it is missing."""
+    try:
+        return version_tuple(metadata.version("transformers"))
+    except metadata.PackageNotFoundError:
+        return (0, 0)
+
+
+def require_accelerate(device, quantization: str | None) -> None:
+    """Raise :class:`~sa2va.errors.DependencyError` when accelerate is missing and transformers needs it for this
+    load: bitsandbytes quantisation needs it in every version, a ``device_map`` (any device but the CPU) in 4.57."""
+    from .errors import DependencyError
+
+    if quantization:
+        purpose = f"to quantise the language model ({quantization})"
+    elif device.type != "cpu" and installed_transformers() < (5, 0):
+        purpose = f"(version {metadata.version('transformers')}) to load a model onto {device}"
+    else:
+        return
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(f"accelerate is not installed; transformers needs it {purpose}: pip install "
+                              f"'accelerate>=1.0'") from exc
+
+
+def no_init_weights():
+    """transformers' context manager that skips weight initialisation while a model is built
+    (``transformers.initialization`` in 5.x, ``transformers.modeling_utils`` in 4.57)."""
+    try:
+        from transformers.initialization import no_init_weights as skip
+    except ImportError:  # transformers 4.57
+        from transformers.modeling_utils import no_init_weights as skip
+    return skip()
+
+
+def sam2_image_features(model, pixel_values) -> tuple[list, list]:
+    """``Sam2VideoModel.get_image_features`` as (levels, position encodings): lists of ``[h*w, B, C]`` maps, high
+    to low resolution, levels 0 and 1 through the mask decoder's ``conv_s0`` / ``conv_s1``.
+
+    transformers 5.x returns an output object with ``fpn_hidden_states`` / ``fpn_position_encoding``; 4.57 returns
+    the tuple ``(levels, positions, hidden_states, attentions)``."""
+    out = model.get_image_features(pixel_values)
+    if isinstance(out, tuple):  # transformers 4.57
+        return list(out[0]), list(out[1])
+    return list(out.fpn_hidden_states), list(out.fpn_position_encoding)
+
+
+def internvl_image_features(model, pixel_values):
+    """The projected image features ``[tiles, tokens, hidden]`` of ``InternVLModel.get_image_features``.
+
+    transformers 5.x returns an output object whose ``pooler_output`` holds them (with ``return_dict=True``); 4.57
+    returns the tensor itself."""
+    out = model.get_image_features(pixel_values=pixel_values, return_dict=True)
+    return out.pooler_output if hasattr(out, "pooler_output") else out

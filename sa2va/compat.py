@@ -6,7 +6,9 @@ the library meets is handled here, so the rest of the code calls one function wh
 
 * ``no_init_weights`` lives in ``transformers.initialization`` in 5.x, in ``transformers.modeling_utils`` in 4.57;
 * ``Sam2VideoModel.get_image_features`` returns an output object in 5.x, a plain tuple in 4.57;
-* ``InternVLModel.get_image_features`` returns an output object in 5.x (``return_dict=True``), the tensor in 4.57.
+* ``InternVLModel.get_image_features`` returns an output object in 5.x (``return_dict=True``), the tensor in 4.57;
+* the Qwen-VL image processor of 4.57 lets the folder's ``min_pixels`` / ``max_pixels`` override the ``size`` of a
+  call (5.x reads ``size`` and deprecates the two keywords).
 
 This module imports only the standard library at import time, so the install checks can use it before anything
 heavy is known to work.
@@ -104,3 +106,15 @@ def internvl_image_features(model, pixel_values):
     returns the tensor itself."""
     out = model.get_image_features(pixel_values=pixel_values, return_dict=True)
     return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+def qwen_pixel_budget(min_pixels: int, max_pixels: int) -> dict:
+    """Keyword arguments of a Qwen-VL processor call that set the image pixel budget to [min_pixels, max_pixels].
+
+    5.x takes ``size={"shortest_edge": ..., "longest_edge": ...}``. 4.57 also accepts ``size`` but lets the
+    ``min_pixels`` / ``max_pixels`` of the folder's preprocessor_config.json (the Qwen2.5-VL releases write them)
+    win over it, so there they are passed as well; 5.x warns that they are deprecated, so they are not passed there."""
+    budget: dict = {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    if installed_transformers() < (5, 0):
+        budget.update(min_pixels=min_pixels, max_pixels=max_pixels)
+    return budget

@@ -28,15 +28,15 @@ import torch
 from PIL import Image
 
 from . import keymap
-from .cache import EncoderCache, content_key
 from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
-from .compat import require_transformers
+from .cache import EncoderCache, content_key
+from .compat import no_init_weights, require_accelerate, require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
 from .errors import Cancelled, InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
-from .quantization import QUANTIZATION_MODES
+from .quantization import QUANTIZATION_MODES, require_bitsandbytes
 from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
 from .video import VideoOptions, VideoPrediction, segment_clip
 
@@ -467,7 +467,6 @@ def _load_projection(folder: Path, index: ShardIndex, hidden: int, dtype: torch.
 def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
                device: torch.device, compile_encoder: bool | str = False) -> GroundingHead:
     from transformers import Sam2VideoModel
-    from transformers.initialization import no_init_weights
 
     sam_cfg = sam2_config(config.get("sam2_config"))
     with torch.device("meta"):
@@ -514,11 +513,26 @@ def resolve_folder(path_or_name: str | os.PathLike) -> Path:
                            f"folder (or set {MODELS_DIR_ENV} to the folder that holds it).")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA when supported, else fp16 on CUDA; fp32 on CPU (dtype "auto", docs/design.md)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+#: CUDA compute capability from which bfloat16 is native (Ampere); older GPUs only emulate it, slowly
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """The compute dtype of ``dtype="auto"`` on ``device`` (docs/design.md): bf16 where that GPU runs it natively (CUDA
+    compute capability 8.0 or newer, asked of that GPU, not of the current one), else fp16 on CUDA; fp32 on the CPU
+    and every other device.
+
+    ``torch.cuda.is_bf16_supported()`` is not used: it answers for the current device only and counts the slow
+    emulation of pre-Ampere GPUs as support. On ROCm builds (no NVIDIA compute capability) torch's own answer for
+    that GPU is used."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.version.hip:
+        with torch.cuda.device(index):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if tuple(torch.cuda.get_device_capability(index)) >= BF16_MIN_CAPABILITY else torch.float16
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
@@ -566,6 +580,9 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
         raise InputError(f"encoder_cache_mb must be a number of MiB >= 0 (0 turns the cache off), got "
                          f"{encoder_cache_mb!r}.")
     require_transformers()
+    if quantization:
+        require_bitsandbytes(quantization)
+    require_accelerate(device, quantization)
     folder = resolve_folder(path_or_name)
     config = read_config(folder)
     family = detect_family(config, folder)

@@ -9,18 +9,27 @@ import torch
 from .errors import DependencyError
 
 QUANTIZATION_MODES = (None, "8bit", "4bit")
+#: bitsandbytes is optional (pyproject's "quantization" extra); this is the version the extra asks for
+BITSANDBYTES_REQUIREMENT = "bitsandbytes>=0.45"
 #: modules never quantised (prefixes of runtime names): the output head, the vision tower, InternVL's projector
 SKIP_MODULES = ["lm_head", "model.visual", "model.vision_tower", "model.multi_modal_projector"]
 
 
-def quantization_config(mode: str, dtype: torch.dtype):
-    """bitsandbytes settings: the language model quantised; lm_head and the vision tower kept in ``dtype``."""
+def require_bitsandbytes(mode: str) -> None:
+    """Raise :class:`DependencyError` naming the install command when ``mode`` needs bitsandbytes and it is missing."""
     try:
         import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
     except ImportError as exc:
-        raise DependencyError(f"bitsandbytes is required for quantization={mode!r}: pip install bitsandbytes, or "
-                              f"load without quantization.") from exc
+        raise DependencyError(f"bitsandbytes is required for quantization={mode!r} and is not installed (it is "
+                              f"optional): pip install '{BITSANDBYTES_REQUIREMENT}' in the Python that runs ComfyUI, "
+                              f"or load without quantization.") from exc
+
+
+def quantization_config(mode: str, dtype: torch.dtype):
+    """bitsandbytes settings: the language model quantised; lm_head and the vision tower kept in ``dtype``."""
+    require_bitsandbytes(mode)
+    from transformers import BitsAndBytesConfig
+
     skip = list(SKIP_MODULES)
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)

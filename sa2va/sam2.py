@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .compat import sam2_image_features
+
 logger = logging.getLogger(__name__)
 
 #: SAM2 v1.0 Hiera-L, the grounding encoder every Sa2VA release hard-codes (keyword arguments of
@@ -361,8 +363,7 @@ class GroundingHead:
             # [B, C, h, w] -> [h*w, B, C] views, the layout get_image_features returns (no copy)
             return ImageFeatures(list(high_res), top.flatten(2).permute(2, 0, 1),
                                  position.flatten(2).permute(2, 0, 1), tuple(top.shape[-2:]))
-        out = self.model.get_image_features(pixel_values, return_dict=True)
-        levels, positions = out.fpn_hidden_states, out.fpn_position_encoding
+        levels, positions = sam2_image_features(self.model, pixel_values)
         batch = pixel_values.shape[0]
         # get_image_features returns flattened [HW, B, C] levels with conv_s0/conv_s1 already applied
         shapes = [tuple(s) for s in self.model.backbone_feature_sizes]

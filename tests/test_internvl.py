@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 import sa2va
 from conftest import forced, ids
 from sa2va.checkpoint import detect_family, read_index
+from sa2va.compat import internvl_image_features
 from sa2va.errors import CheckpointKeyError, InputError, ModelFolderError
 from sa2va.families import internvl
 from sa2va.families.internvl import (InternVLAdapter, native_config, native_to_release, region_cells,
@@ -145,7 +146,8 @@ def test_native_config_spells_out_the_switches(folder, model):
     assert native.downsample_ratio == 0.5 and native.projector_hidden_act == "gelu"
     assert native.tie_word_embeddings is False and text.tie_word_embeddings is False
     assert native.dtype == vision.dtype == text.dtype == torch.bfloat16
-    assert text.rope_parameters["rope_type"] == "dynamic" and text.rope_parameters["factor"] == 2.0
+    rope = getattr(text, "rope_parameters", None) or text.rope_scaling  # 5.x name / 4.57 name
+    assert rope["rope_type"] == "dynamic" and rope["factor"] == 2.0
     assert text.vocab_size == config["llm_config"]["vocab_size"] and text.hidden_size == 64
     # absent InternViT keys take the *upstream* defaults (rms_norm, no qkv bias, qk-norm), not transformers' ones
     bare = json.loads(json.dumps(config))
@@ -348,8 +350,7 @@ def test_region_block_and_features_follow_the_reference(model, image):
     embeds = inputs["inputs_embeds"][0]
     slots = (inputs["input_ids"][0] == model.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")).nonzero().flatten()
     with torch.inference_mode():
-        features = model.vlm.model.get_image_features(pixel_values=tile_pixels(tile_image(pil)),
-                                                      return_dict=True).pooler_output
+        features = internvl_image_features(model.vlm.model, tile_pixels(tile_image(pil)))
         plain = model.vlm.get_input_embeddings()(inputs["input_ids"])[0]
     thumbnail = features[-1]
     assert torch.allclose(embeds[slots[:13 * 256]], features.reshape(-1, 64))

@@ -252,3 +252,81 @@ def test_requirements_and_pyproject_repeat_the_minimums_of_sa2va_compat():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert _minimums(project["dependencies"]) == expected
     assert project["requires-python"] == ">=" + ".".join(map(str, MIN_PYTHON))
+
+
+def _requirement_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _requirement_name(line: str) -> str:
+    return re.split(r"[<>=!~ ;\[]", line)[0].lower().replace("-", "_")
+
+
+#: distribution name -> the module it installs, where they differ
+MODULE_OF = {"pillow": "PIL"}
+
+
+def _imported_modules() -> set[str]:
+    """Top-level names of every module the pack's code imports (the library, the nodes, the entry point)."""
+    found = set()
+    for path in [*(ROOT / "sa2va").rglob("*.py"), *(ROOT / "nodes").rglob("*.py"), ROOT / "__init__.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_requirement_is_imported_by_the_code():
+    """requirements.txt lists what the code uses, nothing it does not (e.g. no unused qwen_vl_utils)."""
+    imported = _imported_modules()
+    names = [_requirement_name(line) for line in _requirement_lines((ROOT / "requirements.txt").read_text())]
+    assert names, "requirements.txt lists nothing"
+    unused = [n for n in names if MODULE_OF.get(n, n) not in imported]
+    assert not unused, f"listed in requirements.txt but imported nowhere: {unused}"
+
+
+def test_the_import_scan_above_sees_imports(tmp_path):
+    tree = ast.parse("import PIL.Image\nfrom tqdm import tqdm\nfrom . import x\ndef f():\n    import accelerate\n")
+    found = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    found |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert found == {"PIL", "tqdm", "accelerate"}
+
+
+def test_pyproject_dependencies_are_requirements_txt_and_bitsandbytes_is_an_extra():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = _requirement_lines((ROOT / "requirements.txt").read_text())
+    assert project["dependencies"] == requirements
+    assert "bitsandbytes" not in [_requirement_name(line) for line in requirements]
+    assert project["optional-dependencies"]["quantization"] == ["bitsandbytes>=0.45"]
+
+
+def test_one_minimum_transformers_version_everywhere():
+    """sa2va/compat.py holds the oldest supported transformers; the requirements, pyproject and README agree with
+    it, and nothing pins an upper bound (an installed newer transformers is left alone)."""
+    from sa2va.compat import MIN_TRANSFORMERS_TEXT, TRANSFORMERS_REQUIREMENT
+
+    assert TRANSFORMERS_REQUIREMENT in _requirement_lines((ROOT / "requirements.txt").read_text())
+    assert f'"{TRANSFORMERS_REQUIREMENT}"' in (ROOT / "pyproject.toml").read_text()
+    assert f"transformers {MIN_TRANSFORMERS_TEXT} or newer" in (ROOT / "README.md").read_text()
+    assert f"transformers=={MIN_TRANSFORMERS_TEXT}.*" in (ROOT / ".ci/run").read_text()
+
+
+def test_registry_metadata():
+    """The Comfy Registry's rules: a unique node id without "ComfyUI", a publisher, and an icon the repo holds."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    name = config["project"]["name"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*([._-][A-Za-z0-9]+)*", name) and len(name) < 100
+    assert "comfyui" not in name.lower() and name != "comfyui-sa2va"
+    comfy = config["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    repository = config["project"]["urls"]["Repository"].removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{repository}/main/"
+    assert comfy["Icon"].startswith(prefix) and (ROOT / comfy["Icon"].removeprefix(prefix)).is_file()
+    workflow = (ROOT / ".github/workflows/publish.yml").read_text()
+    assert "Comfy-Org/publish-node-action" in workflow and "pyproject.toml" in workflow

@@ -4,13 +4,13 @@ import torch
 from PIL import Image
 
 import sa2va
+from sa2va.compat import sam2_image_features
 from sa2va.sam2 import GroundingHead, fast_encoder_supported, sam2_pixels
 
 
 def _stock(head, pixels):
     """Features the way transformers computes them: get_image_features, unflattened like GroundingHead.encode."""
-    out = head.model.get_image_features(pixels.to(head.dtype), return_dict=True)
-    levels, positions = out.fpn_hidden_states, out.fpn_position_encoding
+    levels, positions = sam2_image_features(head.model, pixels.to(head.dtype))
     shapes = [tuple(s) for s in head.model.backbone_feature_sizes]
     batch = pixels.shape[0]
     high_res = [levels[i].permute(1, 2, 0).reshape(batch, -1, *shapes[i]) for i in range(2)]

@@ -34,6 +34,7 @@ from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
 from ..checkpoint import ShardIndex, check_keys, check_shapes
+from ..compat import internvl_image_features
 from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
@@ -468,8 +469,7 @@ class InternVLAdapter:
                                "build_inputs (sa2va.load_model does).")
         device = vlm.get_input_embeddings().weight.device
         with torch.no_grad():
-            out = vlm.model.get_image_features(pixel_values=pixel_values.to(device), return_dict=True)
-            features = out.pooler_output if hasattr(out, "pooler_output") else out  # [n, T, H]
+            features = internvl_image_features(vlm.model, pixel_values.to(device))  # [n, T, H]
             last = features[-1]
             rows = [features.reshape(-1, features.shape[-1])] + [last[c.flatten().to(device)] for c in cells]
             values = torch.cat(rows)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
 from ..checkpoint import ShardIndex, check_keys, check_shapes
+from ..compat import qwen_pixel_budget
 from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config
 from .base import LoadOptions, quiet_transformers
@@ -232,7 +233,7 @@ class QwenVLAdapter:
         prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         resized = [fetch_resize(image) for image in images]
         return processor(text=[prompt], images=resized, videos=None, padding=True, return_tensors="pt",
-                         size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
+                         **qwen_pixel_budget(MIN_PIXELS, MAX_PIXELS))
 
     def final_norm(self, vlm: torch.nn.Module) -> torch.nn.Module:
         return vlm.model.language_model.norm

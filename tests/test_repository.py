@@ -247,10 +247,12 @@ def test_requirements_and_pyproject_repeat_the_minimums_of_sa2va_compat():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     from sa2va.compat import MIN_PYTHON, MINIMUM_VERSIONS
 
-    expected = {name.lower(): v for name, v in MINIMUM_VERSIONS.items() if name != "torch"}
+    # torch is never listed (ComfyUI's own build stays); bitsandbytes is the optional "quantization" extra
+    expected = {name.lower(): v for name, v in MINIMUM_VERSIONS.items() if name not in ("torch", "bitsandbytes")}
     assert _minimums((ROOT / "requirements.txt").read_text().splitlines()) == expected
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert _minimums(project["dependencies"]) == expected
+    assert _minimums(project["optional-dependencies"]["quantization"]) == {"bitsandbytes": MINIMUM_VERSIONS["bitsandbytes"]}
     assert project["requires-python"] == ">=" + ".".join(map(str, MIN_PYTHON))
 
 

@@ -58,6 +58,34 @@ class SegStateCollector:
         self.current = None
 
 
+class StopWords:
+    """A stopping criterion: stop when the answer decoded so far ends with one of ``words``.
+
+    The reference's ``StopWordStoppingCriteria``: the generated ids (those after ``prompt_length``) are decoded with
+    special tokens kept, carriage returns and newlines are removed, and the text's tail is compared with each word.
+    It catches stop words that the tokenizer spells with several tokens (``<|end|>`` of the ``phi3_chat`` template
+    under a Qwen2 tokenizer)."""
+
+    def __init__(self, tokenizer, words: tuple[str, ...] | list[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.words = tuple(words)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        text = self.tokenizer.decode(input_ids[0, self.prompt_length:], skip_special_tokens=False)
+        text = text.replace("\r", "").replace("\n", "")
+        done = any(text.endswith(word) for word in self.words)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def strip_stop_words(text: str, words: tuple[str, ...] | list[str]) -> str:
+    """``text`` without a stop word at its end (the user-facing answer never shows the template's end marker)."""
+    for word in words:
+        if word and text.endswith(word):
+            return text[:-len(word)].rstrip()
+    return text
+
+
 def phrases_for(raw_text: str, count: int) -> list[str]:
     """Name each of the first ``count`` [SEG] of an answer (``Prediction.phrases``, docs/design.md).
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from . import keymap
-from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
+from .answer import SEG_TOKEN, Answer, SegStateCollector, StopWords, clean_text, phrases_for, strip_stop_words
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
 from .errors import InputError, ModelFolderError
@@ -127,15 +127,21 @@ class Sa2VAModel:
                                       eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id or eos[0])
         device = next(self.vlm.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        prompt_length = inputs["input_ids"].shape[1]
+        criteria = StoppingCriteriaList(list(stopping_criteria or []))
+        stop_words = self.adapter.stop_words(self.config)
+        if stop_words:
+            criteria.append(StopWords(self.tokenizer, stop_words, prompt_length))
         try:
             sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
-                                          stopping_criteria=StoppingCriteriaList(list(stopping_criteria or [])))
+                                          stopping_criteria=criteria)
         finally:
             collector.remove()
-        generated = sequences[0, inputs["input_ids"].shape[1]:].cpu()
+        generated = sequences[0, prompt_length:].cpu()
         del inputs, sequences
         raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
-        return Answer(token_ids=generated, raw_text=raw_text, text=clean_text(self.tokenizer, generated),
+        text = strip_stop_words(clean_text(self.tokenizer, generated), stop_words)
+        return Answer(token_ids=generated, raw_text=raw_text, text=text,
                       seg_states=collector.states, phrases=phrases_for(raw_text, len(collector.states)))
 
     def seg_embeddings(self, seg_states: list[torch.Tensor]) -> torch.Tensor:

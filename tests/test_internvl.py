@@ -20,6 +20,7 @@ from sa2va.errors import CheckpointKeyError, InputError, ModelFolderError
 from sa2va.families import internvl
 from sa2va.families.internvl import (InternVLAdapter, native_config, native_to_release, region_cells,
                                      release_to_native, tile_grid, tile_image, tile_pixels)
+from sa2va.testing import ForceTokens
 
 FAMILY = "internvl"
 
@@ -302,15 +303,11 @@ def test_seg_state_is_the_final_norm_output(model, image):
     """[SEG] feeds the post-norm state computed when the [SEG] token is fed back (no off-by-one)."""
     seg, end = (model.tokenizer.convert_tokens_to_ids(t) for t in ("[SEG]", "<|im_end|>"))
     answer = ids(model, "It is") + [seg] + ids(model, " and") + [seg, end]
-    captured = {}
-    original = model._masks
-    model._masks = lambda images, states: (captured.setdefault("states", torch.stack(states)),
-                                           original(images, states))[1]
-    try:
-        pred = forced(model, image, "Segment it.", answer)
-    finally:
-        del model._masks
-    assert pred.token_ids.tolist() == answer and pred.masks.shape[0] == 2
+    inputs = model.prompt_inputs([image], "Segment it.")
+    result = model.answer([image], "Segment it.",
+                          logits_processor=[ForceTokens(inputs["input_ids"].shape[1], answer)])
+    assert result.token_ids.tolist() == answer and len(result.seg_states) == 2
+    captured = {"states": torch.stack(result.seg_states)}
     assert model.adapter.seg_state == "post_norm"
     inputs = model.adapter.build_inputs(model.processor, [Image.fromarray(image)], "Segment it.")
     full = torch.cat([inputs["input_ids"], torch.tensor([answer[:-1]])], dim=1)

@@ -176,7 +176,8 @@ def test_qwen3_vl_2b_geometry_comes_from_config(two_b_folder, tmp_path):
     """A config that says the head is tied (as the base Qwen3-VL-2B-Instruct does) still loads the release's own
     untied head, as for the 4B; the embeddings keep their stored values."""
     folder = _copy(two_b_folder, tmp_path / "Sa2VA-Qwen3-VL-2B")
-    _edit_config(folder, lambda c: (c.update(tie_word_embeddings=True), c["text_config"].update(tie_word_embeddings=True)))
+    _edit_config(folder, lambda c: (c.update(tie_word_embeddings=True),
+                                    c["text_config"].update(tie_word_embeddings=True)))
     model = sa2va.load_model(folder, dtype=torch.float32)
     text, vision = model.vlm.config.text_config, model.vlm.config.vision_config
     assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (32, 2, 2)

@@ -80,7 +80,7 @@ _LLM_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_s
 #: llm_config keys that are not Qwen2Config arguments (InternVL3's config and the 4.57 export carry them)
 _LLM_DROP = {"_name_or_path", "auto_map", "architectures", "use_bfloat16", "moe_config", "bias", "layer_types",
              "_attn_implementation_autoset", "attn_implementation", "torch_dtype", "dtype", "transformers_version",
-             "model_type", "use_flash_attn"}
+             "model_type", "use_flash_attn", "_commit_hash"}
 
 # (release name, runtime name) pairs. "{i}" is a layer number; a name ending in "." is a prefix, any other name
 # is a whole tensor name. Both directions of the key map are generated from this one table.
@@ -454,8 +454,8 @@ class InternVLAdapter:
             if token_id is None or token_id == tokenizer.unk_token_id or \
                     tokenizer.convert_ids_to_tokens(token_id) != token:
                 raise ModelFolderError(f"{folder}: the tokenizer has no {token} token, so it is not the tokenizer of "
-                                       f"a Sa2VA InternVL-style release. Copy the tokenizer files of the Sa2VA release, "
-                                       f"not of the base InternVL model.")
+                                       f"a Sa2VA InternVL-style release. Copy the tokenizer files of the Sa2VA "
+                                       f"release, not of the base InternVL model.")
         self._tokenizer = tokenizer
         per_tile = tokens_per_tile(config) if config else 256
         return InternVLInputProcessor(tokenizer, tokens_per_tile=per_tile, template=template)

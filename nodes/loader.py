@@ -60,7 +60,7 @@ def local_models() -> list[str]:
 
 
 def model_choices() -> list[str]:
-    """The six official models (the default first), then every other local model folder."""
+    """The official models (the default first), then every other local model folder."""
     official = [entry.name for entry in catalog.CATALOG]
     return official + [name for name in local_models() if name not in official]
 

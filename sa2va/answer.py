@@ -69,6 +69,42 @@ class SegStateCollector:
         self.current = None
 
 
+class StopWords:
+    """A stopping criterion: stop a row when the answer it decoded so far ends with one of ``words``.
+
+    The reference's ``StopWordStoppingCriteria``: the generated ids (those after ``prompt_length``) are decoded with
+    special tokens kept, carriage returns and newlines are removed, and the text's tail is compared with each word.
+    It catches stop words that the tokenizer spells with several tokens (``<|end|>`` of the ``phi3_chat`` template
+    under a Qwen2 tokenizer). Rows of a batch stop on their own; :attr:`finished` maps a row to the number of tokens
+    it had generated when it stopped (``generate`` pads the row after that)."""
+
+    def __init__(self, tokenizer, words: tuple[str, ...] | list[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.words = tuple(words)
+        self.prompt_length = prompt_length
+        self.finished: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_length
+        for row in range(input_ids.shape[0]):
+            if row in self.finished:
+                continue
+            text = self.tokenizer.decode(input_ids[row, self.prompt_length:], skip_special_tokens=False)
+            text = text.replace("\r", "").replace("\n", "")
+            if any(text.endswith(word) for word in self.words):
+                self.finished[row] = generated
+        return torch.tensor([row in self.finished for row in range(input_ids.shape[0])], dtype=torch.bool,
+                            device=input_ids.device)
+
+
+def strip_stop_words(text: str, words: tuple[str, ...] | list[str]) -> str:
+    """``text`` without a stop word at its end (the user-facing answer never shows the template's end marker)."""
+    for word in words:
+        if word and text.endswith(word):
+            return text[:-len(word)].rstrip()
+    return text
+
+
 def phrases_for(raw_text: str, count: int) -> list[str]:
     """Name each of the first ``count`` [SEG] of an answer (``Prediction.phrases``, docs/design.md).
 

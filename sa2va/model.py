@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from . import keymap
-from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
+from .answer import SEG_TOKEN, Answer, SegStateCollector, StopWords, clean_text, phrases_for, strip_stop_words
 from .cache import EncoderCache, content_key
 from .compat import no_init_weights, require_accelerate, require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
@@ -269,22 +269,31 @@ class Sa2VAModel:
         device = next(self.vlm.parameters()).device
         self.encoder_cache.bind(device)
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        prompt_length = inputs["input_ids"].shape[1]
+        criteria = StoppingCriteriaList(list(stopping_criteria or []))
+        stop_words = self.adapter.stop_words(self.config)
+        stop = StopWords(self.tokenizer, stop_words, prompt_length) if stop_words else None
+        if stop is not None:
+            criteria.append(stop)
         try:
             sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
-                                          stopping_criteria=StoppingCriteriaList(list(stopping_criteria or [])))
+                                          stopping_criteria=criteria)
         finally:
             collector.remove()
-        generated = sequences[:, inputs["input_ids"].shape[1]:].cpu()
+        generated = sequences[:, prompt_length:].cpu()
         del inputs, sequences
         answers = []
         for row in range(rows):
             ids = generated[row]
+            if stop is not None and row in stop.finished:  # ended by a stop word: generate padded the row after it
+                ids = ids[:stop.finished[row]]
             if rows > 1:  # a row that ended early is padded after its end token: cut there, as generate alone stops
                 ends = torch.nonzero(torch.isin(ids, torch.tensor(eos))).flatten()
                 ids = ids[:int(ends[0]) + 1] if len(ends) else ids
             states = collector.rows[row] if row < len(collector.rows) else []
             raw_text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
-            answers.append(Answer(token_ids=ids, raw_text=raw_text, text=clean_text(self.tokenizer, ids),
+            text = strip_stop_words(clean_text(self.tokenizer, ids), stop_words)
+            answers.append(Answer(token_ids=ids, raw_text=raw_text, text=text,
                                   seg_states=states, phrases=phrases_for(raw_text, len(states))))
         return answers
 

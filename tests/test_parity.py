@@ -8,7 +8,9 @@ byte (its shard hashes are recorded) and run through our native pipeline with th
 cases force every generated token; the InternVL cases force the tokens of a schedule and leave the other steps to
 greedy decoding over the trained BPE ids, so equal ids also show equal argmaxes (and the raw logits are compared).
 The InternVL cases cover a 1-tile image, a 13-tile image (12 tiles + thumbnail) and a region prompt made through
-upstream's ``mask_prompts`` path.
+upstream's ``mask_prompts`` path; ``internvl_phi3`` (Sa2VA-4B's format: the ``phi3_chat`` template, whose answer
+ends in the text ``<|end|>`` and stops on it) and ``internvl_single_file`` (Sa2VA-1B's format: one
+``model.safetensors``, no index) are the InternVL2.5 releases' formats.
 
 Expected: identical prompt ids and token ids, identical [SEG] hidden states and projections up to float rounding,
 mask probabilities within 1e-4 of the upstream sigmoid(logits), and zero differing pixels after the 0.5 threshold.
@@ -58,9 +60,9 @@ def _sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def parity_case(request, checkpoint_factory):
-    family = request.param
+    family = request.param  # the data folder; checkpoint.json names the family when the folder is not one
     meta = json.loads((DATA / family / "checkpoint.json").read_text())
-    folder = checkpoint_factory(family, **meta["write_checkpoint"])
+    folder = checkpoint_factory(meta.get("family", family), **meta["write_checkpoint"])
     hashes = {p.name: _sha256(p) for p in sorted(folder.glob("*.safetensors"))}
     assert hashes == meta["shard_sha256"], (
         "the synthetic checkpoint no longer reproduces the bytes the reference was made from; regenerate the "

@@ -51,6 +51,9 @@ class FamilyAdapter(Protocol):
     def eos_token_ids(self, config: dict, tokenizer) -> list[int]:
         """Token ids that end generation."""
 
+    def stop_words(self, config: dict) -> tuple[str, ...]:
+        """Texts that end generation when the decoded answer ends with them (empty: the eos ids suffice)."""
+
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:

@@ -12,8 +12,11 @@ Facts this adapter encodes (docs/formats.md, "InternVL releases"):
 * the tokenizer is read without remote code (the folder's ``auto_map`` would otherwise ask about it);
 * images are cut into 448-px tiles as the reference's ``dynamic_preprocess`` does (1 to 12 tiles, grid by closest
   aspect ratio, PIL bicubic, a thumbnail appended when there is more than one tile), 256 tokens per tile;
-* the prompt is the ``qwen_chat`` template without a system turn; generation stops at ``<|im_end|>`` or
-  ``<|endoftext|>``; [SEG] reads the final norm's output.
+* the prompt is the chat template that ``config["template"]`` names, without a system turn: ``qwen_chat``
+  (InternVL3 releases, Sa2VA-1B) or ``phi3_chat`` (Sa2VA-4B), as upstream's ``templates.py`` spells them; any other
+  template is refused at load time. Generation stops at the tokenizer's eos token or when the decoded answer ends
+  with one of the template's stop words (``<|im_end|>`` / ``<|endoftext|>``; the text ``<|end|>``, which the
+  4B's Qwen2 tokenizer spells with several tokens); [SEG] reads the final norm's output.
 
 Region prompts (the reference's ``mask_prompts``): each region mask is resized (nearest) to the 16x16 token grid
 of a tile; the prompt gets ``"\\nThere are N part regions in the picture: region1<vp>" + <IMG_CONTEXT> x
@@ -50,15 +53,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 VP_START, VP_END = "<vp>", "</vp>"
-#: the ``qwen_chat`` template of the reference (one user turn, no system turn)
-PROMPT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
-_REQUIRED_TOKENS = ("[SEG]", IMG_START, IMG_END, IMG_CONTEXT, VP_START, VP_END) + STOP_TOKENS
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """One chat template of upstream's ``templates.py`` as ``predict_forward`` uses it: the user turn
+    (``INSTRUCTION``, no system turn) and the ``STOP_WORDS``, which stop generation when the decoded answer ends
+    with them. required_tokens: tokens the release's tokenizer must have as single tokens for this template."""
+
+    name: str
+    instruction: str
+    stop_words: tuple[str, ...]
+    required_tokens: tuple[str, ...] = ()
+
+
+#: the templates Sa2VA releases with an InternVL-style config use: ``qwen_chat`` (InternVL3 releases, Sa2VA-1B) and
+#: ``phi3_chat`` (Sa2VA-4B, whose Qwen2 tokenizer has no ``<|end|>`` token: the stop word is text)
+TEMPLATES = {
+    "qwen_chat": ChatTemplate("qwen_chat", "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
+                              ("<|im_end|>", "<|endoftext|>"), ("<|im_start|>", "<|im_end|>", "<|endoftext|>")),
+    "phi3_chat": ChatTemplate("phi3_chat", "<|user|>\n{input}<|end|>\n<|assistant|>\n", ("<|end|>",)),
+}
+_REQUIRED_TOKENS = ("[SEG]", IMG_START, IMG_END, IMG_CONTEXT, VP_START, VP_END)
+#: config.json keys the adapter reads without a default
+_VISION_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "patch_size")
+_LLM_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 #: llm_config keys that are not Qwen2Config arguments (InternVL3's config and the 4.57 export carry them)
 _LLM_DROP = {"_name_or_path", "auto_map", "architectures", "use_bfloat16", "moe_config", "bias", "layer_types",
              "_attn_implementation_autoset", "attn_implementation", "torch_dtype", "dtype", "transformers_version",
-             "model_type", "use_flash_attn"}
+             "model_type", "use_flash_attn", "_commit_hash"}
 
 # (release name, runtime name) pairs. "{i}" is a layer number; a name ending in "." is a prefix, any other name
 # is a whole tensor name. Both directions of the key map are generated from this one table.
@@ -135,17 +159,36 @@ def split_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 # ------------------------------------------------------------------------------------------------- config
 def check_config(config: dict, folder: str | os.PathLike = "") -> None:
     """Refuse what ``InternVLForConditionalGeneration`` cannot run exactly: another vision tower or language model,
-    or pixel-shuffle version 1."""
+    pixel-shuffle version 1, a chat template this adapter does not implement, or a config without the sizes the
+    model is built from."""
     vision = config.get("vision_config") or {}
     llm = config.get("llm_config") or {}
     vision_arch = (vision.get("architectures") or ["InternVisionModel"])[0]
     llm_arch = (llm.get("architectures") or ["?"])[0]
     if vision_arch != "InternVisionModel" or llm_arch != "Qwen2ForCausalLM":
-        raise ModelFolderError(f"{folder}: this InternVL-style Sa2VA model uses {vision_arch} + {llm_arch}; only the "
-                               f"Sa2VA-InternVL3 releases (InternVisionModel + Qwen2ForCausalLM) are supported.")
+        raise ModelFolderError(f"{folder}: this InternVL-style Sa2VA model uses {vision_arch} + {llm_arch}; only "
+                               f"InternVisionModel + Qwen2ForCausalLM is supported (Sa2VA-1B, Sa2VA-4B and the "
+                               f"Sa2VA-InternVL3 releases; not Sa2VA-8B/26B, whose InternLM2 is not supported yet).")
     if config.get("ps_version", "v1") != "v2":
         raise ModelFolderError(f"{folder}: config.json has ps_version {config.get('ps_version', 'v1')!r}; only "
                                f"pixel-shuffle 'v2' (all Sa2VA-InternVL3 releases) is supported.")
+    missing = [f"vision_config.{k}" for k in _VISION_KEYS if k not in vision] + \
+        [f"llm_config.{k}" for k in _LLM_KEYS if k not in llm]
+    if missing:
+        raise ModelFolderError(f"{folder}: config.json lacks {', '.join(missing)}; it is not a complete Sa2VA release "
+                               f"config. Copy config.json from the model repository again.")
+    chat_template(config, folder)
+
+
+def chat_template(config: dict, folder: str | os.PathLike = "") -> ChatTemplate:
+    """The chat template ``config["template"]`` names (``-`` read as ``_``, as upstream does); any template
+    other than :data:`TEMPLATES` is refused with an error naming it."""
+    name = str(config.get("template")).replace("-", "_")
+    if name not in TEMPLATES:
+        raise ModelFolderError(f"{folder}: config.json asks for the chat template {config.get('template')!r}, which "
+                               f"this pack does not implement (supported: {', '.join(TEMPLATES)}); this model "
+                               f"cannot be run here.")
+    return TEMPLATES[name]
 
 
 def tokens_per_tile(config: dict) -> int:
@@ -269,6 +312,7 @@ class InternVLInputProcessor:
 
     tokenizer: object
     tokens_per_tile: int = 256
+    template: ChatTemplate = TEMPLATES["qwen_chat"]
     tile_size: int = TILE_SIZE
     min_tiles: int = MIN_TILES
     max_tiles: int = MAX_TILES
@@ -290,8 +334,8 @@ class InternVLInputProcessor:
 
     def prompt(self, text: str, image_texts: list[str]) -> str:
         """The chat prompt: the images' token strings (joined by newlines, as the reference joins video frames), then
-        ``text``, in the ``qwen_chat`` user turn."""
-        return PROMPT_TEMPLATE.format(input="\n".join(image_texts) + text)
+        ``text``, in the template's user turn."""
+        return self.template.instruction.format(input="\n".join(image_texts) + text)
 
 
 # ---------------------------------------------------------------------------------------------- adapter
@@ -397,6 +441,9 @@ class InternVLAdapter:
         """The tokenizer (no remote code, no interactive prompt) with the tiling settings of ``config``."""
         from transformers import AutoTokenizer
 
+        if config:
+            check_config(config, folder)
+        template = chat_template(config, folder) if config else TEMPLATES["qwen_chat"]
         try:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
@@ -404,16 +451,16 @@ class InternVLAdapter:
             raise ModelFolderError(f"{folder}: the tokenizer/processor files cannot be loaded ({exc}). Copy "
                                    f"tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json "
                                    f"and special_tokens_map.json from the model repository.") from exc
-        for token in _REQUIRED_TOKENS:
+        for token in _REQUIRED_TOKENS + template.required_tokens:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id or \
                     tokenizer.convert_ids_to_tokens(token_id) != token:
                 raise ModelFolderError(f"{folder}: the tokenizer has no {token} token, so it is not the tokenizer of "
-                                       f"a Sa2VA-InternVL3 release. Copy the tokenizer files of the Sa2VA release, "
-                                       f"not of the base InternVL3 model.")
+                                       f"a Sa2VA InternVL-style release. Copy the tokenizer files of the Sa2VA "
+                                       f"release, not of the base InternVL model.")
         self._tokenizer = tokenizer
         per_tile = tokens_per_tile(config) if config else 256
-        return InternVLInputProcessor(tokenizer, tokens_per_tile=per_tile)
+        return InternVLInputProcessor(tokenizer, tokens_per_tile=per_tile, template=template)
 
     def build_inputs(self, processor: InternVLInputProcessor, images: list[Image.Image], text: str,
                      regions: list | np.ndarray | torch.Tensor | None = None) -> dict:
@@ -522,14 +569,30 @@ class InternVLAdapter:
         return BaseModelOutputWithPooling(pooler_output=features)
 
     def eos_token_ids(self, config: dict, tokenizer) -> list[int]:
-        """``<|im_end|>`` (the tokenizer's eos) and ``<|endoftext|>`` (the reference's second stop word)."""
-        return [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
+        """The tokenizer's eos (the reference's ``eos_token_id``), then every stop word of the template that is one
+        token of the tokenizer (``<|im_end|>``, ``<|endoftext|>`` for ``qwen_chat``): stopping on those ids is
+        stopping where the reference's text check would."""
+        ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+        for word in self.stop_words(config):
+            token_id = tokenizer.convert_tokens_to_ids(word)
+            if token_id is not None and token_id != tokenizer.unk_token_id and \
+                    tokenizer.convert_ids_to_tokens(token_id) == word and token_id not in ids:
+                ids.append(int(token_id))
+        return ids
+
+    def stop_words(self, config: dict) -> tuple[str, ...]:
+        """The template's stop words: generation ends when the decoded answer (special tokens kept, carriage returns
+        and newlines removed) ends with one of them, as upstream's ``StopWordStoppingCriteria`` decides."""
+        return chat_template(config).stop_words
 
 
 __all__ = [
     "KEY_MAPPING",
+    "TEMPLATES",
+    "ChatTemplate",
     "InternVLAdapter",
     "InternVLInputProcessor",
+    "chat_template",
     "check_config",
     "native_config",
     "native_to_release",

@@ -279,6 +279,10 @@ class QwenVLAdapter:
         eos = config["text_config"].get("eos_token_id", tokenizer.eos_token_id)
         return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
 
+    def stop_words(self, config: dict) -> tuple[str, ...]:
+        """None: the Qwen releases' code has no stop words; generation ends at the eos ids."""
+        return ()
+
 
 __all__ = ["QwenVLAdapter", "native_config", "smart_resize", "fetch_resize", "release_to_native",
            "native_to_release"]

@@ -242,6 +242,12 @@ def save_sharded(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: 
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
+def save_single(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write every tensor into one ``model.safetensors`` without an index (Sa2VA-1B's layout)."""
+    from safetensors.torch import save_file
+
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
 
 class ForceTokens:
     """A logits processor that makes greedy decoding emit ``token_ids`` in order, then repeat the last id.

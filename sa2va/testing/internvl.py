@@ -36,6 +36,7 @@ from .common import (
     SA2VA_TOKENS,
     TINY_SAM2,
     save_sharded,
+    save_single,
     scaled_values,
     seeded_tensor,
     add_seg_chain,
@@ -112,11 +113,12 @@ def write_tokenizer(folder: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------- config
-def release_config(ids: dict[str, int], vocab_size: int, sam2: dict | None, text_size: dict | None = None) -> dict:
+def release_config(ids: dict[str, int], vocab_size: int, sam2: dict | None, text_size: dict | None = None,
+                   template: str = "qwen_chat") -> dict:
     """config.json as ``tools/convert_to_hf.py`` writes it under transformers 4.57 (``Sa2VAChatConfig.to_dict``
     through ``save_pretrained``), with tiny sizes. InternViT's flags are explicit, as in InternViT-300M's config;
     the llm_config carries some of the noise keys InternVL3's own config has. ``text_size``: overrides of
-    :data:`TINY_LLM`."""
+    :data:`TINY_LLM`; ``template``: the chat template config.json names."""
     size = {**TINY_LLM, **(text_size or {})}
     num_layers = size["num_hidden_layers"]
     llm = {
@@ -144,7 +146,7 @@ def release_config(ids: dict[str, int], vocab_size: int, sam2: dict | None, text
         "downsample_ratio": DOWNSAMPLE_RATIO, "dtype": "bfloat16", "dynamic_image_size": True,
         "force_image_size": IMAGE_SIZE, "hidden_size": size["hidden_size"], "llm_config": llm,
         "max_dynamic_patch": 12, "min_dynamic_patch": 1, "model_type": "sa2va_chat", "output_attentions": False,
-        "pad2square": False, "ps_version": "v2", "select_layer": -1, "template": "qwen_chat",
+        "pad2square": False, "ps_version": "v2", "select_layer": -1, "template": template,
         "tie_word_embeddings": False, "transformers_version": None, "use_backbone_lora": 0, "use_llm_lora": 0,
         "use_thumbnail": True, "vision_config": vision,
     }
@@ -215,14 +217,19 @@ def _tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ weights
 def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int = 0,
                      weight_dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = 64 * 2**20,
-                     seg_chain: bool = True, text_size: dict | None = None) -> Path:
-    """Write a tiny random Sa2VA-InternVL3 checkpoint in the release format and return its folder.
+                     seg_chain: bool = True, text_size: dict | None = None, template: str = "qwen_chat",
+                     single_file: bool = False) -> Path:
+    """Write a tiny random Sa2VA InternVL-style checkpoint in the release format and return its folder.
 
     sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1
     at 1024 px, as the releases; ~0.45 GB in bf16). weight_dtype: bf16 like the releases (every tensor), or fp32.
     seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size: overrides of
     :data:`TINY_LLM` (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads)
-    for a bigger language model."""
+    for a bigger language model. template: the chat template config.json names (``"qwen_chat"``: InternVL3 releases
+    and Sa2VA-1B; ``"phi3_chat"``: Sa2VA-4B; any other name is written as given, for tests of the refusal; the
+    weights do not depend on it). single_file: one ``model.safetensors`` without an index
+    (Sa2VA-1B's layout) instead of shards of at most ``max_shard_bytes``. The defaults write the bytes the committed
+    parity references were made from."""
     from tokenizers import Tokenizer
     from transformers import Sam2VideoModel
 
@@ -233,14 +240,14 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     ids = write_tokenizer(folder)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     config = release_config(ids, tok.get_vocab_size(with_added_tokens=True), TINY_SAM2 if sam2 == "tiny" else None,
-                            text_size)
+                            text_size, template)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / "generation_config.json").write_text(json.dumps({"_from_model_config": True,
                                                                "transformers_version": "4.57.0"}, indent=2) + "\n",
                                                    encoding="utf-8")
 
     state = {name: _tensor(name, shape, seed) for name, shape in release_shapes(config).items()}
-    if seg_chain:
+    if seg_chain:  # both templates' prompts end in a "\n" token; the answer ends in the tokenizer's eos
         answer = tok.encode("Sure, it is", add_special_tokens=False).ids + [ids["[SEG]"]] + \
             tok.encode(".", add_special_tokens=False).ids + [ids["<|im_end|>"]]
         start = tok.encode("\n", add_special_tokens=False).ids
@@ -258,7 +265,10 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
                         ("2.bias", (256,))):
         state[keymap.PROJECTION_PREFIX + name] = seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
     state = {k: v.to(weight_dtype).contiguous() for k, v in state.items()}
-    save_sharded(folder, state, max_shard_bytes)
+    if single_file:
+        save_single(folder, state)
+    else:
+        save_sharded(folder, state, max_shard_bytes)
     return folder
 
 

@@ -12,7 +12,9 @@ algorithm"); this implementation returns the same token ids and mask logits with
 The engine's public seams, on which ``predict``, ``predict_batch`` and ``predict_video`` are built (and which tests,
 benchmarks and new features use): :meth:`Sa2VAModel.answer` (images + prompt -> :class:`~sa2va.answer.Answer`
 with ids and [SEG] states), :meth:`Sa2VAModel.seg_embeddings` ([SEG] states -> SAM2 prompt tokens) and
-:meth:`Sa2VAModel.masks_for` / :meth:`Sa2VAModel.masks_for_batch` ([SEG] states on images -> probabilities).
+:meth:`Sa2VAModel.masks_for` / :meth:`Sa2VAModel.masks_for_batch` ([SEG] states on images -> probabilities) and
+:meth:`Sa2VAModel.objects_for` / :meth:`Sa2VAModel.decode_groups` (the same with SAM2's scores,
+:class:`~sa2va.objects.ObjectMasks`).
 """
 from __future__ import annotations
 
@@ -27,13 +29,15 @@ import torch
 from PIL import Image
 
 from . import keymap
-from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text, phrases_for
+from .answer import SEG_TOKEN, Answer, SegStateCollector, clean_text
 from .compat import require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
 from .errors import InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
+from .labels import object_labels
+from .objects import ObjectMasks, object_score
 from .quantization import QUANTIZATION_MODES
 from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
 from .video import VideoOptions, VideoPrediction, segment_clip
@@ -57,19 +61,30 @@ class Prediction:
     text: the answer without special tokens and [SEG] markers; raw_text: the decoded answer with special tokens
     (as the reference returns it); token_ids: generated ids, 1-D LongTensor; masks: float32 ``[N, H, W]``
     sigmoid probabilities at the input resolution, one per [SEG] that was fed back into the model;
-    phrases: N strings naming what each mask shows."""
+    phrases: N labels naming what each mask shows (:func:`sa2va.labels.object_labels`); iou_scores, object_scores:
+    float32 ``[N]`` probabilities from the SAM2 decoder (:mod:`sa2va.objects`); ``scores`` is their product."""
 
     text: str
     raw_text: str
     token_ids: torch.Tensor
     masks: torch.Tensor
     phrases: list[str] = field(default_factory=list)
+    iou_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    object_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[N]`` the score of each object: predicted IoU times object probability (near 0 for an absent one)."""
+        return object_score(self.iou_scores, self.object_scores)
 
     @classmethod
-    def of(cls, answer: Answer, masks: torch.Tensor) -> "Prediction":
-        """The prediction made of an answer and the masks of its [SEG] states."""
-        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
-                   phrases=answer.phrases)
+    def of(cls, answer: Answer, masks: torch.Tensor | ObjectMasks) -> "Prediction":
+        """The prediction made of an answer and the masks (with their scores, given an
+        :class:`~sa2va.objects.ObjectMasks`) of its [SEG] states."""
+        scores = {} if isinstance(masks, torch.Tensor) else {"iou_scores": masks.iou_scores,
+                                                                 "object_scores": masks.object_scores}
+        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids,
+                   masks=masks if isinstance(masks, torch.Tensor) else masks.masks, phrases=answer.phrases, **scores)
 
 
 class Sa2VAModel:
@@ -136,7 +151,8 @@ class Sa2VAModel:
         del inputs, sequences
         raw_text = self.tokenizer.decode(generated, skip_special_tokens=False).strip()
         return Answer(token_ids=generated, raw_text=raw_text, text=clean_text(self.tokenizer, generated),
-                      seg_states=collector.states, phrases=phrases_for(raw_text, len(collector.states)))
+                      seg_states=collector.states,
+                      phrases=object_labels(raw_text, len(collector.states), prompt.replace("<image>", "")))
 
     def seg_embeddings(self, seg_states: list[torch.Tensor]) -> torch.Tensor:
         """SAM2 prompt tokens ``[N, 256]`` (on the grounding head's device, in the projection's dtype) for N
@@ -157,19 +173,41 @@ class Sa2VAModel:
 
         The SAM2 image encoder runs once per image that has at least one state, batched over up to
         ``encode_batch_size`` such images (all at once when None); the masks of each image are decoded in one call."""
+        return [groups[0].masks for groups in self.decode_groups(images, [[s] for s in seg_states], encode_batch_size)]
+
+    @torch.inference_mode()
+    def objects_for(self, image, seg_states: list[torch.Tensor]) -> ObjectMasks:
+        """:meth:`masks_for` with SAM2's predicted IoU and object probability of each mask."""
+        return self.decode_groups([image], [[seg_states]])[0][0]
+
+    @torch.inference_mode()
+    def decode_groups(self, images: list, groups: list[list[list[torch.Tensor]]],
+                      encode_batch_size: int | None = None) -> list[list[ObjectMasks]]:
+        """Masks and scores for each image and each group of its [SEG] states (one group per request).
+
+        ``groups[i]``: the state lists of image i, one per request. The SAM2 image encoder runs once per image that
+        has at least one state, batched over up to ``encode_batch_size`` such images (all at once when None); each
+        group is decoded in one mask-decoder call. Returns ``[image][group]`` :class:`~sa2va.objects.ObjectMasks`."""
         images = [to_pil(image) for image in images]
         head = self.grounding
-        out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
-        wanted = [i for i, s in enumerate(seg_states) if s]
+        empty = torch.zeros(0, dtype=torch.float32)
+        out = [[ObjectMasks(torch.zeros(0, im.height, im.width, dtype=torch.float32), empty, empty) for _ in group]
+               for im, group in zip(images, groups)]
+        wanted = [i for i, group in enumerate(groups) if any(group)]
         step = encode_batch_size or max(len(wanted), 1)
         for start in range(0, len(wanted), step):
             chunk = wanted[start:start + step]
             features = head.encode(sam2_pixels([images[i] for i in chunk], head.image_size))
             for j, i in enumerate(chunk):
-                embeddings = self.seg_embeddings(seg_states[i])
                 single = features if len(chunk) == 1 else features.select(j)
-                low = head.image_logits(single, embeddings)
-                out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
+                for g, states in enumerate(groups[i]):
+                    if not states:
+                        continue
+                    decoded = head.image_decode(single, self.seg_embeddings(states))
+                    masks = upsample_logits(decoded.low_res_logits, head.image_size, images[i].height,
+                                            images[i].width).sigmoid().cpu()
+                    out[i][g] = ObjectMasks(masks, decoded.iou.float().cpu(),
+                                            decoded.object_score[:, 0].float().sigmoid().cpu())
         return out
 
     # ------------------------------------------------------------------------------------------- predictions
@@ -187,7 +225,27 @@ class Sa2VAModel:
         check_request(prompt, max_new_tokens)
         pil = to_pil(image)
         answer = self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
-        return Prediction.of(answer, self.masks_for(pil, answer.seg_states))
+        return Prediction.of(answer, self.objects_for(pil, answer.seg_states))
+
+    @torch.inference_mode()
+    def predict_prompts(self, image, prompts: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                        logits_processor=None, stopping_criteria=None, regions: list | None = None
+                        ) -> list[Prediction]:
+        """:meth:`predict` for several requests on one image; returns one :class:`Prediction` per request, equal to
+        running :meth:`predict` with each in turn.
+
+        The answers are generated one request after another (the language model sees the image once per request);
+        the SAM2 image encoder runs once for all of them, and each request's masks are decoded in one call.
+        ``regions`` (InternVL3 models) apply to every request."""
+        if isinstance(prompts, str) or not prompts:
+            raise InputError("predict_prompts takes a non-empty list of prompts; use predict for one prompt.")
+        for prompt in prompts:
+            check_request(prompt, max_new_tokens)
+        pil = to_pil(image)
+        answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
+                   for prompt in prompts]
+        groups = self.decode_groups([pil], [[a.seg_states for a in answers]])[0]
+        return [Prediction.of(answer, objects) for answer, objects in zip(answers, groups)]
 
     @torch.inference_mode()
     def predict_batch(self, images, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -208,8 +266,8 @@ class Sa2VAModel:
                              "image.")
         pils = [to_pil(image) for image in images]
         answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria) for pil in pils]
-        masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size)
-        return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
+        decoded = self.decode_groups(pils, [[a.seg_states] for a in answers], encode_batch_size)
+        return [Prediction.of(answer, groups[0]) for answer, groups in zip(answers, decoded)]
 
     @torch.inference_mode()
     def predict_video(self, frames, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,

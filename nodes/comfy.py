@@ -8,6 +8,7 @@ interrupted, and models live on the device they were loaded to. No other module 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -69,6 +70,19 @@ def extension(nodes: list[type]):
 
 class Interrupted(Exception):
     """Raised outside ComfyUI when a run is cancelled (inside ComfyUI its own interrupt exception is raised)."""
+
+
+# ------------------------------------------------------------------------------------------------- types
+def bounding_box_type() -> bool:
+    """True when the running ComfyUI defines the BOUNDING_BOX type (``io.BoundingBox``, the boxes of core SAM 3),
+    so box outputs connect to core nodes that take boxes; False outside ComfyUI or in older versions."""
+    return io is not None and hasattr(io, "BoundingBox")
+
+
+def boxes_output(boxes: list[list[dict]]):
+    """Boxes as the node returns them: the per-image lists of ``{x, y, width, height, ...}`` records themselves where
+    ComfyUI has the BOUNDING_BOX type, else the same structure as a JSON string."""
+    return boxes if bounding_box_type() else json.dumps(boxes)
 
 
 # ------------------------------------------------------------------------------------------- model folders

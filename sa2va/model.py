@@ -81,10 +81,10 @@ class Prediction:
     def of(cls, answer: Answer, masks: torch.Tensor | ObjectMasks) -> "Prediction":
         """The prediction made of an answer and the masks (with their scores, given an
         :class:`~sa2va.objects.ObjectMasks`) of its [SEG] states."""
-        scores = {} if isinstance(masks, torch.Tensor) else {"iou_scores": masks.iou_scores,
-                                                                 "object_scores": masks.object_scores}
-        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids,
-                   masks=masks if isinstance(masks, torch.Tensor) else masks.masks, phrases=answer.phrases, **scores)
+        if isinstance(masks, torch.Tensor):  # masks without scores: the scores stay empty
+            masks = ObjectMasks(masks, torch.zeros(0), torch.zeros(0))
+        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks.masks,
+                   phrases=answer.phrases, iou_scores=masks.iou_scores, object_scores=masks.object_scores)
 
 
 class Sa2VAModel:

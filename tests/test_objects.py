@@ -113,7 +113,8 @@ def test_scores_equal_the_decoders(model_factory, family, image):
                 input_boxes=None, input_masks=None)[0], embeddings.view(1, 2, 1, -1)], dim=2),
             dense_prompt_embeddings=head.model.prompt_encoder(
                 input_points=torch.zeros(1, 2, 1, 2), input_labels=-torch.ones(1, 2, 1, dtype=torch.int32),
-                input_boxes=None, input_masks=None)[1], multimask_output=True, high_resolution_features=features.high_res)
+                input_boxes=None, input_masks=None)[1], multimask_output=True,
+            high_resolution_features=features.high_res)
     assert pred.iou_scores.shape == pred.object_scores.shape == pred.scores.shape == (2,)
     # the predicted IoU of the mask the decoder chose (the best of its three), as the decoder's IoU head gives it
     assert torch.allclose(pred.iou_scores, iou[0].max(-1).values, atol=1e-6)

@@ -3,7 +3,9 @@
 Needs scikit-image for its bundled CC0 sample photo (``pip install scikit-image``); nothing is downloaded.
 Writes docs/images/refinement_methods.png: a real photo with a hand-made coarse mask (a blocky ellipse, like an
 upsampled low-resolution SAM2 mask) and what each weight-free refinement control makes of it; and
-docs/images/overlay_labelled.png: the Segmentation node's overlay for three hand-made object masks.
+docs/images/overlay_labelled.png: the Segmentation node's overlay for three hand-made object masks, labelled by the
+pack's own labeller (sa2va/labels.py) from three requests and the model's usual answer "Sure, it is [SEG]." (the
+masks are drawn by hand because no Sa2VA weights are needed to build the docs).
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ def labelled_overlay() -> Path:
     """The Segmentation node's overlay output: each object in its own colour, outlined and labelled."""
     from skimage import data
 
+    from sa2va.labels import object_labels
     from sa2va.masks import draw_labels
 
     photo = torch.from_numpy(data.coffee()).float() / 255.0
@@ -91,7 +94,9 @@ def labelled_overlay() -> Path:
     spoon = (((y - 285) / 42) ** 2 + ((x - 366) / 40) ** 2 <= 1) | ((y > 70) & (y < 250) & ((x - handle_x).abs() < 9))
     masks = torch.stack([cup, saucer & ~spoon, spoon]).float()
     refined = refine(photo, masks, RefineSettings(mask_threshold=0.5))
-    picture = draw_labels(overlay(photo, refined), refined, ["the espresso cup", "the saucer", "the spoon"])
+    requests = ["Please segment the espresso cup.", "the saucer", "Could you segment the spoon in this image?"]
+    labels = [object_labels("Sure, it is [SEG].<|im_end|>", 1, request)[0] for request in requests]
+    picture = draw_labels(overlay(photo, refined), refined, labels)
     path = OUT / "overlay_labelled.png"
     Image.fromarray(to_uint8(picture)).save(path, optimize=True)
     return path

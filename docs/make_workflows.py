@@ -40,18 +40,21 @@ class WF:
               "version": 0.4}
         (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2) + "\n")
 
-SEG_IN = [("image", "IMAGE"), ("model", "SA2VA_MODEL")]
+SEG_IN = [("image", "IMAGE"), ("model", "SA2VA_MODEL"), ("regions", "MASK")]
+# boxes: ComfyUI's BOUNDING_BOX where the running ComfyUI has it (nodes/comfy.py), else STRING; the saved type is
+# what the UI shows before the node definitions load, and the link type below follows it
 SEG_OUT = [("masks", "MASK"), ("merged_mask", "MASK"), ("mask_images", "IMAGE"), ("overlay", "IMAGE"),
-           ("text", "STRING"), ("phrases", "STRING")]
+           ("text", "STRING"), ("phrases", "STRING"), ("scores", "STRING"), ("boxes", "BOUNDING_BOX")]
 LOAD_OUTPUTS = [("IMAGE", "IMAGE"), ("MASK", "MASK")]
 LOADER_WIDGETS = ["Sa2VA-Qwen3-VL-4B", "auto", "none", "sdpa", "auto"]
 
-def seg_widgets(prompt):
+def seg_widgets(prompt, model="Sa2VA-Qwen3-VL-4B", prompt_per_line=False, min_score=0.0):
     """prompt, model_name, max_new_tokens, mask_threshold, apply_mask_threshold, clean_vram_after, then the
-    refinement widgets: process_details, black/white point, detail_method, erode, dilate, radius, eps, megapixels,
-    then the own model's dtype and quantization."""
-    return [prompt, "Sa2VA-Qwen3-VL-4B", 512, 0.3, True, False, True, 0.05, 0.95, "FastMatte", 0, 0, 8, 0.01, 2.0,
-            "auto", "none"]
+    refinement widgets: process_details, black/white point, detail_method, erode, dilate, radius, eps, megapixels;
+    then the own model's dtype and quantization, prompt_per_line and min_score (each added last when it came, so
+    older workflows keep their widget order)."""
+    return [prompt, model, 512, 0.3, True, False, True, 0.05, 0.95, "FastMatte", 0, 0, 8, 0.01, 2.0,
+            "auto", "none", prompt_per_line, min_score]
 
 def previews(wf, seg, x, y):
     p1 = wf.node("PreviewImage", (x, y), [], [("images", "IMAGE")], size=(300, 280), title="Overlay")
@@ -60,6 +63,14 @@ def previews(wf, seg, x, y):
     wf.link(seg, 1, p2, "mask")
     p3 = wf.node("PreviewAny", (x, y + 310), [], [("source", "*")], size=(620, 160), title="Answer")
     wf.link(seg, 4, p3, "source")
+    return p3
+
+
+def object_previews(wf, seg, x, y):
+    """Labels (phrases), scores and boxes of every object."""
+    for slot, title, dy in ((5, "Labels", 0), (6, "Scores", 140), (7, "Boxes", 280)):
+        node = wf.node("PreviewAny", (x, y + dy), [], [("source", "*")], size=(620, 120), title=title)
+        wf.link(seg, slot, node, "source")
 
 # 1. basic: the Segmentation node alone (the README's first workflow)
 wf = WF()
@@ -132,3 +143,32 @@ wf.link(seg, 3, txt, "source")
 ph = wf.node("PreviewAny", (1140, 660), [], [("source", "*")], size=(400, 140), title="Which masks are which object")
 wf.link(seg, 4, ph, "source")
 wf.save("sa2va_video")
+
+# 5. region prompts (Sa2VA-InternVL3): a painted mask on the image is region1
+wf = WF()
+img = wf.node("LoadImage", (40, 60), ["example.png", "image"], [], LOAD_OUTPUTS, size=(320, 360),
+              title="Image (paint region1 in the mask editor)")
+ld = wf.node("Sa2VALoader", (40, 480), ["Sa2VA-InternVL3-2B", "auto", "none", "sdpa", "auto"], [],
+             [("model", "SA2VA_MODEL")], size=(320, 180))
+seg = wf.node("Sa2VASegmentation", (400, 60), seg_widgets("Please segment the object similar to region1.",
+                                                          model="Sa2VA-InternVL3-2B"),
+              SEG_IN, SEG_OUT, size=(380, 640))
+wf.link(img, 0, seg, "image")
+wf.link(img, 1, seg, "regions")
+wf.link(ld, 0, seg, "model")
+previews(wf, seg, 820, 60)
+object_previews(wf, seg, 820, 560)
+wf.save("sa2va_region_prompt")
+
+# 6. several prompts at once: one request per line on the same image, outputs grouped and labelled by line
+wf = WF()
+img = wf.node("LoadImage", (40, 60), ["example.png", "image"], [], LOAD_OUTPUTS, size=(320, 360))
+ld = wf.node("Sa2VALoader", (40, 480), LOADER_WIDGETS, [], [("model", "SA2VA_MODEL")], size=(320, 180))
+seg = wf.node("Sa2VASegmentation", (400, 60),
+              seg_widgets("the person on the left\nthe person on the right\nthe sky", prompt_per_line=True),
+              SEG_IN, SEG_OUT, size=(380, 640))
+wf.link(img, 0, seg, "image")
+wf.link(ld, 0, seg, "model")
+previews(wf, seg, 820, 60)
+object_previews(wf, seg, 820, 560)
+wf.save("sa2va_several_prompts")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import os
 import pkgutil
@@ -114,6 +115,19 @@ def hidden(node: type, name: str):
 
 class Interrupted(Exception):
     """Raised outside ComfyUI when a run is cancelled (inside ComfyUI its own interrupt exception is raised)."""
+
+
+# ------------------------------------------------------------------------------------------------- types
+def bounding_box_type() -> bool:
+    """True when the running ComfyUI defines the BOUNDING_BOX type (``io.BoundingBox``, the boxes of core SAM 3),
+    so box outputs connect to core nodes that take boxes; False outside ComfyUI or in older versions."""
+    return io is not None and hasattr(io, "BoundingBox")
+
+
+def boxes_output(boxes: list[list[dict]]):
+    """Boxes as the node returns them: the per-image lists of ``{x, y, width, height, ...}`` records themselves where
+    ComfyUI has the BOUNDING_BOX type, else the same structure as a JSON string."""
+    return boxes if bounding_box_type() else json.dumps(boxes)
 
 
 # ------------------------------------------------------------------------------------------- model folders

@@ -43,6 +43,12 @@ def advanced(factory) -> dict:
     return comfy.supported(factory, advanced=True)
 
 
+def boxes_socket(io):
+    """ComfyUI's BOUNDING_BOX type where the running version has it (as :func:`.comfy.bounding_box_type` decides for
+    the values), else STRING (the boxes as JSON text)."""
+    return getattr(io, "BoundingBox", None) or io.String
+
+
 def refine_inputs(io) -> list:
     """The refinement controls shared by Sa2VA Segmentation and Sa2VA Refine Mask (advanced ones optional); their
     names are the keyword arguments of :func:`refine_settings`."""

@@ -49,7 +49,8 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from .masks import overlay, to_uint8
+    from .boxes import mask_boxes
+    from .masks import draw_labels, overlay, to_uint8
     from .model import load_model
 
     folder = _model_folder(args.model, args.models_dir)
@@ -63,9 +64,14 @@ def _segment(args: argparse.Namespace) -> int:
     for i, mask in enumerate(pred.masks):
         Image.fromarray(to_uint8(mask), "L").save(out / f"mask_{i}.png")
     pixels = torch.from_numpy(np.asarray(image)).float() / 255.0
-    Image.fromarray(to_uint8(overlay(pixels, pred.masks)), "RGB").save(out / "overlay.png")
+    drawn = draw_labels(overlay(pixels, pred.masks), pred.masks, pred.phrases)
+    Image.fromarray(to_uint8(drawn), "RGB").save(out / "overlay.png")
     summary = {"text": pred.text, "raw_text": pred.raw_text, "phrases": pred.phrases,
-               "masks": [f"mask_{i}.png" for i in range(pred.masks.shape[0])]}
+               "masks": [f"mask_{i}.png" for i in range(pred.masks.shape[0])],
+               "scores": [round(float(x), 4) for x in pred.scores],
+               "iou_scores": [round(float(x), 4) for x in pred.iou_scores],
+               "object_scores": [round(float(x), 4) for x in pred.object_scores],
+               "boxes": [list(b) if b else None for b in mask_boxes(pred.masks, 0.5)]}
     (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(pred.text)
     print(f"{pred.masks.shape[0]} mask(s) written to {out}")

@@ -1,8 +1,8 @@
 """The language model's side of a prediction: the answer, its [SEG] hidden states, and its text and phrases.
 
 :class:`SegStateCollector` keeps one hidden state per [SEG] during greedy generation; :class:`Answer` is what the
-``Sa2VAModel.answer`` seam returns; :func:`clean_text` and :func:`phrases_for` turn the generated ids into what
-users read. None of this touches SAM2.
+``Sa2VAModel.answer`` seam returns; :func:`clean_text` turns the generated ids into what users read, and
+:func:`sa2va.labels.object_labels` names each [SEG] (``Answer.phrases``). None of this touches SAM2.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class Answer:
     token_ids: generated ids, 1-D LongTensor on the CPU; raw_text: the decoded answer with special tokens (as the
     reference returns it); text: without special tokens and [SEG] markers; seg_states: one final-layer hidden state
     ``[hidden]`` per [SEG] that was fed back into the model (a [SEG] generated as the very last token has none),
-    in answer order, on the language model's device; phrases: one string per state naming what it points at."""
+    in answer order, on the language model's device; phrases: one label per state naming what it points at
+    (:func:`sa2va.labels.object_labels` of the answer and the prompt)."""
 
     token_ids: torch.Tensor
     raw_text: str
@@ -103,24 +104,6 @@ def strip_stop_words(text: str, words: tuple[str, ...] | list[str]) -> str:
         if word and text.endswith(word):
             return text[:-len(word)].rstrip()
     return text
-
-
-def phrases_for(raw_text: str, count: int) -> list[str]:
-    """Name each of the first ``count`` [SEG] of an answer (``Prediction.phrases``, docs/design.md).
-
-    The text inside ``<p>...</p>`` right before the [SEG]; otherwise the words since the previous [SEG] or the start
-    of the sentence; "" when there are none."""
-    pieces = raw_text.split(SEG_TOKEN)
-    out = []
-    for piece in pieces[:count]:
-        tagged = re.search(r"<p>(.*?)</p>\s*$", piece, flags=re.S)
-        if tagged:
-            out.append(tagged.group(1).strip())
-            continue
-        text = re.sub(r"<\|[^>]*\|>|</?p>|</?vp>", "", piece)
-        sentence = re.split(r"[.!?\n]", text)[-1]
-        out.append(re.sub(r"\s+", " ", sentence).strip(" ,;:"))
-    return out
 
 
 def clean_text(tokenizer, token_ids: torch.Tensor) -> str:

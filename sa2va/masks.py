@@ -203,14 +203,21 @@ def draw_labels(image: torch.Tensor, masks: torch.Tensor, labels: list[str], thr
     except TypeError:  # Pillow < 10.1 has a single bitmap size
         font = ImageFont.load_default()
     colours = (palette(masks.shape[0]) * 255).round().to(torch.uint8).tolist()
+    placed: list[tuple[int, int, int, int]] = []
     for mask, label, colour in zip(masks, labels, colours):
         rows, cols = torch.nonzero(mask > threshold, as_tuple=True)
         if not label or rows.numel() == 0:
             continue
         x, y = int(cols.min()), int(rows.min())
         left, top, right, bottom = draw.textbbox((x, y), label, font=font)
+        # objects whose boxes start at the same place would hide each other's labels: move down a line until free
+        step = bottom - top + 4
+        while any(left < r and right > l and top - 2 < b and bottom + 2 > t for l, t, r, b in placed) and \
+                bottom + step <= height:
+            y, top, bottom = y + step, top + step, bottom + step
         shift_x, shift_y = max(0, right + 4 - width), max(0, bottom + 2 - height)
         box = (left - 2 - shift_x, top - 2 - shift_y, right + 2 - shift_x, bottom + 2 - shift_y)
+        placed.append(box)
         draw.rectangle(box, fill=tuple(colour))
         text_colour = (0, 0, 0) if sum(colour) > 382 else (255, 255, 255)
         draw.text((x - shift_x, y - shift_y), label, fill=text_colour, font=font)

@@ -12,7 +12,9 @@ algorithm"); this implementation returns the same token ids and mask logits with
 The engine's public seams, on which ``predict``, ``predict_batch`` and ``predict_video`` are built (and which tests,
 benchmarks and new features use): :meth:`Sa2VAModel.answer` (images + prompt -> :class:`~sa2va.answer.Answer`
 with ids and [SEG] states), :meth:`Sa2VAModel.seg_embeddings` ([SEG] states -> SAM2 prompt tokens) and
-:meth:`Sa2VAModel.masks_for` / :meth:`Sa2VAModel.masks_for_batch` ([SEG] states on images -> probabilities).
+:meth:`Sa2VAModel.masks_for` / :meth:`Sa2VAModel.masks_for_batch` ([SEG] states on images -> probabilities) and
+:meth:`Sa2VAModel.objects_for` / :meth:`Sa2VAModel.decode_groups` (the same with SAM2's scores,
+:class:`~sa2va.objects.ObjectMasks`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 from PIL import Image
 
 from . import keymap
-from .answer import SEG_TOKEN, Answer, SegStateCollector, StopWords, clean_text, phrases_for, strip_stop_words
+from .answer import SEG_TOKEN, Answer, SegStateCollector, StopWords, clean_text, strip_stop_words
 from .cache import EncoderCache, content_key
 from .compat import no_init_weights, require_accelerate, require_transformers
 from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
@@ -36,6 +38,8 @@ from .errors import Cancelled, InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
+from .labels import object_labels
+from .objects import ObjectMasks, object_score
 from .quantization import QUANTIZATION_MODES, require_bitsandbytes
 from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
 from .video import VideoOptions, VideoPrediction, segment_clip
@@ -107,19 +111,30 @@ class Prediction:
     text: the answer without special tokens and [SEG] markers; raw_text: the decoded answer with special tokens
     (as the reference returns it); token_ids: generated ids, 1-D LongTensor; masks: float32 ``[N, H, W]``
     sigmoid probabilities at the input resolution, one per [SEG] that was fed back into the model;
-    phrases: N strings naming what each mask shows."""
+    phrases: N labels naming what each mask shows (:func:`sa2va.labels.object_labels`); iou_scores, object_scores:
+    float32 ``[N]`` probabilities from the SAM2 decoder (:mod:`sa2va.objects`); ``scores`` is their product."""
 
     text: str
     raw_text: str
     token_ids: torch.Tensor
     masks: torch.Tensor
     phrases: list[str] = field(default_factory=list)
+    iou_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    object_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[N]`` the score of each object: predicted IoU times object probability (near 0 for an absent one)."""
+        return object_score(self.iou_scores, self.object_scores)
 
     @classmethod
-    def of(cls, answer: Answer, masks: torch.Tensor) -> "Prediction":
-        """The prediction made of an answer and the masks of its [SEG] states."""
-        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
-                   phrases=answer.phrases)
+    def of(cls, answer: Answer, masks: torch.Tensor | ObjectMasks) -> "Prediction":
+        """The prediction made of an answer and the masks (with their scores, given an
+        :class:`~sa2va.objects.ObjectMasks`) of its [SEG] states."""
+        if isinstance(masks, torch.Tensor):  # masks without scores: the scores stay empty
+            masks = ObjectMasks(masks, torch.zeros(0), torch.zeros(0))
+        return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks.masks,
+                   phrases=answer.phrases, iou_scores=masks.iou_scores, object_scores=masks.object_scores)
 
 
 class Sa2VAModel:
@@ -214,7 +229,7 @@ class Sa2VAModel:
         once per generated token). A "[SEG]" typed in the prompt never requests a mask."""
         check_request(prompt, max_new_tokens)
         inputs = self.prompt_inputs(images, prompt, regions=regions)
-        return self._generate(inputs, 1, max_new_tokens, logits_processor, stopping_criteria)[0]
+        return self._generate(inputs, [prompt], max_new_tokens, logits_processor, stopping_criteria)[0]
 
     @torch.inference_mode()
     def answer_batch(self, images: list, prompts: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -245,7 +260,8 @@ class Sa2VAModel:
             rows = [self.prompt_inputs([image], prompt) for image, prompt in
                     zip(images[start:start + step], prompts[start:start + step])]
             inputs = rows[0] if len(rows) == 1 else left_pad(rows, self.pad_id)
-            answers += self._generate(inputs, len(rows), max_new_tokens, logits_processor, stopping_criteria)
+            answers += self._generate(inputs, prompts[start:start + step], max_new_tokens, logits_processor,
+                                      stopping_criteria)
         return answers
 
     @property
@@ -254,9 +270,11 @@ class Sa2VAModel:
         eos = self.adapter.eos_token_ids(self.config, self.tokenizer)
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
 
-    def _generate(self, inputs: dict, rows: int, max_new_tokens: int, logits_processor,
+    def _generate(self, inputs: dict, prompts: list[str], max_new_tokens: int, logits_processor,
                   stopping_criteria) -> list[Answer]:
-        """Greedy ``generate`` on prepared (possibly left-padded) inputs of ``rows`` requests; one answer per row."""
+        """Greedy ``generate`` on prepared (possibly left-padded) inputs of ``len(prompts)`` requests; one answer per
+        row, its labels named from the row's prompt (:func:`~sa2va.labels.object_labels`)."""
+        rows = len(prompts)
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         collector = SegStateCollector(self.adapter.final_norm(self.vlm), self.seg_id,
@@ -294,7 +312,8 @@ class Sa2VAModel:
             raw_text = self.tokenizer.decode(ids, skip_special_tokens=False).strip()
             text = strip_stop_words(clean_text(self.tokenizer, ids), stop_words)
             answers.append(Answer(token_ids=ids, raw_text=raw_text, text=text,
-                                  seg_states=states, phrases=phrases_for(raw_text, len(states))))
+                                  seg_states=states,
+                                  phrases=object_labels(raw_text, len(states), prompts[row].replace("<image>", ""))))
         return answers
 
     def seg_embeddings(self, seg_states: list[torch.Tensor]) -> torch.Tensor:
@@ -322,10 +341,32 @@ class Sa2VAModel:
         masks of each image are decoded in one call. ``cancelled()`` is polled before every encoder call and every
         image's decoding; when it returns True, :class:`~sa2va.errors.Cancelled` is raised and no further stage
         starts."""
+        groups = self.decode_groups(images, [[states] for states in seg_states], encode_batch_size, cancelled)
+        return [group[0].masks for group in groups]
+
+    @torch.inference_mode()
+    def objects_for(self, image, seg_states: list[torch.Tensor],
+                    cancelled: Callable[[], bool] | None = None) -> ObjectMasks:
+        """:meth:`masks_for` with SAM2's predicted IoU and object probability of each mask."""
+        return self.decode_groups([image], [[seg_states]], cancelled=cancelled)[0][0]
+
+    @torch.inference_mode()
+    def decode_groups(self, images: list, groups: list[list[list[torch.Tensor]]],
+                      encode_batch_size: int | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> list[list[ObjectMasks]]:
+        """Masks and scores for each image and each group of its [SEG] states (one group per request).
+
+        ``groups[i]``: the state lists of image i, one per request. The SAM2 image encoder runs once per distinct
+        image (by content) that has at least one state and is not in :attr:`encoder_cache`, batched over up to
+        ``encode_batch_size`` such images (all at once when None); each group is decoded in one mask-decoder call.
+        ``cancelled()`` is polled before every encoder call and every decoding (raises
+        :class:`~sa2va.errors.Cancelled`). Returns ``[image][group]`` :class:`~sa2va.objects.ObjectMasks`."""
         images = [to_pil(image) for image in images]
         head = self.grounding
-        out = [torch.zeros(0, im.height, im.width, dtype=torch.float32) for im in images]
-        keys = {i: self.sam2_key(images[i]) for i, states in enumerate(seg_states) if states}
+        empty = torch.zeros(0, dtype=torch.float32)
+        out = [[ObjectMasks(torch.zeros(0, im.height, im.width, dtype=torch.float32), empty, empty) for _ in group]
+               for im, group in zip(images, groups)]
+        keys = {i: self.sam2_key(images[i]) for i, group in enumerate(groups) if any(group)}
         distinct = list(dict.fromkeys(keys.values()))
         first = {key: next(i for i in keys if keys[i] == key) for key in distinct}
         cache = self.encoder_cache
@@ -343,9 +384,15 @@ class Sa2VAModel:
                     if cache.enabled:
                         cache.put(key, features[key] if len(todo) == 1 else features[key].clone())
             for i in (i for i in keys if keys[i] in features):
-                _stop_if_cancelled(cancelled, "the SAM2 mask decoder")
-                low = head.image_logits(features[keys[i]], self.seg_embeddings(seg_states[i]))
-                out[i] = upsample_logits(low, head.image_size, images[i].height, images[i].width).sigmoid().cpu()
+                for g, states in enumerate(groups[i]):
+                    if not states:
+                        continue
+                    _stop_if_cancelled(cancelled, "the SAM2 mask decoder")
+                    decoded = head.image_decode(features[keys[i]], self.seg_embeddings(states))
+                    masks = upsample_logits(decoded.low_res_logits, head.image_size, images[i].height,
+                                            images[i].width).sigmoid().cpu()
+                    out[i][g] = ObjectMasks(masks, decoded.iou.float().cpu(),
+                                            decoded.object_score[:, 0].float().sigmoid().cpu())
         return out
 
     def sam2_key(self, image: Image.Image) -> str:
@@ -372,7 +419,27 @@ class Sa2VAModel:
         pil = to_pil(image)
         answer = self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
         _stop_if_cancelled(cancelled, "SAM2")
-        return Prediction.of(answer, self.masks_for(pil, answer.seg_states, cancelled=cancelled))
+        return Prediction.of(answer, self.objects_for(pil, answer.seg_states, cancelled=cancelled))
+
+    @torch.inference_mode()
+    def predict_prompts(self, image, prompts: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                        logits_processor=None, stopping_criteria=None, regions: list | None = None
+                        ) -> list[Prediction]:
+        """:meth:`predict` for several requests on one image; returns one :class:`Prediction` per request, equal to
+        running :meth:`predict` with each in turn.
+
+        The answers are generated one request after another (the language model sees the image once per request);
+        the SAM2 image encoder runs once for all of them, and each request's masks are decoded in one call.
+        ``regions`` (InternVL3 models) apply to every request."""
+        if isinstance(prompts, str) or not prompts:
+            raise InputError("predict_prompts takes a non-empty list of prompts; use predict for one prompt.")
+        for prompt in prompts:
+            check_request(prompt, max_new_tokens)
+        pil = to_pil(image)
+        answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
+                   for prompt in prompts]
+        groups = self.decode_groups([pil], [[a.seg_states for a in answers]])[0]
+        return [Prediction.of(answer, objects) for answer, objects in zip(answers, groups)]
 
     @torch.inference_mode()
     def predict_batch(self, images, prompt: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -402,8 +469,8 @@ class Sa2VAModel:
         answers = self.answer_batch(pils, prompt, max_new_tokens, logits_processor, stopping_criteria,
                                     batch_size=generate_batch_size, cancelled=cancelled)
         _stop_if_cancelled(cancelled, "SAM2")
-        masks = self.masks_for_batch(pils, [a.seg_states for a in answers], encode_batch_size, cancelled=cancelled)
-        return [Prediction.of(answer, mask) for answer, mask in zip(answers, masks)]
+        decoded = self.decode_groups(pils, [[a.seg_states] for a in answers], encode_batch_size, cancelled)
+        return [Prediction.of(answer, groups[0]) for answer, groups in zip(answers, decoded)]
 
     @torch.inference_mode()
     def predict_video(self, frames, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,

@@ -108,11 +108,14 @@ class DecodeOutput:
     """Mask-decoder output for K prompts.
 
     low_res_logits: ``[K, 1, 4h, 4w]`` logits of the best of the 3 multimask outputs (256x256 at 1024 px);
-    object_pointer: ``[K, 256]``, gated by the object score as SAM2 does; object_score: ``[K, 1]`` logits."""
+    object_pointer: ``[K, 256]``, gated by the object score as SAM2 does; object_score: ``[K, 1]`` logits (SAM2's
+    "is the object in the image" head); iou: ``[K]`` the decoder's predicted IoU of the chosen mask, already a
+    probability (SAM2's IoU head ends in a sigmoid)."""
 
     low_res_logits: torch.Tensor
     object_pointer: torch.Tensor
     object_score: torch.Tensor
+    iou: torch.Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------ image encoder
@@ -414,13 +417,16 @@ class GroundingHead:
         appear = (object_score > 0).to(tokens.dtype)
         pointer = model.object_pointer_proj(tokens[rows, best])
         pointer = appear * pointer + (1 - appear) * model.no_object_pointer
-        return DecodeOutput(low, pointer, object_score)
+        return DecodeOutput(low, pointer, object_score, iou[rows, best])
+
+    def image_decode(self, features: ImageFeatures, embeddings: torch.Tensor) -> DecodeOutput:
+        """The decoder's output for K embeddings on one image (batch-1 features): logits, IoU and object scores."""
+        embeddings = embeddings.to(device=self.device, dtype=self.dtype)
+        return self.decode(self.pixel_embedding(features), features.high_res, embeddings)
 
     def image_logits(self, features: ImageFeatures, embeddings: torch.Tensor) -> torch.Tensor:
         """Low-resolution mask logits ``[K, 1, 4h, 4w]`` for K embeddings on one image (batch-1 features)."""
-        embeddings = embeddings.to(device=self.device, dtype=self.dtype)
-        out = self.decode(self.pixel_embedding(features), features.high_res, embeddings)
-        return out.low_res_logits
+        return self.image_decode(features, embeddings).low_res_logits
 
 
 def upsample_logits(low_res: torch.Tensor, image_size: int, height: int, width: int) -> torch.Tensor:

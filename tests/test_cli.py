@@ -27,6 +27,12 @@ def test_segment_writes_text_masks_and_overlay(checkpoint_factory, image, tmp_pa
     assert not np.array_equal(overlay, image)
     summary = json.loads((out / "prediction.json").read_text())
     assert summary["masks"] == ["mask_0.png"]
+    assert summary["phrases"] == ["person"]
+    assert len(summary["scores"]) == len(summary["iou_scores"]) == len(summary["object_scores"]) == 1
+    assert abs(summary["scores"][0] - summary["iou_scores"][0] * summary["object_scores"][0]) < 1e-3
+    ys, xs = np.nonzero(mask >= 128)  # the box of mask_0 at 0.5, one past the last pixel
+    expected = None if len(ys) == 0 else [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    assert summary["boxes"] == [expected]
 
 
 def test_segment_reports_a_bad_folder_cleanly(tmp_path):

@@ -222,8 +222,16 @@ def test_v3_schema_with_a_test_double():
     assert inputs["segmentation_prompt"].kw["multiline"] is True
     assert inputs["model"].kind == "SA2VA_MODEL" and inputs["model"].kw["optional"] is True
     assert inputs["model_name"].kw["options"][0] == "Sa2VA-Qwen3-VL-4B"
+    # saved workflows connect outputs by index: new outputs only ever come last
     assert [s.kw["display_name"] for s in seg_schema["outputs"]] == [
-        "masks", "merged_mask", "mask_images", "overlay", "text", "phrases"]
+        "masks", "merged_mask", "mask_images", "overlay", "text", "phrases", "scores", "boxes"]
+    assert seg_schema["outputs"][-1].kind == "String", "no BOUNDING_BOX type in this ComfyUI: boxes as JSON text"
+    # new inputs are optional, with defaults that keep the old behaviour, after every older widget
+    names = [s.name for s in seg_schema["inputs"]]
+    assert names[-3:] == ["regions", "prompt_per_line", "min_score"]
+    assert inputs["regions"].kind == "Mask" and inputs["regions"].kw["optional"] is True
+    assert inputs["prompt_per_line"].kw == {**inputs["prompt_per_line"].kw, "default": False, "optional": True}
+    assert inputs["min_score"].kw["default"] == 0.0 and inputs["min_score"].kw["optional"] is True
     assert {s.name for s in loader_schema["inputs"]} == {"model", "dtype", "quantization", "attention", "device"}
     for name, default in (("black_point", 0.05), ("white_point", 0.95), ("detail_method", "FastMatte"),
                           ("detail_erode", 0), ("detail_dilate", 0), ("process_details", True),

@@ -44,17 +44,17 @@ def test_batched_decode_equals_per_seg_reference(model_factory, family, image):
     model = model_factory(family)
     pil = Image.fromarray(image)
     captured = {}
-    original = model.masks_for
+    original = model.objects_for
 
     def spy(image, states, **kwargs):
         captured["states"] = [s.clone() for s in states]
         return original(image, states, **kwargs)
 
-    model.masks_for = spy
+    model.objects_for = spy
     try:
         pred = forced(model, image, "Segment it.", _answer_with_segs(model, 3))
     finally:
-        del model.masks_for
+        del model.objects_for
     with torch.inference_mode():
         reference = _reference_masks(model, pil, captured["states"]).sigmoid()
     assert pred.masks.shape == reference.shape == (3, 480, 640)

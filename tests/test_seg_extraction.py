@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import forced, ids
-from sa2va.answer import clean_text, phrases_for
+from sa2va.answer import clean_text
+from sa2va.labels import object_labels
 
 
 def test_natural_answer_of_the_synthetic_model_has_one_seg(model_factory, family, image):
@@ -29,7 +30,7 @@ def test_several_segs_give_one_mask_each_in_order(model_factory, family, image):
     answer = ids(model, "Sure, <p>cat</p>[SEG] and <p>dog</p>[SEG] and the sky[SEG].") + [end]
     pred = forced(model, image, "Segment everything.", answer)
     assert pred.masks.shape == (3, 480, 640)
-    assert pred.phrases == ["cat", "dog", "and the sky"]
+    assert pred.phrases == ["cat", "dog", "sky"]
     assert "[SEG]" not in pred.text and "<p>" not in pred.text
     # distinct hidden states -> distinct masks
     assert not torch.allclose(pred.masks[0], pred.masks[1])
@@ -92,10 +93,12 @@ def test_seg_state_is_pre_norm_for_qwen3_and_post_norm_for_qwen25(model_factory,
 
 
 def test_phrases_rules():
-    assert phrases_for("Sure, <p>the red car</p> [SEG] and <p>a dog</p>[SEG].<|im_end|>", 2) == ["the red car", "a dog"]
-    assert phrases_for("The cat is here. It is [SEG].", 1) == ["It is"]
-    assert phrases_for("[SEG][SEG]", 2) == ["", ""]
-    assert phrases_for("A [SEG] B [SEG]", 1) == ["A"]
+    """Without a request naming an object (the rest is in tests/test_objects.py)."""
+    assert object_labels("Sure, <p>the red car</p> [SEG] and <p>a dog</p>[SEG].<|im_end|>", 2) == ["the red car",
+                                                                                                  "a dog"]
+    assert object_labels("The cat is here. It is [SEG].", 1) == [""], "template boilerplate is no label"
+    assert object_labels("[SEG][SEG]", 2) == ["", ""]
+    assert object_labels("A [SEG] B [SEG]", 1) == ["A"]
 
 
 def test_clean_text_removes_markers(model_factory):

@@ -44,18 +44,25 @@ def handle(models_dir):
 
 
 def force_answer(handle, monkeypatch, answer_ids):
-    """Make the handle's model answer ``answer_ids`` for every image."""
-    from sa2va.testing import ForceTokens
+    """Make the handle's model answer ``answer_ids`` for every image, one by one (predict) or batched
+    (predict_batch, the node's path for one request per image)."""
+    from sa2va.testing import ForceByPromptLength, ForceTokens
 
     model = handle.model
-    original = model.predict
+    original, original_batch = model.predict, model.predict_batch
 
     def predict(image, prompt, **kwargs):
         inputs = model.prompt_inputs([image], prompt)
         return original(image, prompt, logits_processor=[ForceTokens(inputs["input_ids"].shape[1], answer_ids)],
                         **kwargs)
 
+    def predict_batch(images, prompt, **kwargs):
+        lengths = {model.prompt_inputs([image], prompt)["input_ids"].shape[1] for image in images}
+        processor = ForceByPromptLength({n: answer_ids for n in lengths}, model.pad_id)
+        return original_batch(images, prompt, logits_processor=[processor], **kwargs)
+
     monkeypatch.setattr(model, "predict", predict)
+    monkeypatch.setattr(model, "predict_batch", predict_batch)
 
 
 def test_labels_scores_and_boxes_line_up_with_the_masks(handle, monkeypatch):

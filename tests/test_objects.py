@@ -92,9 +92,9 @@ def test_scores_equal_the_decoders(model_factory, family, image):
     captured = {}
     original = model.decode_groups
 
-    def spy(images, groups, *args):
+    def spy(images, groups, *args, **kwargs):
         captured["states"] = torch.stack(groups[0][0])
-        return original(images, groups, *args)
+        return original(images, groups, *args, **kwargs)
 
     model.decode_groups = spy
     try:
@@ -178,6 +178,7 @@ def test_several_prompts_equal_the_prompts_run_one_by_one(model_factory, family,
     model = model_factory(family)
     prompts = ["Please segment the person.", "the red box", "What is in the picture?"]
     calls = []
+    model.encoder_cache.clear()  # count real encoder passes, not earlier tests' cached features
     patch_embed = model.grounding.model.vision_encoder.backbone.patch_embed
     hook = patch_embed.register_forward_hook(lambda *a: calls.append(1))
     try:

@@ -73,13 +73,13 @@ def _fake_versions(monkeypatch, **versions):
 def test_doctor_fails_with_the_fix_when_transformers_is_too_old(monkeypatch, capsys):
     from sa2va.__main__ import main
 
-    _fake_versions(monkeypatch, transformers="4.57.1")
+    _fake_versions(monkeypatch, transformers="4.56.2")
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
-    assert "[FAIL] transformers >= 5.0: 4.57.1 is too old -- fix: pip install -U 'transformers>=5.0'" in out
+    assert "[FAIL] transformers >= 4.57: 4.56.2 is too old -- fix: pip install -U 'transformers>=4.57'" in out
     # the prediction is not attempted on an installation that cannot run it
     assert "[FAIL] tiny model: load + predict: skipped: torch or transformers is missing or too old" in out
-    assert out.rstrip().endswith("2 required check(s) failed: transformers >= 5.0, tiny model: load + predict")
+    assert out.rstrip().endswith("2 required check(s) failed: transformers >= 4.57, tiny model: load + predict")
 
 
 def test_doctor_reports_a_missing_torch_with_the_pytorch_fix(monkeypatch, capsys):
@@ -143,8 +143,8 @@ def test_install_and_test_sa2va_scripts_use_the_doctor(monkeypatch, caplog):
     _fake_versions(monkeypatch, transformers="4.46.0")
     with caplog.at_level("ERROR"):
         assert install.main() == 1
-    assert "transformers >= 5.0: 4.46.0 is too old. Fix: pip install -U 'transformers>=5.0'" in caplog.text
+    assert "transformers >= 4.57: 4.46.0 is too old. Fix: pip install -U 'transformers>=4.57'" in caplog.text
     result = subprocess.run([sys.executable, "test_sa2va.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[PASS] transformers >= 5.0" in result.stdout and "tiny model" not in result.stdout
+    assert "[PASS] transformers >= 4.57" in result.stdout and "tiny model" not in result.stdout

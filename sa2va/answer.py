@@ -77,7 +77,7 @@ class StopWords:
     special tokens kept, carriage returns and newlines are removed, and the text's tail is compared with each word.
     It catches stop words that the tokenizer spells with several tokens (``<|end|>`` of the ``phi3_chat`` template
     under a Qwen2 tokenizer). Rows of a batch stop on their own; :attr:`finished` maps a row to the number of tokens
-    it had generated when it stopped (``generate`` pads the row after that)."""
+    it had generated when it first stopped (``generate`` pads the row after that)."""
 
     def __init__(self, tokenizer, words: tuple[str, ...] | list[str], prompt_length: int) -> None:
         self.tokenizer = tokenizer
@@ -87,15 +87,14 @@ class StopWords:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self.prompt_length
+        done = []
         for row in range(input_ids.shape[0]):
-            if row in self.finished:
-                continue
             text = self.tokenizer.decode(input_ids[row, self.prompt_length:], skip_special_tokens=False)
             text = text.replace("\r", "").replace("\n", "")
-            if any(text.endswith(word) for word in self.words):
-                self.finished[row] = generated
-        return torch.tensor([row in self.finished for row in range(input_ids.shape[0])], dtype=torch.bool,
-                            device=input_ids.device)
+            done.append(any(text.endswith(word) for word in self.words))
+            if done[-1]:
+                self.finished.setdefault(row, generated)  # generate keeps a stopped row stopped
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def strip_stop_words(text: str, words: tuple[str, ...] | list[str]) -> str:

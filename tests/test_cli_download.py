@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import ROOT
 from fakehub import FakeHub
-from sa2va import download
+from sa2va import catalog, download
 from sa2va.__main__ import main
 
 DEFAULT_REPO = "ByteDance/Sa2VA-Qwen3-VL-4B"
@@ -38,7 +38,7 @@ def test_models_lists_the_catalog_with_sizes_and_presence(checkpoint_factory, tm
     (tmp_path / "Sa2VA-Qwen2_5-VL-7B").mkdir()
     assert main(["models", "--models-dir", str(tmp_path)]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    assert len(lines) == 6
+    assert len(lines) == len(catalog.CATALOG)
     assert "18 GB" in lines["Sa2VA-Qwen3-VL-4B"] and "present" in lines["Sa2VA-Qwen3-VL-4B"]
     assert "partial" in lines["Sa2VA-Qwen2_5-VL-7B"]
     assert "60 GB" in lines["Sa2VA-InternVL3-14B"] and lines["Sa2VA-InternVL3-14B"].rstrip().endswith("-")

@@ -120,6 +120,13 @@ def installed_transformers() -> tuple[int, int]:
         return (0, 0)
 
 
+def vision_cache_supported() -> bool:
+    """Whether the vision tower's outputs can be served from the encoder cache: the wrappers of
+    ``get_image_features`` build transformers 5.x's output objects; under 4.57 (tuples and bare tensors) the tower
+    always runs and only the SAM2 image features are cached."""
+    return installed_transformers() >= (5, 0)
+
+
 def require_accelerate(device, quantization: str | None) -> None:
     """Raise :class:`~sa2va.errors.DependencyError` when accelerate is missing and transformers needs it for this
     load: bitsandbytes quantisation needs it in every version, a ``device_map`` (any device but the CPU) in 4.57."""

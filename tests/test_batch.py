@@ -7,6 +7,7 @@ from PIL import Image
 
 import sa2va
 from conftest import ids
+from sa2va.compat import vision_cache_supported
 from sa2va.inputs import to_pil
 from sa2va.testing import ForceByPromptLength
 
@@ -177,11 +178,14 @@ def test_a_second_prompt_on_the_same_image_skips_both_encoders(model_factory, fa
     prompts = ["Please segment the person.", "Please segment the red box."]
     try:
         first = [model.predict(image, text, max_new_tokens=12) for text in prompts]
-        assert (len(vision_calls), len(sam2_calls)) == (1, 1)  # the second prompt hit both caches
-        assert model.encoder_cache.hits >= 2  # one SAM2 entry, one vision entry per image (Qwen) or tile (InternVL)
+        # the second prompt hit both caches (the vision tower's only under transformers 5.x)
+        tower_runs = 1 if vision_cache_supported() else 2
+        assert (len(vision_calls), len(sam2_calls)) == (tower_runs, 1)
+        # one SAM2 entry, one vision entry per image (Qwen) or tile (InternVL)
+        assert model.encoder_cache.hits >= (2 if vision_cache_supported() else 1)
         other = image[::-1].copy()  # other content: both encoders run again
         model.predict(other, prompts[0], max_new_tokens=12)
-        assert (len(vision_calls), len(sam2_calls)) == (2, 2)
+        assert (len(vision_calls), len(sam2_calls)) == (tower_runs + 1, 2)
     finally:
         for hook in hooks:
             hook.remove()

@@ -37,7 +37,7 @@ from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
 from ..checkpoint import ShardIndex, check_keys, check_shapes
-from ..compat import internvl_image_features
+from ..compat import internvl_image_features, vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
@@ -531,7 +531,9 @@ class InternVLAdapter:
     def cache_image_features(self, vlm: torch.nn.Module, cache: EncoderCache) -> None:
         """Serve the vision tower's per-tile features ``[256, H]`` from ``cache``, keyed by each 448-px tile's pixels
         (tiles are encoded independently); the tower runs on the tiles it has not seen, alone when all are new (the
-        uncached call, unchanged)."""
+        uncached call, unchanged). transformers 5.x only (:func:`~sa2va.compat.vision_cache_supported`)."""
+        if not vision_cache_supported():
+            return
         inner = vlm.model
         original = inner.get_image_features
 

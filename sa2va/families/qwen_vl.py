@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
 from ..checkpoint import ShardIndex, check_keys, check_shapes
-from ..compat import qwen_pixel_budget
+from ..compat import qwen_pixel_budget, vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config
 from .base import LoadOptions, quiet_transformers
@@ -241,7 +241,10 @@ class QwenVLAdapter:
     def cache_image_features(self, vlm: torch.nn.Module, cache: EncoderCache) -> None:
         """Serve the vision tower's per-image outputs (embeddings and, for Qwen3-VL, the deepstack features) from
         ``cache``, keyed by each image's patch pixels and grid; the tower runs on the images it has not seen, alone
-        when all are new (the uncached call, unchanged)."""
+        when all are new (the uncached call, unchanged). transformers 5.x only
+        (:func:`~sa2va.compat.vision_cache_supported`)."""
+        if not vision_cache_supported():
+            return
         inner = vlm.model
         original = inner.get_image_features
         output_class: list[type] = []

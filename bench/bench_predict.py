@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import sa2va  # noqa: E402
+from sa2va.compat import sam2_image_features  # noqa: E402
 from sa2va.inputs import to_pil  # noqa: E402
 from sa2va.sam2 import sam2_pixels, upsample_logits  # noqa: E402
 from sa2va.testing import ForceTokens  # noqa: E402
@@ -124,9 +125,8 @@ class Baseline:
         shapes = [tuple(s) for s in sam.backbone_feature_sizes]
         masks = []
         for embedding in embeddings:  # one SAM2 video session per [SEG], as the reference does
-            features = sam.get_image_features(pixels, return_dict=True)  # recomputed for every [SEG]
+            levels, _ = sam2_image_features(sam, pixels)  # recomputed for every [SEG]
             self.encoder_passes += 1
-            levels = features.fpn_hidden_states
             high_res = [levels[i].permute(1, 2, 0).reshape(1, -1, *shapes[i]) for i in range(2)]
             top = levels[2]
             pixel_embedding = (top + sam.no_memory_embedding).permute(1, 2, 0).reshape(1, -1, *shapes[2])

@@ -201,7 +201,7 @@ def encoder_only(model, image, runs: int, device: torch.device) -> dict:
     pixels = sam2_pixels([to_pil(image)], head.image_size).to(device=head.device, dtype=head.dtype)
     series = {"ours": common.Series(), "stock": common.Series()}
     calls = {"ours": lambda: head.encode(pixels),
-             "stock": lambda: head.model.get_image_features(pixels, return_dict=True)}
+             "stock": lambda: sam2_image_features(head.model, pixels)}
     for name in calls:
         common.timed(calls[name], device)  # warm-up
     for r in range(runs):

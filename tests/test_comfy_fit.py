@@ -249,8 +249,9 @@ def overlay_peak(frames: int, size: int, build: str = "preallocated") -> dict:
 
 def test_video_overlay_is_built_into_one_output_without_a_second_copy_of_the_clip():
     numbers = overlay_peak(32, 256)
-    # one output (24 MiB) plus one frame's working set; stacking a list held the clip twice (about 2x)
-    assert numbers["peak_growth"] <= 1.25 * numbers["output"], numbers
+    # one output (24 MiB) plus one frame's working set and allocator slack (measured 1.06x-1.25x); stacking a list
+    # held the clip twice (about 2x, measured 2.7x at T=32)
+    assert numbers["peak_growth"] <= 1.5 * numbers["output"], numbers
 
 
 def test_video_node_sends_masks_to_the_intermediate_device_as_they_are_made(handle, monkeypatch):

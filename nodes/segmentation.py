@@ -127,9 +127,9 @@ class Sa2VASegmentation(comfy.NodeBase):
                                       "region2, ... in the prompt ('Please segment the object similar to region1.'). "
                                       "With an image batch, the same number of regions per image, in image order."),
                 io.Boolean.Input("prompt_per_line", default=False, optional=True,
-                                 tooltip="Each line of the prompt is its own request on the same image; outputs are "
-                                         "grouped by line and labelled by line (an empty mask for a line that finds "
-                                         "nothing)."),
+                                 tooltip="Each line of the prompt is its own request on the same image, the lines "
+                                         "generated together as one batch; outputs are grouped by line and labelled "
+                                         "by line (an empty mask for a line that finds nothing)."),
                 io.Float.Input("min_score", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Drop objects whose score (SAM2's predicted IoU x object probability) is "
                                        "below this. 0 keeps every object, as the reference does."),
@@ -179,13 +179,14 @@ class Sa2VASegmentation(comfy.NodeBase):
         # one request per image and no regions: the batch is generated together (sa2va.model.predict_batch);
         # otherwise image by image, each image's requests on one SAM2 encoding (predict_prompts)
         batched = len(requests) == 1 and all(r is None for r in image_regions)
-        per_call = max_new_tokens if batched else len(requests) * max_new_tokens
+        per_call = max_new_tokens if batched else -(-len(requests) // DEFAULT_GENERATE_BATCH) * max_new_tokens
         calls = -(-batch // DEFAULT_GENERATE_BATCH) if batched else batch
         bar = comfy.Progress(calls * per_call, "Sa2VA")
         predictions = []  # per image, one Prediction per request
         try:
             comfy.throw_if_interrupted()
-            rows = min(batch, DEFAULT_GENERATE_BATCH) if batched else 1  # requests generated together add up
+            # requests generated together add up
+            rows = min(batch if batched else len(requests), DEFAULT_GENERATE_BATCH)
             handle.prepare(rows * handle.activation_bytes(height, width, max_new_tokens))
             try:
                 if batched:
@@ -201,7 +202,9 @@ class Sa2VASegmentation(comfy.NodeBase):
                     if prompt_per_line:
                         found = handle.model.predict_prompts(to_uint8(rgb[i]), requests,
                                                              max_new_tokens=max_new_tokens,
-                                                             stopping_criteria=progress, **extra)
+                                                             stopping_criteria=progress,
+                                                             generate_batch_size=DEFAULT_GENERATE_BATCH,
+                                                             cancelled=comfy.interrupted, **extra)
                     else:
                         found = [handle.model.predict(to_uint8(rgb[i]), requests[0], max_new_tokens=max_new_tokens,
                                                       stopping_criteria=progress, cancelled=comfy.interrupted,

@@ -235,7 +235,7 @@ class Sa2VAModel:
     def answer_batch(self, images: list, prompts: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      logits_processor=None, stopping_criteria=None,
                      batch_size: int | None = DEFAULT_GENERATE_BATCH,
-                     cancelled: Callable[[], bool] | None = None) -> list[Answer]:
+                     cancelled: Callable[[], bool] | None = None, regions: list | None = None) -> list[Answer]:
         """One :class:`~sa2va.answer.Answer` per image: ``prompts[i]`` (or the one ``prompt``) about ``images[i]``.
 
         Requests are generated together, up to ``batch_size`` per ``generate`` call (None: all at once), left-padded,
@@ -243,11 +243,17 @@ class Sa2VAModel:
         states equal up to float rounding (docs/performance.md). ``logits_processor`` and ``stopping_criteria`` see
         the whole batch ``[rows, length]`` (rows padded on the left with the tokenizer's pad id). ``cancelled()`` is
         polled before each ``generate`` call and raises :class:`~sa2va.errors.Cancelled` when it returns True (a
-        stopping criterion ends the call in progress)."""
+        stopping criterion ends the call in progress). ``regions``: one entry per request, each None or that
+        request's region masks (see :meth:`predict`; InternVL3 models); requests with regions are batched with each
+        other, those without with each other."""
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             raise InputError(f"Give one prompt, or one prompt per image: got {len(prompts)} prompts for "
                              f"{len(images)} images.")
+        regions = [None] * len(images) if regions is None else list(regions)
+        if len(regions) != len(images):
+            raise InputError(f"Give one region list (or None) per request: got {len(regions)} for {len(images)} "
+                             f"requests.")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise InputError(f"generate_batch_size must be a positive integer or None, got {batch_size!r}.")
         for prompt in prompts:
@@ -257,11 +263,19 @@ class Sa2VAModel:
         for start in range(0, len(images), step):
             if cancelled is not None and cancelled():
                 raise Cancelled(f"Generation was cancelled after {start} of {len(images)} requests.")
-            rows = [self.prompt_inputs([image], prompt) for image, prompt in
-                    zip(images[start:start + step], prompts[start:start + step])]
-            inputs = rows[0] if len(rows) == 1 else left_pad(rows, self.pad_id)
-            answers += self._generate(inputs, prompts[start:start + step], max_new_tokens, logits_processor,
-                                      stopping_criteria)
+            chunk = range(start, min(start + step, len(images)))
+            rows = {i: self.prompt_inputs([images[i]], prompts[i], regions=regions[i]) for i in chunk}
+            # rows with region embeddings and rows with pixels take different inputs: one generate call for each kind
+            kinds: dict[tuple, list[int]] = {}
+            for i in chunk:
+                kinds.setdefault(tuple(sorted(rows[i])), []).append(i)
+            found: dict[int, Answer] = {}
+            for members in kinds.values():
+                batch = [rows[i] for i in members]
+                inputs = batch[0] if len(batch) == 1 else left_pad(batch, self.pad_id)
+                found.update(zip(members, self._generate(inputs, [prompts[i] for i in members], max_new_tokens,
+                                                         logits_processor, stopping_criteria)))
+            answers += [found[i] for i in chunk]
         return answers
 
     @property
@@ -423,22 +437,28 @@ class Sa2VAModel:
 
     @torch.inference_mode()
     def predict_prompts(self, image, prompts: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                        logits_processor=None, stopping_criteria=None, regions: list | None = None
-                        ) -> list[Prediction]:
+                        logits_processor=None, stopping_criteria=None, regions: list | None = None,
+                        generate_batch_size: int | None = DEFAULT_GENERATE_BATCH,
+                        cancelled: Callable[[], bool] | None = None) -> list[Prediction]:
         """:meth:`predict` for several requests on one image; returns one :class:`Prediction` per request, equal to
-        running :meth:`predict` with each in turn.
+        running :meth:`predict` with each in turn (ids identical, masks within 1e-5).
 
-        The answers are generated one request after another (the language model sees the image once per request);
-        the SAM2 image encoder runs once for all of them, and each request's masks are decoded in one call.
-        ``regions`` (InternVL3 models) apply to every request."""
+        The answers are generated together, up to ``generate_batch_size`` requests per ``generate`` call
+        (:meth:`answer_batch`; the vision tower's output for the image is computed once and reused through the encoder
+        cache where the installed transformers allows it); the SAM2 image encoder runs once for all of them, and
+        each request's masks are decoded in one call. ``regions`` (InternVL3 models) apply to every request.
+        ``cancelled()``: polled before each ``generate`` call and before the masks (raises
+        :class:`~sa2va.errors.Cancelled`)."""
         if isinstance(prompts, str) or not prompts:
             raise InputError("predict_prompts takes a non-empty list of prompts; use predict for one prompt.")
         for prompt in prompts:
             check_request(prompt, max_new_tokens)
         pil = to_pil(image)
-        answers = [self.answer([pil], prompt, max_new_tokens, logits_processor, stopping_criteria, regions=regions)
-                   for prompt in prompts]
-        groups = self.decode_groups([pil], [[a.seg_states for a in answers]])[0]
+        answers = self.answer_batch([pil] * len(prompts), list(prompts), max_new_tokens, logits_processor,
+                                    stopping_criteria, batch_size=generate_batch_size, cancelled=cancelled,
+                                    regions=[regions] * len(prompts))
+        _stop_if_cancelled(cancelled, "SAM2")
+        groups = self.decode_groups([pil], [[a.seg_states for a in answers]], cancelled=cancelled)[0]
         return [Prediction.of(answer, objects) for answer, objects in zip(answers, groups)]
 
     @torch.inference_mode()
@@ -505,16 +525,22 @@ class Sa2VAModel:
 def left_pad(rows: list[dict], pad_id: int) -> dict:
     """One batch of prompt inputs from several one-request inputs (each ``input_ids`` ``[1, P_i]``).
 
-    Token-aligned tensors (``input_ids``, ``attention_mask``, any ``[1, P_i]`` tensor) are padded on the left to the
-    longest prompt (``pad_id`` for the ids, 0 for the rest, so the attention mask is 0 over the padding) and stacked;
-    every other tensor (pixels, image grids) is concatenated along its first axis, in row order."""
+    Token-aligned tensors (``input_ids``, ``attention_mask``, any ``[1, P_i]`` tensor, and ``inputs_embeds``
+    ``[1, P_i, H]``) are padded on the left to the longest prompt (``pad_id`` for the ids, 0 for the rest, so the
+    attention mask is 0 over the padding) and stacked; every other tensor (pixels, image grids) is concatenated along
+    its first axis, in row order. All rows must hold the same keys."""
     length = max(int(r["input_ids"].shape[1]) for r in rows)
+    if any(set(r) != set(rows[0]) for r in rows):
+        raise InputError("These inputs cannot be batched (the rows hold different inputs); run the requests one at "
+                         "a time.")
     out: dict = {}
     for key in rows[0]:
         values = [r[key] for r in rows]
-        if key == "inputs_embeds" or not all(torch.is_tensor(v) for v in values):
+        if not all(torch.is_tensor(v) for v in values):
             raise InputError(f"These inputs cannot be batched ({key}); run the requests one at a time.")
-        if all(v.ndim == 2 and v.shape == r["input_ids"].shape for v, r in zip(values, rows)):
+        if key == "inputs_embeds":
+            out[key] = torch.cat([torch.nn.functional.pad(v, (0, 0, length - v.shape[1], 0)) for v in values])
+        elif all(v.ndim == 2 and v.shape == r["input_ids"].shape for v, r in zip(values, rows)):
             fill = pad_id if key == "input_ids" else 0
             out[key] = torch.cat([torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill) for v in values])
         else:

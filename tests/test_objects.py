@@ -177,26 +177,63 @@ def test_boxes_from_masks_match_a_brute_force_scan():
 def test_several_prompts_equal_the_prompts_run_one_by_one(model_factory, family, image):
     model = model_factory(family)
     prompts = ["Please segment the person.", "the red box", "What is in the picture?"]
-    calls = []
+    calls, rows = [], []
     model.encoder_cache.clear()  # count real encoder passes, not earlier tests' cached features
     patch_embed = model.grounding.model.vision_encoder.backbone.patch_embed
     hook = patch_embed.register_forward_hook(lambda *a: calls.append(1))
     try:
-        together = model.predict_prompts(image, prompts, max_new_tokens=32)
+        together = model.predict_prompts(image, prompts, max_new_tokens=32,
+                                         logits_processor=[lambda input_ids, scores: rows.append(len(input_ids))
+                                                           or scores])
     finally:
         hook.remove()
     one_by_one = [model.predict(image, p, max_new_tokens=32) for p in prompts]
     assert len(together) == 3
     assert len(calls) == 1, "the SAM2 image encoder runs once for all the prompts"
+    assert set(rows) == {3}, "the three requests are generated as one batch"
     for a, b in zip(together, one_by_one):
-        assert torch.equal(a.token_ids, b.token_ids) and a.raw_text == b.raw_text
-        assert torch.equal(a.masks, b.masks) and a.phrases == b.phrases
-        assert torch.equal(a.iou_scores, b.iou_scores) and torch.equal(a.object_scores, b.object_scores)
+        assert torch.equal(a.token_ids, b.token_ids) and a.raw_text == b.raw_text and a.phrases == b.phrases
+        assert torch.allclose(a.masks, b.masks, atol=1e-5, rtol=0), float((a.masks - b.masks).abs().max())
+        assert torch.allclose(a.iou_scores, b.iou_scores, atol=1e-5)
+        assert torch.allclose(a.object_scores, b.object_scores, atol=1e-5)
     assert together[0].phrases == ["person"]
     import sa2va
 
     with pytest.raises(sa2va.InputError, match="non-empty list of prompts"):
         model.predict_prompts(image, "Please segment the person.")
+    rows.clear()
+    model.predict_prompts(image, prompts, max_new_tokens=4, generate_batch_size=2,
+                          logits_processor=[lambda input_ids, scores: rows.append(len(input_ids)) or scores])
+    assert set(rows) == {1, 2}, "generate_batch_size bounds the rows of each generate call"
+
+
+def test_several_region_prompts_are_batched_and_equal_the_prompts_run_one_by_one(model_factory, image):
+    model = model_factory("internvl")
+    small = image[:300, :280]  # one tile
+    regions = [np.zeros((300, 280), bool), np.zeros((300, 280), bool)]
+    regions[0][50:150, 40:140] = True
+    regions[1][160:260, 141:241] = True
+    prompts = ["Please segment the object similar to region1.", "What is region2?", "Please segment region2."]
+    start = model.prompt_inputs([small], prompts[0], regions=regions)["input_ids"].shape[1] - \
+        model.prompt_inputs([small], prompts[0])["input_ids"].shape[1]
+    assert start > 0  # the region block is in the prompt
+    rows = []
+    together = model.predict_prompts(small, prompts, max_new_tokens=16, regions=regions,
+                                     logits_processor=[lambda input_ids, scores: rows.append(len(input_ids))
+                                                       or scores])
+    assert set(rows) == {3}
+    for prompt, got in zip(prompts, together):
+        alone = model.predict(small, prompt, max_new_tokens=16, regions=regions)
+        assert torch.equal(got.token_ids, alone.token_ids) and got.phrases == alone.phrases
+        assert torch.allclose(got.masks, alone.masks, atol=1e-5, rtol=0)
+    # requests with and without regions in one call: each kind generated together, answers in request order
+    mixed = model.answer_batch([small, small, small], prompts, max_new_tokens=8, regions=[regions, None, regions])
+    assert [a.raw_text for a in mixed] == [model.answer([small], p, 8, regions=r).raw_text
+                                          for p, r in zip(prompts, [regions, None, regions])]
+    import sa2va
+
+    with pytest.raises(sa2va.InputError, match="one region list"):
+        model.answer_batch([small, small], prompts[:2], regions=[regions])
 
 
 def test_labels_of_objects_with_the_same_corner_do_not_hide_each_other():

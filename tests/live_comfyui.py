@@ -1,0 +1,395 @@
+"""Run the pack in a real ComfyUI over its HTTP API and check what a user meets (a maintainer's tool; pytest does not
+collect it: it needs a ComfyUI checkout and a Python environment that runs it).
+
+    python tests/live_comfyui.py --comfyui PATH [--python PYTHON] [--port 8199] [--keep DIR]
+
+PYTHON (default: this interpreter) runs ComfyUI's ``main.py --cpu`` on 127.0.0.1 with ``--base-directory`` set to a
+throw-away folder holding ``custom_nodes/ComfyUI-Sa2VA`` (a symlink to this checkout), tiny release-format checkpoints
+under ``models/sa2va/`` (``sa2va.testing.write_checkpoint``) and the input pictures. A local fake hub
+(``tests/fakehub.py``: API host plus a second CDN host, throttled) stands in for the Hugging Face hub through
+``HF_ENDPOINT``; ``HF_TOKEN`` is set to a dummy secret so that where it is sent can be checked.
+
+Each check prints one JSON line ``{"check": ..., "ok": ..., ...measurements}``; the exit status is 1 when any fails.
+The checks: the pack imports and its nodes have tooltips; the example workflows are served as templates; a batch of
+two images through Loader -> Segmentation gives outputs aligned with the batch; one prompt per line; region prompts
+(and the clear error on a family without them); Cancel during generation ends the run within a second; ``/free``
+releases the model (the next run loads it again) while queued runs in between reuse it; the Loader downloads a
+catalog model from the throttled hub, Cancel stops it within a second keeping the partial files, the next run
+resumes them (Range requests), every file ends up byte-identical, and the token never reaches the CDN host; the
+Video Segmentation node runs on a short clip.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fakehub import FakeHub  # noqa: E402
+
+from sa2va import testing  # noqa: E402
+
+DOWNLOAD_NAME = "Sa2VA-Qwen3-VL-4B"
+DOWNLOAD_REPO = "ByteDance/Sa2VA-Qwen3-VL-4B"
+TOKEN = "hf_live_check_dummy_secret"
+NODES = ("Sa2VALoader", "Sa2VASegmentation", "Sa2VARefineMask", "Sa2VAVideoSegmentation")
+
+
+class Comfy:
+    """A ComfyUI server process and a minimal client of its HTTP API."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
+        self.url, self.process, self.log = url, process, log
+        self.info: dict = {}
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                data = response.read()
+        except urllib.error.HTTPError as error:  # ComfyUI explains a refused prompt in the body
+            raise RuntimeError(f"POST {path}: {error.code} {error.read().decode(errors='replace')[:2000]}") from None
+        return json.loads(data) if data else None
+
+    def node(self, class_type: str, **given) -> dict:
+        """An API-format node: the given inputs, every other required widget at its default."""
+        spec = self.info[class_type]["input"]
+        inputs = {}
+        for name, entry in spec.get("required", {}).items():
+            if name in given:
+                continue
+            kind, options = entry[0], (entry[1] if len(entry) > 1 else {})
+            if isinstance(kind, list):
+                inputs[name] = options.get("default", kind[0])
+            elif kind == "COMBO":
+                inputs[name] = options.get("default", options.get("options", [None])[0])
+            elif "default" in options:
+                inputs[name] = options["default"]
+        inputs.update(given)
+        return {"class_type": class_type, "inputs": inputs}
+
+    def queue(self, prompt: dict) -> str:
+        return self.post("/prompt", {"prompt": prompt, "client_id": "live-check"})["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        end = time.time() + timeout
+        while time.time() < end:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            time.sleep(0.1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        return self.wait(self.queue(prompt), timeout)
+
+    def running(self) -> bool:
+        return bool(self.get("/queue")["queue_running"])
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def status_of(entry: dict) -> tuple[str, dict]:
+    """(status_str, {message kind: data}) of a history entry."""
+    messages = {kind: data for kind, data in entry["status"].get("messages", [])}
+    return entry["status"]["status_str"], messages
+
+
+def ui(entry: dict, node_id: str) -> dict:
+    return entry.get("outputs", {}).get(node_id, {})
+
+
+def texts(entry: dict, node_id: str) -> list[str]:
+    return [str(t) for t in ui(entry, node_id).get("text", [])]
+
+
+def report(name: str, ok: bool, **facts) -> bool:
+    print(json.dumps({"check": name, "ok": bool(ok), **facts}, default=str), flush=True)
+    return bool(ok)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def picture(height: int = 240, width: int = 320) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1).astype(np.uint8)
+    image[60:180, 80:200] = (220, 40, 40)
+    return image
+
+
+def prepare(base: Path) -> dict:
+    """The base directory ComfyUI runs in, and the hub's files; returns the paths the checks use."""
+    (base / "custom_nodes").mkdir(parents=True)
+    os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-Sa2VA")
+    models = base / "models" / "sa2va"
+    testing.write_checkpoint(models / "tiny-qwen3", "qwen3_vl")
+    testing.write_checkpoint(models / "tiny-internvl", "internvl")
+    # a model that never says [SEG] and keeps talking: generation long enough to cancel in the middle
+    testing.write_checkpoint(models / "tiny-talker", "qwen3_vl", seg_chain=False, seed=3,
+                             text_size={"num_hidden_layers": 8, "hidden_size": 256, "intermediate_size": 1024})
+    hub_files = testing.write_checkpoint(base.parent / "hub" / DOWNLOAD_NAME, "qwen3_vl", max_shard_bytes=4 * 2**20)
+    inputs = base / "input"
+    inputs.mkdir()
+    Image.fromarray(picture()).save(inputs / "photo.png")
+    region = np.zeros((240, 320), np.uint8)
+    region[60:180, 80:200] = 255
+    Image.fromarray(region).save(inputs / "region.png")
+    return {"models": models, "hub_files": hub_files, "inputs": inputs}
+
+
+def start(python: str, comfyui: Path, base: Path, port: int, env: dict) -> Comfy:
+    log = base / "comfyui.log"
+    process = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                "--base-directory", str(base), "--disable-auto-launch"],
+                               cwd=comfyui, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    comfy = Comfy(f"http://127.0.0.1:{port}", process, log)
+    end = time.time() + 300
+    while time.time() < end:
+        if process.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with {process.returncode}:\n{comfy.log_text()[-3000:]}")
+        try:
+            comfy.info = comfy.get("/object_info")
+            return comfy
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    raise TimeoutError("ComfyUI did not answer /object_info within 300 s")
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def check_import(comfy: Comfy) -> bool:
+    missing = [n for n in NODES if n not in comfy.info]
+    untipped = [f"{n}.{name}" for n in NODES if n in comfy.info
+                for section in ("required", "optional") for name, entry in comfy.info[n]["input"].get(section, {})
+                .items() if not (len(entry) > 1 and isinstance(entry[1], dict) and entry[1].get("tooltip"))]
+    # ComfyUI's import-times table: "   0.1 seconds: <path>", or "   0.1 seconds (IMPORT FAILED): <path>"
+    timing = [line for line in comfy.log_text().splitlines() if "seconds" in line and "ComfyUI-Sa2VA" in line]
+    failed = not timing or any("IMPORT FAILED" in line for line in timing)
+    version = comfy.get("/system_stats")["system"].get("comfyui_version")
+    return report("pack imports, nodes with tooltips", not missing and not untipped and not failed,
+                  comfyui=version, missing=missing, untipped=untipped)
+
+
+def check_templates(comfy: Comfy) -> bool:
+    templates = comfy.get("/workflow_templates")
+    ours = sorted(templates.get("ComfyUI-Sa2VA", []))
+    expected = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+    return report("example workflows served as templates", ours == expected, templates=ours)
+
+
+def segment_graph(comfy: Comfy, model: str, prompt: str, batch: int = 1, **options) -> dict:
+    graph = {"1": comfy.node("LoadImage", image="photo.png"),
+             "3": comfy.node("Sa2VALoader", model=model, device="cpu", dtype="fp32"),
+             "4": comfy.node("Sa2VASegmentation", image=["1", 0] if batch == 1 else ["2", 0],
+                             segmentation_prompt=prompt, model=["3", 0], max_new_tokens=16, **options),
+             "5": comfy.node("PreviewImage", images=["4", 3]),
+             "6": comfy.node("MaskToImage", mask=["4", 1]),
+             "7": comfy.node("PreviewImage", images=["6", 0]),
+             "8": comfy.node("PreviewAny", source=["4", 5]),
+             "9": comfy.node("PreviewAny", source=["4", 4]),
+             "10": comfy.node("MaskToImage", mask=["4", 0]),
+             "11": comfy.node("PreviewImage", images=["10", 0])}
+    if batch > 1:
+        graph["2"] = comfy.node("ImageBatch", image1=["1", 0], image2=["1", 0])
+    return graph
+
+
+def check_batch(comfy: Comfy) -> bool:
+    entry = comfy.run(segment_graph(comfy, "tiny-qwen3", "Please segment the red box.", batch=2))
+    status, _ = status_of(entry)
+    overlays, merged = len(ui(entry, "5").get("images", [])), len(ui(entry, "7").get("images", []))
+    phrases = texts(entry, "8")
+    lines = phrases[0].splitlines() if phrases else []
+    ok = status == "success" and overlays == 2 and merged == 2 and [ln.split(":")[0] for ln in lines] == ["0", "1"]
+    return report("batch of 2: Loader -> Segmentation -> previews", ok, status=status, overlays=overlays,
+                  merged_masks=merged, phrases=lines, text=texts(entry, "9"))
+
+
+def check_prompt_per_line(comfy: Comfy) -> bool:
+    entry = comfy.run(segment_graph(comfy, "tiny-qwen3", "the red box\nthe sky", prompt_per_line=True))
+    status, _ = status_of(entry)
+    lines = texts(entry, "8")[0].splitlines() if texts(entry, "8") else []
+    masks = len(ui(entry, "11").get("images", []))
+    return report("several prompts, one per line", status == "success" and masks == 2 and
+                  lines == ["0: red box", "0: sky"], status=status, masks=masks, phrases=lines)
+
+
+def check_regions(comfy: Comfy) -> bool:
+    graph = segment_graph(comfy, "tiny-internvl", "Please segment the object similar to region1.",
+                          regions=["12", 0])
+    graph["12"] = comfy.node("LoadImageMask", image="region.png", channel="red")
+    entry = comfy.run(graph)
+    status, _ = status_of(entry)
+    overlays = len(ui(entry, "5").get("images", []))
+    graph = segment_graph(comfy, "tiny-qwen3", "What is in region1?", regions=["12", 0])
+    graph["12"] = comfy.node("LoadImageMask", image="region.png", channel="red")
+    refused, messages = status_of(comfy.run(graph))
+    error = messages.get("execution_error", {})
+    ok = (status == "success" and overlays == 1 and refused == "error"
+          and "Region prompts need a Sa2VA-InternVL3 model" in error.get("exception_message", "")
+          and error.get("node_type") == "Sa2VASegmentation")
+    return report("region prompts (InternVL3), clear error elsewhere", ok, status=status, overlays=overlays,
+                  other_family=refused, message=error.get("exception_message", "")[:160])
+
+
+def interrupt_when(comfy: Comfy, prompt_id: str, ready, timeout: float = 300) -> float:
+    """Send /interrupt once ``ready()`` holds while the prompt runs; returns the time it was sent (epoch ms)."""
+    end = time.time() + timeout
+    while time.time() < end and not ready():
+        time.sleep(0.05)
+    sent = time.time() * 1000
+    comfy.post("/interrupt", {})
+    return sent
+
+
+def check_cancel_generation(comfy: Comfy) -> bool:
+    graph = segment_graph(comfy, "tiny-talker", "Describe the picture in detail.")
+    graph["4"]["inputs"]["max_new_tokens"] = 2048
+    loads = comfy.log_text().count("Loaded tiny-talker")
+    prompt_id = comfy.queue(graph)
+    # generation is under way once the model is loaded: give it a second of tokens first
+    started = interrupt_when(comfy, prompt_id, lambda: comfy.log_text().count("Loaded tiny-talker") > loads
+                             and not time.sleep(1.0))
+    entry = comfy.wait(prompt_id)
+    status, messages = status_of(entry)
+    stopped = messages.get("execution_interrupted", {}).get("timestamp")
+    delay = (stopped - started) / 1000 if stopped else None
+    return report("Cancel during generation", status == "error" and delay is not None and delay < 1.0,
+                  status=status, seconds_after_interrupt=delay)
+
+
+def check_free(comfy: Comfy) -> bool:
+    def loads() -> int:
+        return comfy.log_text().count("Loaded tiny-qwen3")
+
+    comfy.run(segment_graph(comfy, "tiny-qwen3", "Please segment the person."))
+    before = loads()
+    comfy.run(segment_graph(comfy, "tiny-qwen3", "Please segment the tree."))  # a queued run reuses the model
+    reused = loads() == before
+    comfy.post("/free", {"unload_models": True, "free_memory": True})
+    time.sleep(1.5)  # the flags are applied between prompts
+    entry = comfy.run(segment_graph(comfy, "tiny-qwen3", "Please segment the car."))
+    again = loads() == before + 1
+    return report("/free releases the model; queued runs reuse it", reused and again and
+                  status_of(entry)[0] == "success", reused=reused, loaded_again_after_free=again)
+
+
+def check_download(comfy: Comfy, hub: FakeHub, models: Path, hub_files: Path) -> bool:
+    target = models / DOWNLOAD_NAME
+    graph = segment_graph(comfy, DOWNLOAD_NAME, "Please segment the red box.")
+    graph["3"]["inputs"]["model"] = DOWNLOAD_NAME
+    hub.delay_per_chunk = 0.2  # 64 KiB per 0.2 s per connection: a slow link
+    total = sum(p.stat().st_size for p in hub_files.iterdir())
+
+    def state() -> list[tuple[str, int, int]]:  # .part files are allocated at full size: watch their writes
+        return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in target.iterdir()) \
+            if target.is_dir() else []
+
+    prompt_id = comfy.queue(graph)
+    sent = interrupt_when(comfy, prompt_id, lambda: hub.cdn_bytes > total // 3)
+    entry = comfy.wait(prompt_id)
+    status, messages = status_of(entry)
+    stopped = messages.get("execution_interrupted", {}).get("timestamp")
+    delay = (stopped - sent) / 1000 if stopped else None
+    fetched = hub.cdn_bytes
+    kept = [name for name, _, _ in state() if name.endswith(".part")]
+    before = state()
+    time.sleep(1.0)
+    still = state() == before  # nothing writes after the run ended
+    hub.delay_per_chunk = 0.0
+    resumed = comfy.run(graph)
+    resumed_status = status_of(resumed)[0]
+    refetched = hub.cdn_bytes - fetched
+    identical = all((target / p.name).is_file() and sha256(target / p.name) == sha256(p) for p in hub_files.iterdir())
+    leftovers = [p.name for p in target.iterdir() if p.name.endswith((".part", ".part.json"))]
+    leaked = [path for path, _, auth, server in hub.requests if server == "cdn" and auth]
+    sent_to_hub = any(auth == f"Bearer {TOKEN}" for _, _, auth, server in hub.requests if server == "hub")
+    # the resumed run fetches what was missing (plus at most the unsaved tail of each range), not the whole model
+    ok = (status == "error" and delay is not None and delay < 1.0 and kept and still
+          and resumed_status == "success" and identical and not leftovers and not leaked and sent_to_hub
+          and refetched < total - fetched // 2)
+    return report("download from a throttled hub: Cancel, resume, verify, token kept on the hub", ok,
+                  cancel_status=status, seconds_after_interrupt=delay, partial_files_kept=kept,
+                  no_write_after_cancel=still, bytes_before_cancel=fetched, resumed=resumed_status,
+                  bytes_after_resume=refetched, total_bytes=total, files_identical=identical,
+                  leftovers=leftovers, token_on_cdn=len(leaked), token_on_hub=sent_to_hub)
+
+
+def check_video(comfy: Comfy) -> bool:
+    spec = comfy.info["Sa2VAVideoSegmentation"]["input"]
+    frames_input = next(n for n, e in spec["required"].items() if e[0] == "IMAGE")
+    prompt_input = next(n for n, e in spec["required"].items() if e[0] == "STRING")
+    model_input = next(n for section in ("required", "optional") for n, e in spec.get(section, {}).items()
+                       if e[0] == "SA2VA_MODEL")
+    graph = {"1": comfy.node("LoadImage", image="photo.png"),
+             "2": comfy.node("RepeatImageBatch", image=["1", 0], amount=6),
+             "3": comfy.node("Sa2VALoader", model="tiny-qwen3", device="cpu", dtype="fp32"),
+             "4": comfy.node("Sa2VAVideoSegmentation", **{frames_input: ["2", 0], prompt_input: "Please segment the "
+                                                          "red box.", model_input: ["3", 0]}),
+             "5": comfy.node("PreviewImage", images=["4", comfy.info["Sa2VAVideoSegmentation"]["output_name"]
+                                                     .index("overlay")])}
+    graph["4"]["inputs"]["max_new_tokens"] = 16
+    entry = comfy.run(graph)
+    status, messages = status_of(entry)
+    frames = len(ui(entry, "5").get("images", []))
+    return report("video segmentation on a 6-frame clip", status == "success" and frames == 6, status=status,
+                  overlay_frames=frames, error=messages.get("execution_error", {}).get("exception_message"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout (its main.py)")
+    parser.add_argument("--python", default=sys.executable, help="the Python that runs ComfyUI")
+    parser.add_argument("--port", type=int, default=8199)
+    parser.add_argument("--keep", type=Path, help="keep the base folder (models, log) here instead of a temp dir")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sa2va-live-")) if args.keep is None else args.keep
+    base = work / "base"
+    paths = prepare(base)
+    hub = FakeHub({DOWNLOAD_REPO: paths["hub_files"]})
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "SA2VA_MODELS_DIR")}
+    results = []
+    with hub:
+        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
+        comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
+        try:
+            for check in (check_import, check_templates, check_batch, check_prompt_per_line, check_regions,
+                          check_cancel_generation, check_free, check_video):
+                results.append(check(comfy))
+            results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))
+        finally:
+            comfy.process.terminate()
+            comfy.process.wait(timeout=30)
+    print(json.dumps({"passed": sum(results), "failed": len(results) - sum(results), "log": str(comfy.log)}))
+    if args.keep is None and all(results):
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
     python bench/bench_load.py                  # 3 fresh processes per dtype
     python bench/bench_load.py --model /path/to/Sa2VA-Qwen3-VL-4B --dtypes bf16
+    python bench/bench_load.py --dtypes bf16 --quantization 8bit 4bit --runs 1   # needs bitsandbytes
 
 Without ``--model`` it builds (once, cached under bench/results/checkpoints/) a ~1.3 GB fp32 checkpoint in the
 release format, in 256 MB shards: full-size SAM2 Hiera-L (0.86 GiB) and a language model enlarged to hidden 1024,
@@ -11,7 +12,9 @@ Each measurement runs in a fresh Python process. Imports are warmed up first; th
 memory: memory-mapped shard pages do not count, they are page cache the kernel can drop) is sampled every
 millisecond in a thread while ``sa2va.load_model`` runs. The peak growth is compared with the bytes the loaded
 model keeps (parameters and buffers of the language model, SAM2 and the projection). Load times include reading
-the shards, from the page cache after the first run.
+the shards, from the page cache after the first run. With ``--quantization`` each mode is loaded as well, and the
+size the Loader asks ComfyUI to make room for before loading (``sa2va.quantization.estimated_bytes`` from the
+shards' shapes) is compared with what the loaded model takes (``Sa2VAModel.memory_bytes``).
 """
 from __future__ import annotations
 
@@ -34,21 +37,25 @@ import torch
 import sa2va
 from transformers import Sam2VideoModel, Qwen3VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration  # noqa
 
+from sa2va.checkpoint import read_index
+from sa2va.quantization import estimated_bytes
+
 dtype = common.parse_dtype(sys.argv[4])
+quantization = None if sys.argv[5] == "none" else sys.argv[5]
 with common.PeakSampler("RssAnon", interval=0.001) as anon, common.PeakSampler("VmRSS", interval=0.001) as rss:
     start = time.perf_counter()
-    model = sa2va.load_model(sys.argv[3], dtype=dtype)
+    model = sa2va.load_model(sys.argv[3], dtype=dtype, quantization=quantization)
     seconds = time.perf_counter() - start
-parts = (model.vlm, model.grounding.model, model.projection)
-resident = sum(t.numel() * t.element_size() for p in parts for t in list(p.parameters()) + list(p.buffers()))
-print(json.dumps({"load_s": seconds, "resident_bytes": resident, "peak_anon_growth": anon.growth,
-                  "peak_rss_growth": rss.growth}))
+estimate = estimated_bytes(((n, t.shape) for n, t in read_index(sys.argv[3]).tensors.items()), quantization, dtype)
+print(json.dumps({"load_s": seconds, "resident_bytes": model.memory_bytes(), "estimated_bytes": estimate,
+                  "peak_anon_growth": anon.growth, "peak_rss_growth": rss.growth}))
 """
 
 
-def measure(folder: Path, dtype: str) -> dict:
+def measure(folder: Path, dtype: str, quantization: str = "none") -> dict:
     here = Path(__file__).resolve().parent
-    result = subprocess.run([sys.executable, "-c", CHILD, str(common.ROOT), str(here), str(folder), dtype],
+    result = subprocess.run([sys.executable, "-c", CHILD, str(common.ROOT), str(here), str(folder), dtype,
+                             quantization],
                             capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"load in a child process failed:\n{result.stderr[-3000:]}")
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a model folder (default: build the ~1.3 GB fp32 synthetic checkpoint)")
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32", "fp16"])
+    parser.add_argument("--quantization", nargs="+", default=["none"], choices=["none", "8bit", "4bit"],
+                        help="load modes (8bit/4bit need bitsandbytes; the language model is quantised)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per dtype")
     parser.add_argument("--json", help="output path (default bench/results/load.json)")
     args = parser.parse_args(argv)
@@ -73,25 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     env = common.environment(torch.device("cpu"))
     print(f"checkpoint {folder}: {stored / 2**30:.2f} GiB in {len(shards)} shards", flush=True)
     results = []
-    for dtype in args.dtypes:
+    for dtype, quantization in [(d, q) for q in args.quantization for d in args.dtypes]:
         runs = []
         for _ in range(args.runs):
-            runs.append(measure(folder, dtype))
-            print(f"  {dtype}: {runs[-1]}", flush=True)
+            runs.append(measure(folder, dtype, quantization))
+            print(f"  {dtype} {quantization}: {runs[-1]}", flush=True)
         resident = runs[0]["resident_bytes"]
         peaks = [r["peak_anon_growth"] for r in runs]
-        results.append({"dtype": dtype, "runs": runs, "resident_bytes": resident,
+        results.append({"dtype": dtype if quantization == "none" else f"{dtype} {quantization}", "runs": runs,
+                        "resident_bytes": resident, "estimated_bytes": runs[0]["estimated_bytes"],
                         "median_load_s": round(statistics.median(r["load_s"] for r in runs), 3),
                         "median_peak_anon_growth": statistics.median(peaks), "max_peak_anon_growth": max(peaks),
                         "ratio_median": round(statistics.median(peaks) / resident, 3),
                         "ratio_max": round(max(peaks) / resident, 3)})
-    rows = [[r["dtype"], f"{r['median_load_s']:.1f}", common.mb(r["resident_bytes"]),
+    rows = [[r["dtype"], f"{r['median_load_s']:.1f}", common.mb(r["resident_bytes"]), common.mb(r["estimated_bytes"]),
              common.mb(r["median_peak_anon_growth"]), common.mb(r["max_peak_anon_growth"]),
              f"{r['ratio_median']:.2f}", f"{r['ratio_max']:.2f}"] for r in results]
     print()
     print(f"{stored / 2**30:.2f} GiB fp32 checkpoint in {len(shards)} shards, {args.runs} fresh processes per dtype")
-    print(common.table(["load as", "median load s", "resident MB", "median peak RssAnon growth MB",
-                        "max peak RssAnon growth MB", "peak / resident (median)", "peak / resident (max)"], rows))
+    print(common.table(["load as", "median load s", "resident MB", "estimated before load MB",
+                        "median peak RssAnon growth MB", "max peak RssAnon growth MB", "peak / resident (median)",
+                        "peak / resident (max)"], rows))
     path = common.write_json({"benchmark": "load", "environment": env, "model": str(folder), "stored_bytes": stored,
                               "shards": len(shards), "results": results}, args.json, "load.json")
     print(f"\nwrote {path}")

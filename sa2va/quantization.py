@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from .errors import DependencyError
+from .keymap import SAM2_PREFIX
 
 QUANTIZATION_MODES = (None, "8bit", "4bit")
 #: bitsandbytes is optional (pyproject's "quantization" extra); this is the version the extra asks for
@@ -50,14 +51,15 @@ def estimated_bytes(shapes: Iterable[tuple[str, tuple[int, ...]]], mode: str | N
 
     Linear weights of the language model's layers (2-D ``...layers...weight``) take 1 byte per value at 8-bit (plus
     a float32 scale per row) and half a byte at 4-bit (plus a float32 absmax per 64 values); every other tensor
-    (vision tower, projector, lm_head, embeddings, norms, SAM2) stays in ``dtype``. After loading,
-    :meth:`~sa2va.model.Sa2VAModel.memory_bytes` gives the exact figure."""
+    (vision tower, projector, lm_head, embeddings, norms, SAM2 -- whose memory attention and mask decoder have
+    ``layers`` too -- and the [SEG] projection) stays in ``dtype``. After loading,
+    :meth:`~sa2va.model.Sa2VAModel.memory_bytes` gives the exact figure (bench/bench_load.py compares the two)."""
     size = torch.empty(0, dtype=dtype).element_size()
     total = 0
     for name, shape in shapes:
         numel = math.prod(shape)
         quantised = (mode is not None and len(shape) == 2 and name.endswith(".weight") and ".layers." in name
-                     and not any(part in name for part in _KEPT_PARTS))
+                     and not name.startswith(SAM2_PREFIX) and not any(part in name for part in _KEPT_PARTS))
         if not quantised:
             total += numel * size
         elif mode == "8bit":

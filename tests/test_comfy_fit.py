@@ -436,8 +436,10 @@ def test_quantised_estimate_counts_the_parts_kept_in_the_compute_dtype():
     shapes = [("model.model.language_model.layers.0.mlp.up_proj.weight", (128, 64)),   # quantised
               ("model.model.language_model.layers.0.input_layernorm.weight", (64,)),   # kept
               ("model.model.visual.blocks.0.attn.qkv.weight", (96, 32)),               # kept (vision)
-              ("model.lm_head.weight", (100, 64))]                                     # kept
-    kept = (64 + 96 * 32 + 100 * 64) * 2
+              ("model.lm_head.weight", (100, 64)),                                     # kept
+              # kept: SAM2 is never quantised, though its memory attention and mask decoder have "layers" too
+              ("grounding_encoder.sam2_model.memory_attention.layers.0.self_attn.q_proj.weight", (32, 16))]
+    kept = (64 + 96 * 32 + 100 * 64 + 32 * 16) * 2
     assert estimated_bytes(shapes, "4bit", torch.bfloat16) == kept + 128 * 64 // 2 + 128 * 64 // 64 * 4
     assert estimated_bytes(shapes, "8bit", torch.bfloat16) == kept + 128 * 64 + 128 * 4
     assert estimated_bytes(shapes, None, torch.bfloat16) == kept + 128 * 64 * 2

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 import sa2va
+from sa2va.checkpoint import read_index
+from sa2va.quantization import estimated_bytes
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -22,3 +24,13 @@ def test_quantized_language_model_predicts(checkpoint_factory, image, mode, laye
     assert pred.raw_text == "Sure, it is[SEG].<|im_end|>"
     assert pred.masks.shape == (1, 480, 640)
     assert torch.isfinite(pred.masks).all()
+
+
+@pytest.mark.parametrize("mode", [None, "8bit", "4bit"])
+def test_the_size_estimated_before_loading_matches_the_loaded_model(checkpoint_factory, mode):
+    """What the Loader asks ComfyUI to make room for (from the shards' shapes) is what the model then takes."""
+    folder = checkpoint_factory("qwen3_vl")
+    model = sa2va.load_model(folder, dtype=torch.bfloat16, quantization=mode)
+    estimate = estimated_bytes(((n, t.shape) for n, t in read_index(folder).tensors.items()), mode, torch.bfloat16)
+    actual = model.memory_bytes()
+    assert abs(estimate - actual) <= 0.01 * actual, (estimate, actual)

@@ -3,6 +3,7 @@
     python bench/bench_load.py                  # 3 fresh processes per dtype
     python bench/bench_load.py --model /path/to/Sa2VA-Qwen3-VL-4B --dtypes bf16
     python bench/bench_load.py --dtypes bf16 --quantization 8bit 4bit --runs 1   # needs bitsandbytes
+    python bench/bench_load.py --full-size --dtypes bf16 --runs 1 --prefill     # a random Qwen3-VL-4B, ~18 GB
 
 Without ``--model`` it builds (once, cached under bench/results/checkpoints/) a ~1.3 GB fp32 checkpoint in the
 release format, in 256 MB shards: full-size SAM2 Hiera-L (0.86 GiB) and a language model enlarged to hidden 1024,
@@ -47,15 +48,24 @@ with common.PeakSampler("RssAnon", interval=0.001) as anon, common.PeakSampler("
     model = sa2va.load_model(sys.argv[3], dtype=dtype, quantization=quantization)
     seconds = time.perf_counter() - start
 estimate = estimated_bytes(((n, t.shape) for n, t in read_index(sys.argv[3]).tensors.items()), quantization, dtype)
-print(json.dumps({"load_s": seconds, "resident_bytes": model.memory_bytes(), "estimated_bytes": estimate,
-                  "peak_anon_growth": anon.growth, "peak_rss_growth": rss.growth}))
+result = {"load_s": seconds, "resident_bytes": model.memory_bytes(), "estimated_bytes": estimate,
+          "peak_anon_growth": anon.growth, "peak_rss_growth": rss.growth}
+if sys.argv[6] == "prefill":  # one answer token for a 1024x1024 image: the prefill, timed
+    import numpy as np
+    image = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    model.encoder_cache.limit_bytes = 0
+    tokens = model.prompt_inputs([image], "Please segment the person.")["input_ids"].shape[1]
+    start = time.perf_counter()
+    model.answer([image], "Please segment the person.", max_new_tokens=1)
+    result.update(prefill_s=time.perf_counter() - start, prefill_tokens=tokens)
+print(json.dumps(result))
 """
 
 
-def measure(folder: Path, dtype: str, quantization: str = "none") -> dict:
+def measure(folder: Path, dtype: str, quantization: str = "none", prefill: bool = False) -> dict:
     here = Path(__file__).resolve().parent
     result = subprocess.run([sys.executable, "-c", CHILD, str(common.ROOT), str(here), str(folder), dtype,
-                             quantization],
+                             quantization, "prefill" if prefill else "-"],
                             capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"load in a child process failed:\n{result.stderr[-3000:]}")
@@ -69,15 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", nargs="+", default=["none"], choices=["none", "8bit", "4bit"],
                         help="load modes (8bit/4bit need bitsandbytes; the language model is quantised)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per dtype")
+    parser.add_argument("--full-size", action="store_true",
+                        help="a random checkpoint with the released Sa2VA-Qwen3-VL-4B geometry, stored as released "
+                             "(fp32 shards, ~18 GB; written once by gpu_check.write_full_checkpoint)")
+    parser.add_argument("--full-size-folder", default=str(common.RESULTS / "checkpoints" / "qwen3_vl-4b-full"),
+                        help="where --full-size writes and reuses that checkpoint")
+    parser.add_argument("--prefill", action="store_true",
+                        help="after loading, time one prefill (one answer token) for a 1024x1024 image")
     parser.add_argument("--json", help="output path (default bench/results/load.json)")
     args = parser.parse_args(argv)
+    import torch
 
-    folder = Path(args.model) if args.model else common.checkpoint(
-        "qwen3_vl", "qwen3_vl-load-1.3GB", sam2="full", text_size=common.LOAD_TEXT_SIZE,
-        max_shard_bytes=256 * 2**20)
+    if args.full_size:
+        from gpu_check import write_full_checkpoint
+
+        folder = write_full_checkpoint(Path(args.full_size_folder), torch.device("cpu"))
+    else:
+        folder = Path(args.model) if args.model else common.checkpoint(
+            "qwen3_vl", "qwen3_vl-load-1.3GB", sam2="full", text_size=common.LOAD_TEXT_SIZE,
+            max_shard_bytes=256 * 2**20)
     shards = sorted(folder.glob("*.safetensors"))
     stored = sum(p.stat().st_size for p in shards)
-    import torch
 
     env = common.environment(torch.device("cpu"))
     print(f"checkpoint {folder}: {stored / 2**30:.2f} GiB in {len(shards)} shards", flush=True)
@@ -85,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype, quantization in [(d, q) for q in args.quantization for d in args.dtypes]:
         runs = []
         for _ in range(args.runs):
-            runs.append(measure(folder, dtype, quantization))
+            runs.append(measure(folder, dtype, quantization, args.prefill))
             print(f"  {dtype} {quantization}: {runs[-1]}", flush=True)
         resident = runs[0]["resident_bytes"]
         peaks = [r["peak_anon_growth"] for r in runs]

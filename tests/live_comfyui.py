@@ -10,7 +10,8 @@ under ``models/sa2va/`` (``sa2va.testing.write_checkpoint``) and the input pictu
 ``HF_ENDPOINT``; ``HF_TOKEN`` is set to a dummy secret so that where it is sent can be checked.
 
 Each check prints one JSON line ``{"check": ..., "ok": ..., ...measurements}``; the exit status is 1 when any fails.
-The checks: the pack imports and its nodes have tooltips; the example workflows are served as templates; a batch of
+The checks: the pack imports and its nodes have tooltips; the example workflows are served as templates and each
+runs as the user opens it (models swapped for tiny ones; ``api_prompt`` turns the UI format into a prompt); a batch of
 two images through Loader -> Segmentation gives outputs aligned with the batch; one prompt per line; region prompts
 (and the clear error on a family without them); Cancel during generation ends the run within a second; ``/free``
 releases the model (the next run loads it again) while queued runs in between reuse it; the Loader downloads a
@@ -160,7 +161,22 @@ def prepare(base: Path) -> dict:
     region = np.zeros((240, 320), np.uint8)
     region[60:180, 80:200] = 255
     Image.fromarray(region).save(inputs / "region.png")
+    # the example workflows' inputs: LoadImage's MASK output is 1 - alpha, so the region is the transparent part
+    Image.fromarray(np.dstack([picture(), 255 - region])).save(inputs / "example.png")
+    write_video(inputs / "example.mp4", [np.roll(picture(), 8 * t, axis=1) for t in range(6)])
     return {"models": models, "hub_files": hub_files, "inputs": inputs}
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 6) -> None:
+    import av  # ComfyUI's own requirement (its video nodes)
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def start(python: str, comfyui: Path, base: Path, port: int, env: dict) -> Comfy:
@@ -217,6 +233,60 @@ def segment_graph(comfy: Comfy, model: str, prompt: str, batch: int = 1, **optio
     if batch > 1:
         graph["2"] = comfy.node("ImageBatch", image1=["1", 0], image2=["1", 0])
     return graph
+
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+#: nodes whose file widget is followed by the upload button's value in widgets_values
+UPLOAD_NODES = ("LoadImage", "LoadImageMask", "LoadVideo")
+
+
+def api_prompt(comfy: Comfy, workflow: dict) -> dict:
+    """The API-format prompt of a UI-format workflow (what the frontend sends when the user presses Run): links
+    become ``[node id, output slot]``, ``widgets_values`` are assigned to the node's widget inputs in order. A
+    workflow whose widget values do not line up with the running ComfyUI's inputs raises ValueError."""
+    links = {link[0]: [str(link[1]), link[2]] for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        spec = comfy.info[node["type"]]
+        sections = spec["input"]
+        order = spec.get("input_order") or {k: list(sections.get(k, {})) for k in ("required", "optional")}
+        widgets = [name for k in ("required", "optional") for name in order.get(k, [])
+                   if isinstance(sections[k][name][0], list) or sections[k][name][0] in WIDGET_TYPES]
+        values = list(node.get("widgets_values") or [])
+        if node["type"] in UPLOAD_NODES:
+            values = values[:1]
+        if len(values) != len(widgets):
+            raise ValueError(f"{node['type']} (node {node['id']}): {len(values)} widget values for the widgets "
+                             f"{widgets}")
+        inputs = dict(zip(widgets, values))
+        inputs.update({i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None})
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def check_example_workflows(comfy: Comfy) -> bool:
+    """Every example workflow as the user opens it, with the models swapped for tiny ones and short answers."""
+    results, ok = {}, True
+    for path in sorted((ROOT / "example_workflows").glob("*.json")):
+        try:
+            prompt = api_prompt(comfy, json.loads(path.read_text()))
+        except ValueError as error:
+            results[path.stem], ok = str(error), False
+            continue
+        for node in prompt.values():
+            inputs = node["inputs"]
+            for name in ("model", "model_name"):
+                if isinstance(inputs.get(name), str):
+                    inputs[name] = "tiny-internvl" if "InternVL" in inputs[name] else "tiny-qwen3"
+            if "max_new_tokens" in inputs:
+                inputs["max_new_tokens"] = 16
+        entry = comfy.run(prompt)
+        status, messages = status_of(entry)
+        previews = sum(len(v.get("images", []) or v.get("text", [])) for v in entry.get("outputs", {}).values())
+        results[path.stem] = status if status == "success" else \
+            messages.get("execution_error", {}).get("exception_message", status)[:200]
+        ok = ok and status == "success" and previews > 0
+    return report("example workflows run (tiny models)", ok, **results)
 
 
 def check_batch(comfy: Comfy) -> bool:
@@ -378,7 +448,7 @@ def main() -> int:
         env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
         comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
         try:
-            for check in (check_import, check_templates, check_batch, check_prompt_per_line, check_regions,
+            for check in (check_import, check_templates, check_example_workflows, check_batch, check_prompt_per_line, check_regions,
                           check_cancel_generation, check_free, check_video):
                 results.append(check(comfy))
             results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))

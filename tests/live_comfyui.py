@@ -337,20 +337,49 @@ def interrupt_when(comfy: Comfy, prompt_id: str, ready, timeout: float = 300) ->
     return sent
 
 
+class ProgressListener:
+    """ComfyUI's websocket messages for one client id, collected in a thread (aiohttp: ComfyUI's own requirement)."""
+
+    def __init__(self, comfy: Comfy, client_id: str = "live-check") -> None:
+        import asyncio
+        import threading
+
+        import aiohttp
+
+        self.messages: list[dict] = []
+        url = comfy.url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
+
+        async def listen() -> None:
+            async with aiohttp.ClientSession() as session, session.ws_connect(url) as socket:
+                async for message in socket:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        self.messages.append(json.loads(message.data))
+
+        threading.Thread(target=lambda: asyncio.run(listen()), daemon=True).start()
+
+    def progress(self, prompt_id: str, node: str) -> int:
+        """The last progress value ComfyUI reported for ``node`` of ``prompt_id``."""
+        values = [m["data"]["value"] for m in list(self.messages) if m.get("type") == "progress"
+                  and m["data"].get("prompt_id") == prompt_id and str(m["data"].get("node")) == node]
+        return values[-1] if values else 0
+
+
 def check_cancel_generation(comfy: Comfy) -> bool:
     graph = segment_graph(comfy, "tiny-talker", "Describe the picture in detail.")
     graph["4"]["inputs"]["max_new_tokens"] = 2048
-    loads = comfy.log_text().count("Loaded tiny-talker")
+    listener = ProgressListener(comfy)
+    time.sleep(0.5)
     prompt_id = comfy.queue(graph)
-    # generation is under way once the model is loaded: give it a second of tokens first
-    started = interrupt_when(comfy, prompt_id, lambda: comfy.log_text().count("Loaded tiny-talker") > loads
-                             and not time.sleep(1.0))
+    # generation is under way once the token progress bar moves: cancel after 20 tokens
+    started = interrupt_when(comfy, prompt_id, lambda: listener.progress(prompt_id, "4") >= 20)
+    tokens = listener.progress(prompt_id, "4")
     entry = comfy.wait(prompt_id)
     status, messages = status_of(entry)
     stopped = messages.get("execution_interrupted", {}).get("timestamp")
     delay = (stopped - started) / 1000 if stopped else None
-    return report("Cancel during generation", status == "error" and delay is not None and delay < 1.0,
-                  status=status, seconds_after_interrupt=delay)
+    return report("Cancel during generation", status == "error" and delay is not None and delay < 1.0
+                  and 20 <= tokens < 2048, status=status, tokens_when_cancelled=tokens,
+                  seconds_after_interrupt=delay)
 
 
 def check_free(comfy: Comfy) -> bool:

@@ -50,14 +50,26 @@ with common.PeakSampler("RssAnon", interval=0.001) as anon, common.PeakSampler("
 estimate = estimated_bytes(((n, t.shape) for n, t in read_index(sys.argv[3]).tensors.items()), quantization, dtype)
 result = {"load_s": seconds, "resident_bytes": model.memory_bytes(), "estimated_bytes": estimate,
           "peak_anon_growth": anon.growth, "peak_rss_growth": rss.growth}
-if sys.argv[6] == "prefill":  # one answer token for a 1024x1024 image: the prefill, timed
+if sys.argv[6] == "prefill":
     import numpy as np
+    from sa2va.testing import ForceTokens
     image = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    prompt = "Please segment the person."
     model.encoder_cache.limit_bytes = 0
-    tokens = model.prompt_inputs([image], "Please segment the person.")["input_ids"].shape[1]
-    start = time.perf_counter()
-    model.answer([image], "Please segment the person.", max_new_tokens=1)
+    tokens = model.prompt_inputs([image], prompt)["input_ids"].shape[1]
+    start = time.perf_counter()  # one answer token for a 1024x1024 image: the prefill, timed
+    model.answer([image], prompt, max_new_tokens=1)
     result.update(prefill_s=time.perf_counter() - start, prefill_tokens=tokens)
+    # then a whole predict with the answer forced to "[SEG]<end>": the activations it holds at its peak, against
+    # the estimate the nodes ask ComfyUI for (MemoryProfile.activation_bytes)
+    tok = model.tokenizer
+    forced = [tok.convert_tokens_to_ids("[SEG]"), model.adapter.eos_token_ids(model.config, tok)[0]]
+    with common.PeakSampler("RssAnon", interval=0.001) as peak:
+        start = time.perf_counter()
+        model.predict(image, prompt, max_new_tokens=8, logits_processor=[ForceTokens(tokens, forced)])
+        result.update(predict_s=time.perf_counter() - start)
+    result.update(predict_peak_anon_growth=peak.growth,
+                  activation_estimate=model.memory_profile().activation_bytes(1024, 1024, 8))
 print(json.dumps(result))
 """
 
@@ -85,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-size-folder", default=str(common.RESULTS / "checkpoints" / "qwen3_vl-4b-full"),
                         help="where --full-size writes and reuses that checkpoint")
     parser.add_argument("--prefill", action="store_true",
-                        help="after loading, time one prefill (one answer token) for a 1024x1024 image")
+                        help="after loading, time one prefill (one answer token) for a 1024x1024 image, then one "
+                             "predict (answer forced to one [SEG]) and its peak activation memory against the "
+                             "nodes' estimate")
     parser.add_argument("--json", help="output path (default bench/results/load.json)")
     args = parser.parse_args(argv)
     import torch

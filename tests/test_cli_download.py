@@ -67,7 +67,9 @@ def test_download_command_errors_exit_2_with_a_message(hub, tmp_path, capsys, na
 
 
 def test_download_command_ctrl_c_exits_130_keeps_parts_and_the_next_run_resumes(hub, tmp_path):
-    hub.delay_per_chunk = 0.03
+    # slow enough (about 2.5 MB/s over 8 connections for 30 MB) that Ctrl-C lands mid-download even when a loaded
+    # machine delays this loop by seconds
+    hub.delay_per_chunk = 0.2
     cmd = [sys.executable, "-m", "sa2va", "download", "Sa2VA-Qwen3-VL-4B", "--models-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(hub), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

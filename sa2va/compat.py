@@ -49,6 +49,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("numpy", "numpy", "1.24", True, "arrays"),
     Requirement("pillow", "PIL", "10.0", True, "images"),
     Requirement("tqdm", "tqdm", "4.66", False, "progress bars outside ComfyUI"),
+    Requirement("sentencepiece", "sentencepiece", "0.2.0", False, "the tokenizer of Sa2VA-8B / Sa2VA-26B only"),
 )
 #: pip name -> minimum version
 MINIMUM_VERSIONS: dict[str, str] = {r.name: r.minimum for r in REQUIREMENTS}

@@ -87,7 +87,7 @@ def ensure_model_folder(name: str, progress_factory=comfy.Progress) -> Path:
     """A complete local folder for ``name``: found locally (no network), else downloaded if it is official."""
     folder = find_local(name)
     entry = catalog.find(name)
-    required = required_files(entry.family if entry else _local_family(folder))
+    required = required_files(entry.family, entry.tokenizer) if entry else required_files(_local_family(folder))
     if folder is not None and is_complete(folder, required):
         return folder
     if entry is None:

@@ -112,7 +112,7 @@ def _fetch(name: str, models_dir: Path) -> Path:
         raise InputError(f"{name} is not a model this pack can download; `python -m sa2va models` lists them "
                          f"(any other model: place its folder by hand and pass --model DIR).")
     folder = models_dir / entry.name
-    required = required_files(entry.family)
+    required = required_files(entry.family, entry.tokenizer)
     if is_complete(folder, required):
         return folder
     with tqdm(desc=entry.name, unit="B", unit_scale=True, unit_divisor=1024, dynamic_ncols=True) as bar:
@@ -148,7 +148,7 @@ def _models(args: argparse.Namespace) -> int:
     print(f"{'model':<22} {'family':<11} {'download':>9}  status (in {base})")
     for entry in catalog.CATALOG:
         folder = base / entry.name
-        if is_complete(folder, required_files(entry.family)):
+        if is_complete(folder, required_files(entry.family, entry.tokenizer)):
             status = "present"
         elif folder.is_dir():
             status = "partial (python -m sa2va download resumes it)"

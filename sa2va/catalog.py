@@ -1,5 +1,4 @@
-"""The nine official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-8B/26B, which use InternLM2, and
-Sa2VA-LLaVA-1.5-7B are not supported yet)."""
+"""The official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-LLaVA-1.5-7B is not supported yet)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ class CatalogEntry:
 
     name: folder name under ``models/sa2va/``; repo_id: hub repository; family: ``qwen3_vl``, ``qwen2_5_vl`` or
     ``internvl``; download_gb: approximate size of the fp32 safetensors on the hub; shards: number of safetensors
-    files of the release (1: a single ``model.safetensors`` without an index, as Sa2VA-1B)."""
+    files of the release (1: a single ``model.safetensors`` without an index, as Sa2VA-1B); tokenizer: the
+    tokenizer file the release ships (``tokenizer.model``, SentencePiece, for the InternLM2 releases Sa2VA-8B/26B)."""
 
     name: str
     repo_id: str
@@ -21,6 +21,7 @@ class CatalogEntry:
     download_gb: float
     notes: str = ""
     shards: int = 0
+    tokenizer: str = "tokenizer.json"
 
     def weight_files(self) -> tuple[str, ...]:
         """The release's weight files as ``save_pretrained`` names them: ``model.safetensors`` alone for one shard,
@@ -43,6 +44,10 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("Sa2VA-1B", "ByteDance/Sa2VA-1B", "internvl", 4.05, "InternVL2.5 + Qwen2.5-0.5B; qwen_chat; "
                  "smallest of all", shards=1),
     CatalogEntry("Sa2VA-4B", "ByteDance/Sa2VA-4B", "internvl", 15.2, "InternVL2.5 + Qwen2.5-3B; phi3_chat", shards=4),
+    CatalogEntry("Sa2VA-8B", "ByteDance/Sa2VA-8B", "internvl", 32.66, "InternVL2.5 + InternLM2.5-7B; internlm2_chat",
+                 shards=7, tokenizer="tokenizer.model"),
+    CatalogEntry("Sa2VA-26B", "ByteDance/Sa2VA-26B", "internvl", 92.04, "InternVL2.5 (InternViT-6B) + "
+                 "InternLM2.5-20B; ~52 GB in bf16: 4-bit or several GPUs", shards=20, tokenizer="tokenizer.model"),
 )
 DEFAULT_MODEL = CATALOG[0].name
 

@@ -72,9 +72,11 @@ STATE_FILE = ".sa2va-download.json"
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 
 
-def required_files(family: str) -> tuple[str, ...]:
-    """The non-weight files a release of ``family`` needs: InternVL3 releases have no processor files."""
-    return REQUIRED_FILES if family == "internvl" else REQUIRED_FILES + ("preprocessor_config.json",)
+def required_files(family: str, tokenizer: str = "tokenizer.json") -> tuple[str, ...]:
+    """The non-weight files a release of ``family`` needs: InternVL3 releases have no processor files; the InternLM2
+    releases (Sa2VA-8B/26B) ship ``tokenizer="tokenizer.model"`` (SentencePiece) instead of ``tokenizer.json``."""
+    files = tuple(tokenizer if name == "tokenizer.json" else name for name in REQUIRED_FILES)
+    return files if family == "internvl" else files + ("preprocessor_config.json",)
 
 
 #: never fetched: remote code, docs, repository media, and pickle or foreign-format weights (never loaded)
@@ -157,7 +159,9 @@ def missing_files(folder: str | os.PathLike, required: tuple[str, ...] = REQUIRE
     the shard index and every shard it lists (or one model.safetensors), each shard whole (its size matches its
     safetensors header)."""
     folder = Path(folder)
-    missing = [name for name in required if not (folder / name).is_file()]
+    # a SentencePiece tokenizer.model stands in for tokenizer.json (hand-placed Sa2VA-8B/26B folders)
+    missing = [name for name in required if not (folder / name).is_file()
+               and not (name == "tokenizer.json" and (folder / "tokenizer.model").is_file())]
     index = folder / INDEX_FILE
     if (folder / "model.safetensors").is_file() and not index.is_file():
         shards = ["model.safetensors"]

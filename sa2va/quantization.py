@@ -26,12 +26,13 @@ def require_bitsandbytes(mode: str) -> None:
                               f"or load without quantization.") from exc
 
 
-def quantization_config(mode: str, dtype: torch.dtype):
-    """bitsandbytes settings: the language model quantised; lm_head and the vision tower kept in ``dtype``."""
+def quantization_config(mode: str, dtype: torch.dtype, extra_skip: Iterable[str] = ()):
+    """bitsandbytes settings: the language model quantised; lm_head and the vision tower kept in ``dtype``, and the
+    modules named in ``extra_skip`` (module names or name prefixes) too."""
     require_bitsandbytes(mode)
     from transformers import BitsAndBytesConfig
 
-    skip = list(SKIP_MODULES)
+    skip = list(SKIP_MODULES) + list(extra_skip)
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if mode == "4bit":

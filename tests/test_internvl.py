@@ -159,7 +159,7 @@ def test_native_config_spells_out_the_switches(folder, model):
 
 @pytest.mark.parametrize("change, message", [
     ({"ps_version": "v1"}, "pixel-shuffle 'v2'"),
-    ({"llm_config": {"architectures": ["InternLM2ForCausalLM"]}}, "InternVisionModel \\+ Qwen2ForCausalLM"),
+    ({"llm_config": {"architectures": ["Phi3ForCausalLM"]}}, "InternVisionModel \\+ Qwen2ForCausalLM"),
 ])
 def test_unsupported_internvl_variants_are_refused(folder, change, message):
     config = json.loads((folder / "config.json").read_text())

@@ -41,7 +41,9 @@ from ..compat import internvl_image_features, vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
+from . import internlm2
 from .base import LoadOptions, quiet_transformers
+from .internlm2_tokenizer import InternLM2Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +69,18 @@ class ChatTemplate:
     required_tokens: tuple[str, ...] = ()
 
 
-#: the templates Sa2VA releases with an InternVL-style config use: ``qwen_chat`` (InternVL3 releases, Sa2VA-1B) and
-#: ``phi3_chat`` (Sa2VA-4B, whose Qwen2 tokenizer has no ``<|end|>`` token: the stop word is text)
+#: the templates Sa2VA releases with an InternVL-style config use: ``qwen_chat`` (InternVL3 releases, Sa2VA-1B),
+#: ``phi3_chat`` (Sa2VA-4B, whose Qwen2 tokenizer has no ``<|end|>`` token: the stop word is text) and
+#: ``internlm2_chat`` (Sa2VA-8B / 26B: qwen_chat's text; the tokenizer prepends BOS, the eos is ``</s>``)
 TEMPLATES = {
     "qwen_chat": ChatTemplate("qwen_chat", "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
                               ("<|im_end|>", "<|endoftext|>"), ("<|im_start|>", "<|im_end|>", "<|endoftext|>")),
     "phi3_chat": ChatTemplate("phi3_chat", "<|user|>\n{input}<|end|>\n<|assistant|>\n", ("<|end|>",)),
+    "internlm2_chat": ChatTemplate("internlm2_chat", "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
+                                   ("<|im_end|>",), ("<|im_start|>", "<|im_end|>")),
 }
+#: language models an InternVL-style release may carry: llm_config.architectures[0] -> decoder name
+DECODERS = {"Qwen2ForCausalLM": "qwen2", internlm2.ARCHITECTURE: "internlm2"}
 _REQUIRED_TOKENS = ("[SEG]", IMG_START, IMG_END, IMG_CONTEXT, VP_START, VP_END)
 #: config.json keys the adapter reads without a default
 _VISION_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "patch_size")
@@ -101,12 +108,19 @@ _KEY_PAIRS = [
     ("mlp1.0.", "model.multi_modal_projector.layer_norm."),
     ("mlp1.1.", "model.multi_modal_projector.linear_1."),
     ("mlp1.3.", "model.multi_modal_projector.linear_2."),
+    *internlm2.KEY_PAIRS,
     ("language_model.model.", "model.language_model."),
     ("language_model.lm_head.", "lm_head."),
 ]
+#: the pairs of each decoder (the InternLM2 ones only for InternLM2; the generic prefix then maps what is left)
+_DECODER_PAIRS = {"qwen2": [p for p in _KEY_PAIRS if p not in internlm2.KEY_PAIRS], "internlm2": _KEY_PAIRS}
 #: the fused attention input projection of InternViT: rows are [q; k; v]
 QKV_RELEASE = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 _QKV_NATIVE = re.compile(r"^model\.vision_tower\.encoder\.layer\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
+_WQKV_RELEASE = re.compile(internlm2.WQKV_RELEASE)
+_WQKV_NATIVE = re.compile(internlm2.WQKV_NATIVE)
+#: the fused wqkv as transformers may report it (renamed by the generic ``language_model.model.`` prefix)
+_WQKV_RENAMED = re.compile(r"^model\.language_model\.layers\.(\d+)\.attention\.wqkv\.weight$")
 
 
 def _pattern(name: str) -> str:
@@ -118,32 +132,49 @@ def _template(name: str) -> str:
     return name.replace("{i}", r"\1")
 
 
-#: release name -> runtime name, as regexes for ``from_pretrained(key_mapping=...)``; the fused qkv is not in it
+#: release name -> runtime name, as regexes for ``from_pretrained(key_mapping=...)`` (the first matching pattern
+#: renames a key); the fused qkv tensors are not in it
 KEY_MAPPING = {_pattern(release): _template(native) for release, native in _KEY_PAIRS}
-_INVERSE = [(re.compile(_pattern(native)), _template(release)) for release, native in _KEY_PAIRS]
+_INVERSE = {decoder: [(re.compile(_pattern(native)), _template(release)) for release, native in pairs]
+            for decoder, pairs in _DECODER_PAIRS.items()}
 _FORWARD = [(re.compile(pattern), replacement) for pattern, replacement in KEY_MAPPING.items()]
 
 
+def decoder_of(config: dict) -> str:
+    """``"qwen2"`` or ``"internlm2"``: the language model of an InternVL-style config (``llm_config.architectures``);
+    anything else is refused by :func:`check_config`."""
+    arch = ((config.get("llm_config") or {}).get("architectures") or ["?"])[0]
+    return DECODERS.get(arch, arch)
+
+
 def release_to_native(key: str) -> list[str]:
-    """Runtime names one release tensor fills: one name, three for a fused ``attn.qkv`` (q, k, v in that order),
-    none for tensors outside the vision-language model (SAM2, the [SEG] projection)."""
+    """Runtime names one release tensor fills: one name, three for a fused ``attn.qkv`` or InternLM2
+    ``attention.wqkv`` (q, k, v in that order), none for tensors outside the vision-language model (SAM2, the [SEG]
+    projection)."""
     m = QKV_RELEASE.match(key)
     if m:
         layer, kind = m.groups()
         return [f"model.vision_tower.encoder.layer.{layer}.attention.{p}_proj.{kind}" for p in "qkv"]
+    m = _WQKV_RELEASE.match(key)
+    if m:
+        return [f"model.language_model.layers.{m.group(1)}.self_attn.{p}_proj.weight" for p in "qkv"]
     for pattern, replacement in _FORWARD:
         if pattern.match(key):
             return [pattern.sub(replacement, key, count=1)]
     return []
 
 
-def native_to_release(key: str) -> str | None:
-    """Runtime name -> the release tensor that holds it (the fused ``attn.qkv`` for q/k/v); None if unknown."""
+def native_to_release(key: str, decoder: str = "qwen2") -> str | None:
+    """Runtime name -> the release tensor that holds it (the fused ``attn.qkv`` for the vision tower's q/k/v, the
+    fused ``attention.wqkv`` for InternLM2's); None if unknown. decoder: ``"qwen2"`` or ``"internlm2"``."""
     m = _QKV_NATIVE.match(key)
     if m:
         layer, _, kind = m.groups()
         return f"vision_model.encoder.layers.{layer}.attn.qkv.{kind}"
-    for pattern, replacement in _INVERSE:
+    m = _WQKV_NATIVE.match(key)
+    if m and decoder == "internlm2":
+        return f"language_model.model.layers.{m.group(1)}.attention.wqkv.weight"
+    for pattern, replacement in _INVERSE[decoder]:
         if pattern.match(key):
             return pattern.sub(replacement, key, count=1)
     return None
@@ -165,10 +196,10 @@ def check_config(config: dict, folder: str | os.PathLike = "") -> None:
     llm = config.get("llm_config") or {}
     vision_arch = (vision.get("architectures") or ["InternVisionModel"])[0]
     llm_arch = (llm.get("architectures") or ["?"])[0]
-    if vision_arch != "InternVisionModel" or llm_arch != "Qwen2ForCausalLM":
+    if vision_arch != "InternVisionModel" or llm_arch not in DECODERS:
         raise ModelFolderError(f"{folder}: this InternVL-style Sa2VA model uses {vision_arch} + {llm_arch}; only "
-                               f"InternVisionModel + Qwen2ForCausalLM is supported (Sa2VA-1B, Sa2VA-4B and the "
-                               f"Sa2VA-InternVL3 releases; not Sa2VA-8B/26B, whose InternLM2 is not supported yet).")
+                               f"InternVisionModel + Qwen2ForCausalLM (Sa2VA-1B, Sa2VA-4B and the Sa2VA-InternVL3 "
+                               f"releases) or + InternLM2ForCausalLM (Sa2VA-8B, Sa2VA-26B) is supported.")
     if config.get("ps_version", "v1") != "v2":
         raise ModelFolderError(f"{folder}: config.json has ps_version {config.get('ps_version', 'v1')!r}; only "
                                f"pixel-shuffle 'v2' (all Sa2VA-InternVL3 releases) is supported.")
@@ -220,9 +251,12 @@ def native_config(config: dict, image_token_id: int, dtype: torch.dtype):
             hidden_dropout_prob=v.get("dropout", 0.0), attention_dropout=v.get("attention_dropout", 0.0),
             projection_dropout=v.get("dropout", 0.0), use_absolute_position_embeddings=True,
             use_mean_pooling=True, use_mask_token=False)
-        llm = {k: val for k, val in config["llm_config"].items() if k not in _LLM_DROP}
-        llm.update(tie_word_embeddings=False, use_cache=True)
-        text = Qwen2Config(**llm)
+        if decoder_of(config) == "internlm2":
+            text = internlm2.text_config(config["llm_config"])
+        else:
+            llm = {k: val for k, val in config["llm_config"].items() if k not in _LLM_DROP}
+            llm.update(tie_word_embeddings=False, use_cache=True)
+            text = Qwen2Config(**llm)
         native = InternVLConfig(
             vision_config=vision, text_config=text, image_token_id=image_token_id,
             image_seq_length=tokens_per_tile(config), downsample_ratio=config.get("downsample_ratio", 0.5),
@@ -365,12 +399,17 @@ class InternVLAdapter:
     def expected_release_shapes(self, config: dict) -> dict[str, tuple[int, ...]]:
         """Release names and shapes the native model needs (q, k, v folded back into the fused qkv)."""
         out: dict[str, tuple[int, ...]] = {}
+        decoder = decoder_of(config)
         for name, shape in self.expected_shapes(config).items():
-            release = native_to_release(name)
+            release = native_to_release(name, decoder)
             if release is None:
                 raise ModelFolderError(f"transformers' InternVL model has a tensor {name} that no Sa2VA release "
                                        f"stores; this transformers version is not supported yet. Report the issue.")
-            out[release] = (3 * shape[0], *shape[1:]) if _QKV_NATIVE.match(name) else shape
+            if _QKV_NATIVE.match(name):
+                shape = (3 * shape[0], *shape[1:])
+            elif decoder == "internlm2" and _WQKV_NATIVE.match(name):
+                shape = (internlm2.wqkv_rows(config["llm_config"]), *shape[1:])
+            out[release] = shape
         return out
 
     def check_checkpoint(self, folder, config: dict, index: ShardIndex) -> None:
@@ -398,31 +437,37 @@ class InternVLAdapter:
         kwargs: dict = {"config": native, "dtype": options.dtype, "attn_implementation": options.attn_implementation,
                         "key_mapping": KEY_MAPPING, "output_loading_info": True}
         if options.quantization:
-            kwargs["quantization_config"] = quantization_config(options.quantization, options.dtype)
+            # InternLM2's q/k/v are filled from the fused wqkv after loading: they stay in the compute dtype
+            extra = ["q_proj", "k_proj", "v_proj"] if decoder_of(config) == "internlm2" else []
+            kwargs["quantization_config"] = quantization_config(options.quantization, options.dtype, extra)
             kwargs["device_map"] = {"": options.device}
         elif options.device.type != "cpu":
             kwargs["device_map"] = {"": options.device}
         with quiet_transformers():
             model, info = InternVLForConditionalGeneration.from_pretrained(str(folder), **kwargs)
-        fused = [n for n in index.names("vision_model.") if QKV_RELEASE.match(n)]
+        fused = [n for n in index.names("vision_model.") if QKV_RELEASE.match(n)] + \
+            [n for n in index.names("language_model.") if _WQKV_RELEASE.match(n)]
         split = {name for release in fused for name in release_to_native(release)}
         missing = set(info.get("missing_keys", [])) - split
         unexpected = [k for k in info.get("unexpected_keys", [])
-                      if not k.startswith((SAM2_PREFIX, PROJECTION_PREFIX)) and not QKV_RELEASE.match(k)]
+                      if not k.startswith((SAM2_PREFIX, PROJECTION_PREFIX)) and not QKV_RELEASE.match(k)
+                      and not _WQKV_RELEASE.match(k) and not _WQKV_RENAMED.match(k)]
         if missing or unexpected:
             names = sorted(missing) + unexpected
             raise ModelFolderError(f"{folder}: transformers reported {len(missing)} missing and {len(unexpected)} "
                                    f"unexpected language-model tensors (e.g. {names[:3]}). Download the model again.")
-        self._load_fused_qkv(model, index, fused)
+        self._load_fused_qkv(model, index, fused, config)
         model.eval()
         model.generation_config.do_sample = False
         self.vlm = model
         return model
 
     @staticmethod
-    def _load_fused_qkv(model: torch.nn.Module, index: ShardIndex, fused: list[str]) -> None:
-        """Split each fused ``attn.qkv`` release tensor into the vision tower's q/k/v projections (cast on copy),
-        reading only those tensors from their shards."""
+    def _load_fused_qkv(model: torch.nn.Module, index: ShardIndex, fused: list[str], config: dict) -> None:
+        """Split each fused release tensor into q/k/v projections (cast on copy), reading only those tensors from
+        their shards: InternViT's ``attn.qkv`` in three equal row blocks, InternLM2's ``attention.wqkv`` by KV
+        group (:func:`~sa2va.families.internlm2.split_wqkv`)."""
+        llm = config["llm_config"]
         from safetensors import safe_open
 
         params = dict(model.named_parameters())
@@ -433,24 +478,28 @@ class InternVLAdapter:
             for shard, names in by_shard.items():
                 with safe_open(str(index.folder / shard), framework="pt", device="cpu") as handle:
                     for release in names:
-                        parts = split_qkv(handle.get_tensor(release))
+                        tensor = handle.get_tensor(release)
+                        if _WQKV_RELEASE.match(release):
+                            parts = internlm2.split_wqkv(tensor, llm["num_attention_heads"],
+                                                         llm.get("num_key_value_heads", llm["num_attention_heads"]))
+                        else:
+                            parts = split_qkv(tensor)
                         for name, part in zip(release_to_native(release), parts):
                             params[name].copy_(part)
 
     def load_processor(self, folder, config: dict) -> InternVLInputProcessor:
-        """The tokenizer (no remote code, no interactive prompt) with the tiling settings of ``config``."""
-        from transformers import AutoTokenizer
-
+        """The tokenizer (no remote code, no interactive prompt) with the tiling settings of ``config``: the
+        SentencePiece :class:`~sa2va.families.internlm2_tokenizer.InternLM2Tokenizer` for InternLM2 releases (or a
+        folder with ``tokenizer.model`` and no ``tokenizer.json``), transformers' own tokenizer otherwise."""
         if config:
             check_config(config, folder)
         template = chat_template(config, folder) if config else TEMPLATES["qwen_chat"]
-        try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise ModelFolderError(f"{folder}: the tokenizer/processor files cannot be loaded ({exc}). Copy "
-                                   f"tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json "
-                                   f"and special_tokens_map.json from the model repository.") from exc
+        sentencepiece_only = not os.path.isfile(os.path.join(folder, "tokenizer.json")) and \
+            os.path.isfile(os.path.join(folder, "tokenizer.model"))
+        if (config and decoder_of(config) == "internlm2") or sentencepiece_only:
+            tokenizer = InternLM2Tokenizer(folder)
+        else:
+            tokenizer = self._auto_tokenizer(folder)
         for token in _REQUIRED_TOKENS + template.required_tokens:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id or \
@@ -461,6 +510,19 @@ class InternVLAdapter:
         self._tokenizer = tokenizer
         per_tile = tokens_per_tile(config) if config else 256
         return InternVLInputProcessor(tokenizer, tokens_per_tile=per_tile, template=template)
+
+    @staticmethod
+    def _auto_tokenizer(folder):
+        """transformers' tokenizer of a folder with ``tokenizer.json`` (Qwen2 releases)."""
+        from transformers import AutoTokenizer
+
+        try:
+            with quiet_transformers():
+                return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise ModelFolderError(f"{folder}: the tokenizer/processor files cannot be loaded ({exc}). Copy "
+                                   f"tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json "
+                                   f"and special_tokens_map.json from the model repository.") from exc
 
     def build_inputs(self, processor: InternVLInputProcessor, images: list[Image.Image], text: str,
                      regions: list | np.ndarray | torch.Tensor | None = None) -> dict:

@@ -25,29 +25,34 @@ FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl")
 def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam2: str = "tiny", seed: int = 0,
                      layout: str = "v4", weight_dtype: torch.dtype | None = None,
                      max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
-                     text_size: dict | None = None, template: str = "qwen_chat",
-                     single_file: bool = False) -> Path:
+                     text_size: dict | None = None, template: str | None = None,
+                     single_file: bool = False, decoder: str = "qwen2", vision_tower: str = "300m") -> Path:
     """Write a random Sa2VA checkpoint of ``family`` in its releases' format into ``folder``; returns the folder.
 
     family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or
     ``"full"`` (SAM2 Hiera-L v1 at 1024 px, as the releases). layout: ``"v4"`` (the releases' key layout) or, for
     Qwen2.5-VL, ``"legacy"``. weight_dtype: None for the dtype of the family's releases (fp32 for Qwen, bf16 for
     InternVL). seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size:
-    overrides of the tiny language model's geometry (benchmarks). template and single_file (InternVL only): the
-    chat template config.json names (``"phi3_chat"`` as Sa2VA-4B) and one ``model.safetensors`` without an index
-    (as Sa2VA-1B); see :func:`sa2va.testing.internvl.write_checkpoint`."""
+    overrides of the tiny language model's geometry (benchmarks). template, single_file, decoder and vision_tower
+    (InternVL only): the chat template config.json names (``"phi3_chat"`` as Sa2VA-4B), one ``model.safetensors``
+    without an index (as Sa2VA-1B), ``decoder="internlm2"`` (Sa2VA-8B's format; ``weight_dtype=None`` then means
+    its mixed bf16/fp32 export) and ``vision_tower="6b"`` (Sa2VA-26B's InternViT-6B switches); see
+    :func:`sa2va.testing.internvl.write_checkpoint`."""
     if family == "internvl":
         from .internvl import write_checkpoint as write_internvl
 
         if layout != "v4":
             raise ValueError(f"unknown layout {layout!r} for InternVL (its releases have one layout)")
-        return write_internvl(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype or torch.bfloat16,
+        if weight_dtype is None and decoder != "internlm2":
+            weight_dtype = torch.bfloat16
+        return write_internvl(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype,
                               max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size,
-                              template=template, single_file=single_file)
+                              template=template, single_file=single_file, decoder=decoder,
+                              vision_tower=vision_tower)
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
-    if template != "qwen_chat" or single_file:
-        raise ValueError("template and single_file are options of InternVL checkpoints only")
+    if template is not None or single_file or decoder != "qwen2" or vision_tower != "300m":
+        raise ValueError("template, single_file, decoder and vision_tower are options of InternVL checkpoints only")
     from .qwen import write_checkpoint as write_qwen
 
     return write_qwen(folder, family, sam2=sam2, seed=seed, layout=layout, weight_dtype=weight_dtype,

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import keymap
+from . import internlm2
 from ..sam2 import sam2_config
 from .common import (
     CORPUS,
@@ -41,6 +42,7 @@ from .common import (
     seeded_tensor,
     add_seg_chain,
     train_bpe,
+    EMBED_TOKENS_STD,
 )
 
 INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
@@ -51,6 +53,8 @@ TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 
 #: tiny Qwen2 language model (InternVL3's LLM family), with InternVL3's dynamic rope scaling
 TINY_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
             "num_key_value_heads": 2}
+#: InternViT-6B-448px-V2_5's switches (Sa2VA-26B): RMSNorm, qk-norm over all heads, no qkv bias
+VISION_6B = {"norm_type": "rms_norm", "qk_normalization": True, "qkv_bias": False}
 IMAGE_SIZE = 448
 PATCH_SIZE = 14
 DOWNSAMPLE_RATIO = 0.5
@@ -114,17 +118,19 @@ def write_tokenizer(folder: Path) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------------- config
 def release_config(ids: dict[str, int], vocab_size: int, sam2: dict | None, text_size: dict | None = None,
-                   template: str = "qwen_chat") -> dict:
+                   template: str = "qwen_chat", decoder: str = "qwen2", vision_tower: str = "300m") -> dict:
     """config.json as ``tools/convert_to_hf.py`` writes it under transformers 4.57 (``Sa2VAChatConfig.to_dict``
     through ``save_pretrained``), with tiny sizes. InternViT's flags are explicit, as in InternViT-300M's config;
     the llm_config carries some of the noise keys InternVL3's own config has. ``text_size``: overrides of
-    :data:`TINY_LLM`; ``template``: the chat template config.json names."""
+    :data:`TINY_LLM`; ``template``: the chat template config.json names. ``decoder="internlm2"``: an InternLM2
+    llm_config and the old (transformers 4.42) export's noise (``torch_dtype``, ``_commit_hash``), as Sa2VA-8B/26B;
+    ``vision_tower="6b"``: InternViT-6B's switches (:data:`VISION_6B`), as Sa2VA-26B."""
     size = {**TINY_LLM, **(text_size or {})}
     num_layers = size["num_hidden_layers"]
     llm = {
         "_name_or_path": "./pretrained/Qwen2.5-1.5B-Instruct", "architectures": ["Qwen2ForCausalLM"],
-        "attention_dropout": 0.0, "bos_token_id": ids["<|endoftext|>"], "dtype": "bfloat16",
-        "eos_token_id": ids["<|endoftext|>"], "hidden_act": "silu", "initializer_range": 0.02,
+        "attention_dropout": 0.0, "bos_token_id": ids.get("<|endoftext|>"), "dtype": "bfloat16",
+        "eos_token_id": ids.get("<|endoftext|>"), "hidden_act": "silu", "initializer_range": 0.02,
         "layer_types": ["full_attention"] * num_layers, "max_position_embeddings": 32768, "max_window_layers": 70,
         "model_type": "qwen2", "moe_config": None, "rms_norm_eps": 1e-06,
         "rope_scaling": {"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}, "rope_theta": 1000000.0,
@@ -150,6 +156,13 @@ def release_config(ids: dict[str, int], vocab_size: int, sam2: dict | None, text
         "tie_word_embeddings": False, "transformers_version": None, "use_backbone_lora": 0, "use_llm_lora": 0,
         "use_thumbnail": True, "vision_config": vision,
     }
+    if vision_tower == "6b":
+        vision.update(VISION_6B)
+    if decoder == "internlm2":
+        config["llm_config"] = internlm2.llm_config(vocab_size, text_size)
+        config["hidden_size"] = config["llm_config"]["hidden_size"]
+        config.update(_commit_hash=None, transformers_version="4.42.3", torch_dtype=config.pop("dtype"))
+        vision.update(_commit_hash=None, torch_dtype=vision.pop("dtype"))
     if sam2 is not None:
         config["sam2_config"] = sam2
     return dict(sorted(config.items()))
@@ -183,6 +196,12 @@ def release_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         if v.get("norm_type", "rms_norm") == "layer_norm":
             shapes[p + "norm1.bias"] = (c,)
             shapes[p + "norm2.bias"] = (c,)
+    merged = c * int(1 / config.get("downsample_ratio", 0.5)) ** 2
+    mlp1 = {"mlp1.0.weight": (merged,), "mlp1.0.bias": (merged,), "mlp1.1.weight": (llm["hidden_size"], merged),
+            "mlp1.1.bias": (llm["hidden_size"],), "mlp1.3.weight": (llm["hidden_size"], llm["hidden_size"]),
+            "mlp1.3.bias": (llm["hidden_size"],)}
+    if llm["architectures"][0] == "InternLM2ForCausalLM":
+        return {**shapes, **internlm2.release_shapes(llm), **mlp1}
     h, vocab, ffn = llm["hidden_size"], llm["vocab_size"], llm["intermediate_size"]
     head_dim = llm.get("head_dim") or h // llm["num_attention_heads"]
     kv = llm["num_key_value_heads"] * head_dim
@@ -200,10 +219,7 @@ def release_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         })
     shapes["language_model.model.norm.weight"] = (h,)
     shapes["language_model.lm_head.weight"] = (vocab, h)
-    merged = c * int(1 / config.get("downsample_ratio", 0.5)) ** 2
-    shapes.update({"mlp1.0.weight": (merged,), "mlp1.0.bias": (merged,), "mlp1.1.weight": (h, merged),
-                   "mlp1.1.bias": (h,), "mlp1.3.weight": (h, h), "mlp1.3.bias": (h,)})
-    return shapes
+    return {**shapes, **mlp1}
 
 
 def _tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -211,14 +227,16 @@ def _tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     scales, which are drawn around 0.5 so that the tiny ViT's layers matter."""
     if name.endswith((".ls1", ".ls2")):
         return scaled_values(name, shape, seed, 0.1, 0.5)
+    if name.endswith("tok_embeddings.weight"):  # InternLM2's token embeddings, scaled as embed_tokens
+        return scaled_values(name, shape, seed, EMBED_TOKENS_STD)
     return seeded_tensor(name, shape, seed)
 
 
 # ------------------------------------------------------------------------------------------------ weights
 def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int = 0,
-                     weight_dtype: torch.dtype = torch.bfloat16, max_shard_bytes: int = 64 * 2**20,
-                     seg_chain: bool = True, text_size: dict | None = None, template: str = "qwen_chat",
-                     single_file: bool = False) -> Path:
+                     weight_dtype: torch.dtype | None = torch.bfloat16, max_shard_bytes: int = 64 * 2**20,
+                     seg_chain: bool = True, text_size: dict | None = None, template: str | None = None,
+                     single_file: bool = False, decoder: str = "qwen2", vision_tower: str = "300m") -> Path:
     """Write a tiny random Sa2VA InternVL-style checkpoint in the release format and return its folder.
 
     sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1
@@ -228,26 +246,44 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     for a bigger language model. template: the chat template config.json names (``"qwen_chat"``: InternVL3 releases
     and Sa2VA-1B; ``"phi3_chat"``: Sa2VA-4B; any other name is written as given, for tests of the refusal; the
     weights do not depend on it). single_file: one ``model.safetensors`` without an index
-    (Sa2VA-1B's layout) instead of shards of at most ``max_shard_bytes``. The defaults write the bytes the committed
-    parity references were made from."""
+    (Sa2VA-1B's layout) instead of shards of at most ``max_shard_bytes``. decoder: ``"qwen2"`` or ``"internlm2"``
+    (Sa2VA-8B/26B's format: InternLM2 tensors with the fused grouped ``attention.wqkv``, the SentencePiece tokenizer
+    files of :mod:`sa2va.testing.internlm2`, template ``internlm2_chat`` by default, and with ``weight_dtype=None``
+    the old exports' dtypes: InternViT in bf16, everything else in fp32). vision_tower: ``"300m"`` (LayerNorm, qkv
+    bias) or ``"6b"`` (RMSNorm, qk-norm, no qkv bias: Sa2VA-26B's InternViT-6B switches on the tiny tower). The
+    defaults write the bytes the committed parity references were made from."""
     from tokenizers import Tokenizer
     from transformers import Sam2VideoModel
 
     if sam2 not in ("tiny", "full"):
         raise ValueError(f"unknown SAM2 size {sam2!r}")
+    if decoder not in ("qwen2", "internlm2") or vision_tower not in ("300m", "6b"):
+        raise ValueError(f"unknown decoder {decoder!r} or vision tower {vision_tower!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ids = write_tokenizer(folder)
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    config = release_config(ids, tok.get_vocab_size(with_added_tokens=True), TINY_SAM2 if sam2 == "tiny" else None,
-                            text_size, template)
+    if template is None:
+        template = "internlm2_chat" if decoder == "internlm2" else "qwen_chat"
+    if decoder == "internlm2":
+        ids, pieces = internlm2.write_tokenizer(folder)
+        vocab_size = max(ids.values()) + 1
+    else:
+        ids = write_tokenizer(folder)
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    config = release_config(ids, vocab_size, TINY_SAM2 if sam2 == "tiny" else None, text_size, template, decoder,
+                            vision_tower)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / "generation_config.json").write_text(json.dumps({"_from_model_config": True,
                                                                "transformers_version": "4.57.0"}, indent=2) + "\n",
                                                    encoding="utf-8")
 
     state = {name: _tensor(name, shape, seed) for name, shape in release_shapes(config).items()}
-    if seg_chain:  # both templates' prompts end in a "\n" token; the answer ends in the tokenizer's eos
+    if seg_chain and decoder == "internlm2":  # the prompt ends in the byte piece of "\n"; the answer in <|im_end|>
+        chain = [pieces.index("<0x0A>")] + [pieces.index(p) for p in internlm2.CHAIN_PIECES[:4]] + \
+            [ids["[SEG]"], pieces.index("."), ids["<|im_end|>"]]
+        add_seg_chain(state, "language_model.model.tok_embeddings.weight", "language_model.output.weight", chain,
+                      seed)
+    elif seg_chain:  # both templates' prompts end in a "\n" token; the answer ends in the tokenizer's eos
         answer = tok.encode("Sure, it is", add_special_tokens=False).ids + [ids["[SEG]"]] + \
             tok.encode(".", add_special_tokens=False).ids + [ids["<|im_end|>"]]
         start = tok.encode("\n", add_special_tokens=False).ids
@@ -264,7 +300,11 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
                         ("2.bias", (256,))):
         state[keymap.PROJECTION_PREFIX + name] = seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
-    state = {k: v.to(weight_dtype).contiguous() for k, v in state.items()}
+    if weight_dtype is None:  # the old exports: InternViT in bf16, the rest in fp32
+        state = {k: v.to(torch.bfloat16 if k.startswith("vision_model.") else torch.float32).contiguous()
+                 for k, v in state.items()}
+    else:
+        state = {k: v.to(weight_dtype).contiguous() for k, v in state.items()}
     if single_file:
         save_single(folder, state)
     else:

@@ -1,4 +1,5 @@
-"""Upstream parity references for InternVL-style Sa2VA checkpoints (run in a transformers 4.57.0 venv).
+"""Upstream parity references for InternVL-style Sa2VA checkpoints (run in a transformers 4.57.0 venv; 4.49.0 for
+InternLM2 checkpoints, whose upstream code cannot generate under later versions).
 
 usage: python tests/parity_tools/make_reference_internvl.py UPSTREAM_GIT CHECKPOINT_DIR OUT_DIR [COMMIT]
 
@@ -72,7 +73,7 @@ def main(upstream: Path, ckpt: Path, out: Path, commit: str) -> None:
         model, info = AutoModel.from_pretrained(run_dir, trust_remote_code=True, torch_dtype=torch.float32,
                                                 use_flash_attn=False, output_loading_info=True)
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(run_dir)
+        tokenizer = AutoTokenizer.from_pretrained(run_dir, trust_remote_code=True)  # InternLM2's is remote code
         model.preparing_for_generation(tokenizer, max_new_tokens=64, torch_dtype=torch.float32)
         load_s = time.time() - t0
     finally:

@@ -29,6 +29,10 @@ out = {"capability": torch.backends.cpu.get_cpu_capability()}
 for family in ("qwen3_vl", "qwen2_5_vl", "internvl"):
     folder = testing.write_checkpoint(Path(sys.argv[1]) / family, family, seed=3)
     out[family] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+# Sa2VA-8B/26B's format: InternLM2 weights, the serialised SentencePiece tokenizer.model, InternViT-6B switches
+folder = testing.write_checkpoint(Path(sys.argv[1]) / "internlm2", "internvl", seed=3, decoder="internlm2",
+                                  vision_tower="6b", weight_dtype=None)
+out["internvl_internlm2"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 print(json.dumps(out))
 """
 

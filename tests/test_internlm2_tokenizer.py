@@ -89,3 +89,32 @@ def test_unreadable_model_file_is_a_clear_error(tmp_path, folder):
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
     with pytest.raises(ModelFolderError, match="sentencepiece cannot read tokenizer.model"):
         InternLM2Tokenizer(tmp_path)
+
+
+
+def test_a_nul_character_piece_is_renamed_only_where_sentencepiece_refuses_it(tmp_path, folder):
+    """The releases' tokenizer.model has a NUL-character piece, which sentencepiece 0.2.2 refuses. The pack loads
+    the file as it is when it can, else with that piece renamed and unused: it is then never produced, a NUL
+    character takes the byte-fallback piece (as sentencepiece 0.2.3 does) and every other text encodes as before."""
+    import sentencepiece
+
+    from sa2va.families.internlm2_tokenizer import rename_nul_pieces
+    from sa2va.testing.internlm2 import sentencepiece_model
+
+    proto, pieces = sentencepiece_model(nul_piece=True)
+    assert pieces[259] == "\x00"
+    plain, _ = sentencepiece_model()
+    assert rename_nul_pieces(plain) == plain
+    renamed = sentencepiece.SentencePieceProcessor()
+    renamed.LoadFromSerializedProto(rename_nul_pieces(proto))
+    assert renamed.get_piece_size() == len(pieces) and renamed.is_unused(259)
+    assert renamed.id_to_piece(259) == "<nul piece 259>"
+    assert renamed.encode("a\x00b<nul piece 259>", out_type=str)[:3] == ["a", "<0x00>", "b"]
+    assert 259 not in renamed.encode("a\x00b<nul piece 259>")
+    for name in TOKENIZER_FILES:
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    (tmp_path / "tokenizer.model").write_bytes(proto)
+    tokenizer = InternLM2Tokenizer(tmp_path)  # whatever the installed version
+    text = "Please segment the cat.\n"
+    assert tokenizer.decode(tokenizer.encode(text)) == " <s>" + text
+    assert tokenizer.sp.encode(text) == renamed.encode(text)

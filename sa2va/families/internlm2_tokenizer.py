@@ -14,22 +14,103 @@ reproduces what that class returns under transformers 4.49, the version upstream
   rest; the simple punctuation clean-up of transformers' ``clean_up_tokenization`` is always applied to the
   SentencePiece text (as the remote class does).
 
-It needs the ``sentencepiece`` package (ComfyUI already requires it). ``tests/test_internlm2_tokenizer.py``
-compares its ids and decoded text with the upstream tokenizer's on a few hundred strings.
+It needs the ``sentencepiece`` package (ComfyUI already requires it). The releases' ``tokenizer.model`` holds a
+piece that is the NUL character: sentencepiece 0.2.2 refuses to load it (0.2.3 loads it as an unused piece, older
+versions as a normal one). Only when the installed version refuses the file, the model is loaded with that piece
+renamed and unused (:func:`rename_nul_pieces`), which encodes a NUL character as 0.2.3 does, with the byte-fallback
+piece; a text without NUL characters is not affected. ``tests/test_internlm2_tokenizer.py`` compares the ids and
+decoded text with the upstream tokenizer's on a few hundred strings.
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 from ..errors import ModelFolderError
+
+logger = logging.getLogger(__name__)
 
 #: transformers' special-token attributes, in its order
 _SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 #: the remote class's defaults for absent special tokens
 _DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+#: SentencePiece's ModelProto.SentencePiece.Type UNUSED
+_UNUSED = 5
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated protobuf")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value, raw bytes) of each field of a serialised protobuf message; value is the
+    payload of a length-delimited field, else None."""
+    pos = 0
+    while pos < len(data):
+        start = pos
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        value = None
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value = data[pos:pos + length]
+            pos += length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > len(data):
+            raise ValueError("truncated protobuf")
+        yield number, wire, value, data[start:pos]
+
+
+def _string_field(number: int, text: str) -> bytes:
+    data = text.encode("utf-8")
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(data)) + data
+
+
+def rename_nul_pieces(proto: bytes) -> bytes:
+    """A serialised SentencePiece ``ModelProto`` in which every piece that is the NUL character is renamed
+    ``<nul piece ID>`` and typed UNUSED, so that sentencepiece versions that refuse NUL pieces (0.2.2) load it and
+    none produces it (an unused piece of several characters takes part in no merge). Everything else is copied byte
+    for byte; a model without such a piece is returned unchanged."""
+    out, changed, index = bytearray(), False, 0
+    for number, wire, value, raw in _fields(proto):
+        if number == 1 and wire == 2:
+            if any(n == 1 and v == b"\x00" for n, _, v, _ in _fields(value)):
+                piece = _string_field(1, f"<nul piece {index}>") + \
+                    b"".join(r for n, _, _, r in _fields(value) if n not in (1, 3)) + \
+                    _encode_varint(3 << 3) + _encode_varint(_UNUSED)
+                raw = _encode_varint(1 << 3 | 2) + _encode_varint(len(piece)) + piece
+                changed = True
+            index += 1
+        out += raw
+    return bytes(out) if changed else proto
 
 
 def _content(value) -> str | None:
@@ -66,13 +147,21 @@ class InternLM2Tokenizer:
             raise ModelFolderError(f"{folder}: tokenizer.model is missing. Copy tokenizer.model, "
                                    f"tokenizer_config.json, special_tokens_map.json and added_tokens.json from the "
                                    f"model repository.")
+        proto = (folder / "tokenizer.model").read_bytes()
         self.sp = sentencepiece.SentencePieceProcessor()
         try:
-            self.sp.Load(str(folder / "tokenizer.model"))
-        except (OSError, RuntimeError) as exc:
-            raise ModelFolderError(f"{folder}: sentencepiece cannot read tokenizer.model ({exc}). If the file is "
-                                   f"complete, try another sentencepiece version (pip install "
-                                   f"\"sentencepiece<0.2.2\").") from exc
+            try:
+                self.sp.LoadFromSerializedProto(proto)
+            except RuntimeError as exc:
+                if "null character" not in str(exc):
+                    raise
+                logger.info("sentencepiece %s refuses the NUL-character piece of %s; loading it renamed and unused",
+                            getattr(sentencepiece, "__version__", "?"), folder / "tokenizer.model")
+                self.sp = sentencepiece.SentencePieceProcessor()
+                self.sp.LoadFromSerializedProto(rename_nul_pieces(proto))
+        except (RuntimeError, ValueError) as exc:
+            raise ModelFolderError(f"{folder}: sentencepiece cannot read tokenizer.model ({exc}); the file is "
+                                   f"damaged or incomplete. Download it again.") from exc
         config = _read_json(folder / "tokenizer_config.json")
         special_map = _read_json(folder / "special_tokens_map.json")
         settings = {**config, **special_map}
@@ -235,4 +324,4 @@ class InternLM2Tokenizer:
         return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
 
 
-__all__ = ["TOKENIZER_FILES", "InternLM2Tokenizer", "clean_up_tokenization"]
+__all__ = ["TOKENIZER_FILES", "InternLM2Tokenizer", "clean_up_tokenization", "rename_nul_pieces"]

@@ -95,10 +95,13 @@ def _train_pieces() -> list[str]:
     return pieces + [p for p in CHAIN_PIECES if p not in pieces]
 
 
-def sentencepiece_model() -> tuple[bytes, list[str]]:
-    """The serialised ``tokenizer.model`` and its pieces in id order."""
+def sentencepiece_model(nul_piece: bool = False) -> tuple[bytes, list[str]]:
+    """The serialised ``tokenizer.model`` and its pieces in id order. nul_piece: a normal piece that is the NUL
+    character right after the byte pieces, as the releases have one (some sentencepiece versions refuse it)."""
     pieces = [("<unk>", 0.0, _UNKNOWN), ("<s>", 0.0, _CONTROL), ("</s>", 0.0, _CONTROL)]
     pieces += [(f"<0x{b:02X}>", 0.0, _BYTE) for b in range(256)]
+    if nul_piece:
+        pieces.append(("\x00", -1000.0, _NORMAL))
     pieces += [(p, -float(i), _NORMAL) for i, p in enumerate(_train_pieces())]
     first = len(pieces) + len(CHAT_TOKENS)
     pieces += [(f"[UNUSED_TOKEN_{first - len(CHAT_TOKENS) + i}]", 0.0, _USER_DEFINED)

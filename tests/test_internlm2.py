@@ -95,6 +95,34 @@ def test_llama_config_comes_from_the_internlm2_llm_config(eight_b):
     assert rope["rope_type"] == "dynamic" and rope["factor"] == 2.0 and rope["rope_theta"] == 1e6
 
 
+#: what transformers 4.42's ``PretrainedConfig.to_dict`` adds to a nested llm_config (the old exports carry it)
+OLD_EXPORT_NOISE = {
+    "return_dict": True, "output_hidden_states": False, "output_attentions": False, "torchscript": False,
+    "torch_dtype": "bfloat16", "use_bfloat16": True, "tf_legacy_loss": False, "pruned_heads": {},
+    "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "is_decoder": False,
+    "cross_attention_hidden_size": None, "add_cross_attention": False, "tie_encoder_decoder": False,
+    "max_length": 20, "min_length": 0, "do_sample": False, "early_stopping": False, "num_beams": 1,
+    "num_beam_groups": 1, "diversity_penalty": 0.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+    "typical_p": 1.0, "repetition_penalty": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "num_return_sequences": 1,
+    "output_scores": False, "return_dict_in_generate": False, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "remove_invalid_values": False, "exponential_decay_length_penalty": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "finetuning_task": None,
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "tokenizer_class": None, "prefix": None, "sep_token_id": None, "decoder_start_token_id": None,
+    "task_specific_params": None, "problem_type": None, "_commit_hash": None, "pretraining_tp": 1,
+}
+
+
+def test_old_export_noise_in_llm_config_is_ignored(eight_b):
+    config = read_config(eight_b)
+    clean = native_config(config, 7, torch.float32).text_config
+    config["llm_config"].update(OLD_EXPORT_NOISE)
+    noisy = native_config(config, 7, torch.float32).text_config
+    assert noisy.to_dict() == clean.to_dict()
+    assert InternVLAdapter().expected_release_shapes(config) == release_shapes(config)
+
+
 def test_every_release_tensor_maps_both_ways(eight_b):
     config = read_config(eight_b)
     expected = InternVLAdapter().expected_release_shapes(config)

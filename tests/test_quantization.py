@@ -34,3 +34,30 @@ def test_the_size_estimated_before_loading_matches_the_loaded_model(checkpoint_f
     estimate = estimated_bytes(((n, t.shape) for n, t in read_index(folder).tensors.items()), mode, torch.bfloat16)
     actual = model.memory_bytes()
     assert abs(estimate - actual) <= 0.01 * actual, (estimate, actual)
+
+
+@pytest.mark.parametrize("mode, layer_class", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
+def test_quantized_internlm2_keeps_its_split_attention_projections(checkpoint_factory, image, mode, layer_class):
+    """Sa2VA-8B/26B's format: the q/k/v projections are filled from the fused wqkv after loading, so they stay in
+    the compute dtype (equal to the split release tensor); the MLP and o_proj are quantised."""
+    pytest.importorskip("sentencepiece")
+    from safetensors import safe_open
+
+    from sa2va.checkpoint import read_config, read_index
+    from sa2va.families.internlm2 import split_wqkv
+
+    folder = checkpoint_factory("internvl", decoder="internlm2", weight_dtype=None)
+    model = sa2va.load_model(folder, dtype=torch.bfloat16, quantization=mode)
+    layer = model.vlm.model.language_model.layers[0]
+    assert type(layer.mlp.up_proj).__name__ == layer_class
+    assert type(layer.self_attn.o_proj).__name__ == layer_class
+    assert all(type(getattr(layer.self_attn, f"{p}_proj")) is torch.nn.Linear for p in "qkv")
+    llm = read_config(folder)["llm_config"]
+    name = "language_model.model.layers.0.attention.wqkv.weight"
+    with safe_open(str(folder / read_index(folder).tensors[name].shard), "pt") as handle:
+        q, k, v = split_wqkv(handle.get_tensor(name), llm["num_attention_heads"], llm["num_key_value_heads"])
+    assert torch.equal(layer.self_attn.q_proj.weight, q.to(torch.bfloat16))
+    assert torch.equal(layer.self_attn.v_proj.weight, v.to(torch.bfloat16))
+    pred = model.predict(image, "Please segment the person.", max_new_tokens=16)
+    assert pred.raw_text == "Sure, it is [SEG] .<|im_end|>"
+    assert pred.masks.shape == (1, 480, 640) and torch.isfinite(pred.masks).all()

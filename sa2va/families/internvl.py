@@ -1,22 +1,27 @@
-"""Sa2VA-InternVL3 releases (2B / 8B / 14B) on transformers' own ``InternVLForConditionalGeneration``.
+"""Sa2VA-InternVL3 releases (2B / 8B / 14B) and Sa2VA-1B / 4B / 8B / 26B (InternVL2.5) on transformers' own
+``InternVLForConditionalGeneration``.
 
 Facts this adapter encodes (docs/formats.md, "InternVL releases"):
 
 * the release stores InternVL's original layout (``vision_model.*`` with a fused ``attn.qkv``, ``mlp1.*``,
   ``language_model.model.*``, ``language_model.lm_head.weight``); every tensor maps onto a native one, the fused qkv
-  split into equal q, k, v row blocks;
+  split into equal q, k, v row blocks; Sa2VA-8B / 26B carry InternLM2 instead of Qwen2, which runs as transformers'
+  Llama with renamed tensors and a grouped ``attention.wqkv`` split (:mod:`sa2va.families.internlm2`);
 * the native config needs InternViT's switches spelled out (``norm_type``, ``attention_bias``, ``use_qk_norm``: the
   upstream and native defaults differ), ``use_mean_pooling=True`` (no final ViT norm, as upstream) and
   **``tie_word_embeddings=False``** (at its default True the model is built with ``lm_head`` tied to the
   embeddings, and loading a state dict writes the head over them: docs/formats.md, "InternVL releases");
-* the tokenizer is read without remote code (the folder's ``auto_map`` would otherwise ask about it);
+* the tokenizer is read without remote code (the folder's ``auto_map`` would otherwise ask about it): transformers'
+  own for ``tokenizer.json``, :class:`~sa2va.families.internlm2_tokenizer.InternLM2Tokenizer` for the
+  SentencePiece ``tokenizer.model`` of the InternLM2 releases;
 * images are cut into 448-px tiles as the reference's ``dynamic_preprocess`` does (1 to 12 tiles, grid by closest
   aspect ratio, PIL bicubic, a thumbnail appended when there is more than one tile), 256 tokens per tile;
 * the prompt is the chat template that ``config["template"]`` names, without a system turn: ``qwen_chat``
-  (InternVL3 releases, Sa2VA-1B) or ``phi3_chat`` (Sa2VA-4B), as upstream's ``templates.py`` spells them; any other
-  template is refused at load time. Generation stops at the tokenizer's eos token or when the decoded answer ends
-  with one of the template's stop words (``<|im_end|>`` / ``<|endoftext|>``; the text ``<|end|>``, which the
-  4B's Qwen2 tokenizer spells with several tokens); [SEG] reads the final norm's output.
+  (InternVL3 releases, Sa2VA-1B), ``phi3_chat`` (Sa2VA-4B) or ``internlm2_chat`` (Sa2VA-8B / 26B: qwen_chat's text,
+  BOS prepended by the tokenizer), as upstream's ``templates.py`` spells them; any other template is refused at load
+  time. Generation stops at the tokenizer's eos token (``</s>`` for InternLM2) or when the decoded answer ends with
+  one of the template's stop words (``<|im_end|>`` / ``<|endoftext|>``; the text ``<|end|>``, which the 4B's Qwen2
+  tokenizer spells with several tokens); [SEG] reads the final norm's output.
 
 Region prompts (the reference's ``mask_prompts``): each region mask is resized (nearest) to the 16x16 token grid
 of a tile; the prompt gets ``"\\nThere are N part regions in the picture: region1<vp>" + <IMG_CONTEXT> x
@@ -340,7 +345,7 @@ def region_cells(regions: list, height: int, width: int, grid: int) -> torch.Ten
 # -------------------------------------------------------------------------------------------- processor
 @dataclass
 class InternVLInputProcessor:
-    """Tokenizer + tiling settings of a Sa2VA-InternVL3 release (the releases ship no image-processor file).
+    """Tokenizer + tiling settings of an InternVL-style Sa2VA release (the releases ship no image-processor file).
 
     tokens_per_tile: image tokens per tile (256); grid: side of a tile's token grid (16)."""
 
@@ -374,7 +379,7 @@ class InternVLInputProcessor:
 
 # ---------------------------------------------------------------------------------------------- adapter
 class InternVLAdapter:
-    """Family adapter for ``internvl`` releases (Sa2VA-InternVL3-2B / 8B / 14B).
+    """Family adapter for ``internvl`` releases (Sa2VA-InternVL3-2B / 8B / 14B, Sa2VA-1B / 4B / 8B / 26B).
 
     It keeps a reference to the model it built: region prompts need the image features before generation."""
 

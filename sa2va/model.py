@@ -56,6 +56,8 @@ MODELS_DIR_ENV = "SA2VA_MODELS_DIR"
 #: the dtype names the CLI, the nodes and the benchmarks offer; "auto" is :func:`default_dtype` of the device
 DTYPES: dict[str, torch.dtype | None] = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": torch.float32}
+#: the named accelerate device maps :func:`load_model` accepts (a dict of module names to devices is accepted too)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 def _stop_if_cancelled(cancelled: Callable[[], bool] | None, stage: str) -> None:
@@ -653,7 +655,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
                dtype: torch.dtype | str | None = torch.bfloat16, quantization: str | None = None,
                attn_implementation: str | None = None, compile_sam2: bool | str = False,
-               encoder_cache_mb: float | None = None) -> Sa2VAModel:
+               encoder_cache_mb: float | None = None, device_map: str | dict | None = None) -> Sa2VAModel:
     """Load a Sa2VA model folder in the release format onto ``device``.
 
     dtype: a torch dtype, a name of :data:`DTYPES` ("bf16", ...), or None / "auto" for :func:`default_dtype`. quantization: None, "8bit" or "4bit"
@@ -662,6 +664,10 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     backend name); opt-in, worth it on CUDA for many images, as the first call compiles for minutes.
     encoder_cache_mb: byte limit of :attr:`Sa2VAModel.encoder_cache` in MiB (None: ``$SA2VA_ENCODER_CACHE_MB``, else
     :data:`sa2va.cache.DEFAULT_CACHE_MB`; 0 turns the cache off).
+    device_map: None (the vision-language model on ``device``) or an accelerate device map for a model larger than
+    one GPU (Sa2VA-26B): ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a dict of module-name
+    prefixes to devices; SAM2 and the [SEG] projection stay on ``device``. The library's option only: the ComfyUI
+    nodes move whole models and do not offer it.
     Never downloads: use :mod:`sa2va.download` for that."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -681,6 +687,9 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
                                          not isinstance(encoder_cache_mb, (int, float)) or encoder_cache_mb < 0):
         raise InputError(f"encoder_cache_mb must be a number of MiB >= 0 (0 turns the cache off), got "
                          f"{encoder_cache_mb!r}.")
+    if not (device_map is None or isinstance(device_map, dict) or device_map in DEVICE_MAPS):
+        raise InputError(f"device_map must be None, one of {', '.join(DEVICE_MAPS)} or a dict of module names to "
+                         f"devices, got {device_map!r}.")
     require_transformers()
     if quantization:
         require_bitsandbytes(quantization)
@@ -691,7 +700,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     adapter = adapter_for(family)
     index = read_index(folder)
     options = LoadOptions(dtype=dtype, device=device, quantization=quantization,
-                          attn_implementation=attn_implementation or "sdpa")
+                          attn_implementation=attn_implementation or "sdpa", device_map=device_map)
     processor = adapter.load_processor(folder, config)
     grounding = _load_sam2(folder, config, index, dtype, device, compile_sam2)
     projection = _load_projection(folder, index, adapter.hidden_size(config), dtype, device)

@@ -235,3 +235,35 @@ def test_catalog_entries_and_file_lists():
 def test_sentencepiece_folder_is_complete_without_tokenizer_json(eight_b):
     assert missing_files(eight_b, required_files("internvl", "tokenizer.model")) == []
     assert missing_files(eight_b, required_files("internvl")) == []  # a hand-placed folder
+
+
+# ------------------------------------------------------------------------------------------- device maps
+def test_device_map_reaches_from_pretrained_and_answers_the_same(eight_b, model, image, monkeypatch):
+    """A model larger than one GPU (Sa2VA-26B) is spread with an accelerate device map; on the CPU the plumbing is
+    checked: the map reaches ``from_pretrained``, the fused q/k/v are still split in place, and the answer and its
+    [SEG] state are the ones of a plain load."""
+    import transformers
+
+    original = transformers.InternVLForConditionalGeneration.from_pretrained.__func__
+    seen = []
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.InternVLForConditionalGeneration, "from_pretrained", classmethod(spy))
+    device_map = {p: "cpu" for p in ("model.vision_tower", "model.multi_modal_projector", "model.language_model",
+                                     "lm_head")}
+    mapped = sa2va.load_model(eight_b, dtype=torch.float32, attn_implementation="eager", device_map=device_map)
+    assert seen == [device_map]
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(dict(mapped.vlm.named_parameters())[q], dict(model.vlm.named_parameters())[q])
+    pil = Image.fromarray(image)
+    ours, plain = (m.answer([pil], "<image>Please segment the cat.", 16) for m in (mapped, model))
+    assert ours.token_ids.tolist() == plain.token_ids.tolist()
+    assert torch.equal(ours.seg_states[0], plain.seg_states[0])
+
+
+def test_unknown_device_map_is_refused(eight_b):
+    with pytest.raises(sa2va.errors.InputError, match="device_map must be None, one of auto"):
+        sa2va.load_model(eight_b, device_map="everywhere")

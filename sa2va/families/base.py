@@ -12,12 +12,24 @@ from PIL import Image
 
 @dataclass
 class LoadOptions:
-    """How to build the language model: compute dtype, device, quantisation and attention kernel."""
+    """How to build the language model: compute dtype, device, quantisation and attention kernel. device_map: None
+    (everything on ``device``), or an accelerate ``device_map`` (``"auto"``, ``"balanced"``, ... or a dict of module
+    name prefixes to devices) that spreads the vision-language model over several GPUs."""
 
     dtype: torch.dtype
     device: torch.device
     quantization: str | None = None  # None | "8bit" | "4bit"
     attn_implementation: str = "sdpa"
+    device_map: str | dict | None = None
+
+    def placement(self) -> dict:
+        """The ``device_map`` keyword for ``from_pretrained``: the given map, else the whole model on ``device``
+        when that is not the CPU or the model is quantised (empty: transformers' default, the CPU)."""
+        if self.device_map is not None:
+            return {"device_map": self.device_map}
+        if self.quantization or self.device.type != "cpu":
+            return {"device_map": {"": self.device}}
+        return {}
 
 
 class FamilyAdapter(Protocol):

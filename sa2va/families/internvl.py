@@ -445,9 +445,7 @@ class InternVLAdapter:
             # InternLM2's q/k/v are filled from the fused wqkv after loading: they stay in the compute dtype
             extra = ["q_proj", "k_proj", "v_proj"] if decoder_of(config) == "internlm2" else []
             kwargs["quantization_config"] = quantization_config(options.quantization, options.dtype, extra)
-            kwargs["device_map"] = {"": options.device}
-        elif options.device.type != "cpu":
-            kwargs["device_map"] = {"": options.device}
+        kwargs.update(options.placement())
         with quiet_transformers():
             model, info = InternVLForConditionalGeneration.from_pretrained(str(folder), **kwargs)
         fused = [n for n in index.names("vision_model.") if QKV_RELEASE.match(n)] + \

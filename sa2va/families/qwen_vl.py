@@ -190,9 +190,7 @@ class QwenVLAdapter:
                         "output_loading_info": True}
         if options.quantization:
             kwargs["quantization_config"] = quantization_config(options.quantization, options.dtype)
-            kwargs["device_map"] = {"": options.device}
-        elif options.device.type != "cpu":
-            kwargs["device_map"] = {"": options.device}
+        kwargs.update(options.placement())
         with quiet_transformers():
             model, info = model_class.from_pretrained(str(folder), **kwargs)
         missing = [k for k in info.get("missing_keys", []) if "rotary" not in k]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -189,6 +190,32 @@ def test_answers_and_segments_by_itself(model, image):
     answer = model.answer([Image.fromarray(image)], "<image>Please segment the cat.", 16)
     assert answer.raw_text == "Sure, it is [SEG] .<|im_end|>"
     assert answer.text == "Sure, it is." and len(answer.seg_states) == 1
+
+
+def test_batched_prompts_pad_with_eos_and_answer_as_one_at_a_time(model, image):
+    """Batched generation left-pads with the tokenizer's pad id (InternLM2: ``</s>``, the eos) behind the BOS of
+    the shorter prompt; every row's ids equal the single answer's."""
+    pil = Image.fromarray(image)
+    prompts = ["<image>Please segment the cat.", "<image>Segment the cat and the dog in this image please."]
+    batch = model.answer_batch([pil, pil], prompts, 16, batch_size=None)
+    for prompt, row in zip(prompts, batch):
+        single = model.answer([pil], prompt, 16)
+        assert row.token_ids.tolist() == single.token_ids.tolist() and row.raw_text == single.raw_text
+        assert len(row.seg_states) == len(single.seg_states) == 1
+        assert torch.allclose(row.seg_states[0], single.seg_states[0], atol=1e-4)
+    assert model.pad_id == model.tokenizer.eos_token_id == 2
+
+
+def test_video_prompt_joins_one_tile_per_key_frame_after_bos(model, image):
+    frames = [np.roll(image, 8 * t, axis=1) for t in range(4)]
+    pils = [Image.fromarray(f) for f in frames[:3]]
+    inputs = model.adapter.build_inputs(model.processor, pils, "Segment the cat.")
+    ids = inputs["input_ids"][0].tolist()
+    context = model.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert ids[0] == 1 and ids.count(context) == 3 * 256 and inputs["pixel_values"].shape[0] == 3
+    video = model.predict_video(frames, "<image>Please segment the cat.", max_new_tokens=16, key_frames=3)
+    assert video.raw_text == "Sure, it is [SEG] .<|im_end|>"
+    assert video.masks.shape[:2] == (1, 4) and torch.isfinite(video.masks).all()
 
 
 def test_26b_vision_tower_has_rms_norm_and_qk_norm_without_qkv_bias(twenty_six_b, image):

@@ -10,7 +10,10 @@ greedy decoding over the trained BPE ids, so equal ids also show equal argmaxes 
 The InternVL cases cover a 1-tile image, a 13-tile image (12 tiles + thumbnail) and a region prompt made through
 upstream's ``mask_prompts`` path; ``internvl_phi3`` (Sa2VA-4B's format: the ``phi3_chat`` template, whose answer
 ends in the text ``<|end|>`` and stops on it) and ``internvl_single_file`` (Sa2VA-1B's format: one
-``model.safetensors``, no index) are the InternVL2.5 releases' formats.
+``model.safetensors``, no index) are the InternVL2.5 releases' formats, and ``internvl_internlm2`` (Sa2VA-8B's:
+InternLM2 with its grouped wqkv, the SentencePiece tokenizer and its BOS, ``internlm2_chat``) and
+``internvl_internvit6b`` (the same with Sa2VA-26B's InternViT-6B switches; 13 tiles and a region prompt) were made
+under transformers 4.49.0, the last version upstream's InternLM2 code generates under.
 
 Expected: identical prompt ids and token ids, identical [SEG] hidden states and projections up to float rounding,
 mask probabilities within 1e-4 of the upstream sigmoid(logits), and zero differing pixels after the 0.5 threshold

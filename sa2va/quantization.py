@@ -43,8 +43,9 @@ def quantization_config(mode: str, dtype: torch.dtype, extra_skip: Iterable[str]
 
 
 
-#: release-name parts of tensors that stay in the compute dtype when quantising (vision, projector, head, embeddings)
-_KEPT_PARTS = ("visual", "vision", "lm_head", "embed", "mlp1", "multi_modal_projector", "merger")
+#: release-name parts of tensors that stay in the compute dtype when quantising (vision, projector, head, embeddings,
+#: and InternLM2's fused ``attention.wqkv``, whose q/k/v are filled after loading and are never quantised)
+_KEPT_PARTS = ("visual", "vision", "lm_head", "embed", "mlp1", "multi_modal_projector", "merger", "attention.wqkv")
 
 
 def estimated_bytes(shapes: Iterable[tuple[str, tuple[int, ...]]], mode: str | None, dtype: torch.dtype) -> int:

@@ -36,6 +36,17 @@ def test_the_size_estimated_before_loading_matches_the_loaded_model(checkpoint_f
     assert abs(estimate - actual) <= 0.01 * actual, (estimate, actual)
 
 
+@pytest.mark.parametrize("mode", [None, "8bit", "4bit"])
+def test_the_size_estimate_of_internlm2_counts_its_attention_projections_unquantised(checkpoint_factory, mode):
+    """Sa2VA-8B/26B's format: the fused wqkv is split into q/k/v after loading, which stay in the compute dtype."""
+    pytest.importorskip("sentencepiece")
+    folder = checkpoint_factory("internvl", decoder="internlm2", weight_dtype=None)
+    model = sa2va.load_model(folder, dtype=torch.bfloat16, quantization=mode)
+    estimate = estimated_bytes(((n, t.shape) for n, t in read_index(folder).tensors.items()), mode, torch.bfloat16)
+    actual = model.memory_bytes()
+    assert abs(estimate - actual) <= 0.01 * actual, (estimate, actual)
+
+
 @pytest.mark.parametrize("mode, layer_class", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
 def test_quantized_internlm2_keeps_its_split_attention_projections(checkpoint_factory, image, mode, layer_class):
     """Sa2VA-8B/26B's format: the q/k/v projections are filled from the fused wqkv after loading, so they stay in

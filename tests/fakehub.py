@@ -198,16 +198,25 @@ class FakeHub:
                 with hub._lock:
                     hub.active += 1
                     hub.max_active = max(hub.max_active, hub.active)
-                try:
-                    self._stream(data, start, end, fail)
-                finally:
-                    with hub._lock:
-                        hub.active -= 1
+                ended = []
 
-            def _stream(self, data: bytes, start: int, end: int, fail: int | None) -> None:
+                def finished() -> None:  # once, before the last byte goes out: the client may reuse the
+                    if not ended:        # connection the moment it has the whole body
+                        ended.append(True)
+                        with hub._lock:
+                            hub.active -= 1
+
+                try:
+                    self._stream(data, start, end, fail, finished)
+                finally:
+                    finished()
+
+            def _stream(self, data: bytes, start: int, end: int, fail: int | None, finished) -> None:
                 sent = 0
                 for offset in range(start, end, hub.chunk):
                     piece = data[offset:min(offset + hub.chunk, end)]
+                    if offset + hub.chunk >= end:
+                        finished()
                     if fail is not None and sent + len(piece) > fail:
                         self.wfile.write(piece[: max(0, fail - sent)])
                         self.wfile.flush()

@@ -11,8 +11,8 @@ under ``models/sa2va/`` (``sa2va.testing.write_checkpoint``) and the input pictu
 
 Each check prints one JSON line ``{"check": ..., "ok": ..., ...measurements}``; the exit status is 1 when any fails.
 The checks: the pack imports and its nodes have tooltips; the example workflows are served as templates and each
-runs as the user opens it (models swapped for tiny ones; ``api_prompt`` turns the UI format into a prompt); a batch of
-two images through Loader -> Segmentation gives outputs aligned with the batch; one prompt per line; region prompts
+runs as the user opens it (models swapped for tiny ones; ``api_prompt`` turns the UI format into a prompt); a tiny
+checkpoint of every release format (:data:`FORMATS`) runs through Loader -> Segmentation; a batch of two images through Loader -> Segmentation gives outputs aligned with the batch; one prompt per line; region prompts
 (and the clear error on a family without them); Cancel during generation ends the run within a second; ``/free``
 releases the model (the next run loads it again) while queued runs in between reuse it; the Loader downloads a
 catalog model from the throttled hub, Cancel stops it within a second keeping the partial files, the next run
@@ -49,6 +49,12 @@ DOWNLOAD_NAME = "Sa2VA-Qwen3-VL-4B"
 DOWNLOAD_REPO = "ByteDance/Sa2VA-Qwen3-VL-4B"
 TOKEN = "hf_live_check_dummy_secret"
 NODES = ("Sa2VALoader", "Sa2VASegmentation", "Sa2VARefineMask", "Sa2VAVideoSegmentation")
+#: one tiny checkpoint per release format: folder name -> (family, write_checkpoint options)
+FORMATS = {"tiny-qwen3": ("qwen3_vl", {}), "tiny-qwen2_5": ("qwen2_5_vl", {}), "tiny-internvl": ("internvl", {}),
+           "tiny-sa2va-1b": ("internvl", {"single_file": True}), "tiny-sa2va-4b": ("internvl", {"template": "phi3_chat"}),
+           "tiny-sa2va-8b": ("internvl", {"decoder": "internlm2"}),
+           "tiny-sa2va-26b": ("internvl", {"decoder": "internlm2", "vision_tower": "6b"}),
+           "tiny-llava": ("llava", {})}
 
 
 class Comfy:
@@ -149,8 +155,9 @@ def prepare(base: Path) -> dict:
     (base / "custom_nodes").mkdir(parents=True)
     os.symlink(ROOT, base / "custom_nodes" / "ComfyUI-Sa2VA")
     models = base / "models" / "sa2va"
-    testing.write_checkpoint(models / "tiny-qwen3", "qwen3_vl")
-    testing.write_checkpoint(models / "tiny-internvl", "internvl")
+    for name, (family, options) in FORMATS.items():
+        if family in testing.FAMILIES:
+            testing.write_checkpoint(models / name, family, **options)
     # a model that never says [SEG] and keeps talking: generation long enough to cancel in the middle
     testing.write_checkpoint(models / "tiny-talker", "qwen3_vl", seg_chain=False, seed=3,
                              text_size={"num_hidden_layers": 8, "hidden_size": 256, "intermediate_size": 1024})
@@ -298,6 +305,21 @@ def check_batch(comfy: Comfy) -> bool:
     ok = status == "success" and overlays == 2 and merged == 2 and [ln.split(":")[0] for ln in lines] == ["0", "1"]
     return report("batch of 2: Loader -> Segmentation -> previews", ok, status=status, overlays=overlays,
                   merged_masks=merged, phrases=lines, text=texts(entry, "9"))
+
+
+def check_formats(comfy: Comfy) -> bool:
+    """Loader -> Segmentation on a tiny checkpoint of every release format the pack reads."""
+    results = {}
+    for name, (family, _) in FORMATS.items():
+        if family not in testing.FAMILIES:
+            continue
+        entry = comfy.run(segment_graph(comfy, name, "Please segment the red box."))
+        status, messages = status_of(entry)
+        masks = len(ui(entry, "11").get("images", []))
+        results[name] = f"{status}, {masks} mask(s)" if status == "success" else \
+            messages.get("execution_error", {}).get("exception_message", status)[:200]
+    return report("every release format runs (tiny checkpoints)", all(r.startswith("success") for r in
+                                                                     results.values()), **results)
 
 
 def check_prompt_per_line(comfy: Comfy) -> bool:
@@ -477,7 +499,7 @@ def main() -> int:
         env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
         comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
         try:
-            for check in (check_import, check_templates, check_example_workflows, check_batch, check_prompt_per_line, check_regions,
+            for check in (check_import, check_templates, check_example_workflows, check_formats, check_batch, check_prompt_per_line, check_regions,
                           check_cancel_generation, check_free, check_video):
                 results.append(check(comfy))
             results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))

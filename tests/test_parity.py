@@ -111,6 +111,10 @@ def test_matches_upstream_predict_forward(parity_case):
             pixels = tile_pixels(tile_image(image))
             assert list(pixels.shape) == case["pixel_values_shape"]
             assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest() == case["pixel_values_sha256"]
+        if "clip_pixels_sha256" in case:  # LLaVA: one 336-px squash per image
+            pixels = inputs["pixel_values"]
+            assert list(pixels.shape) == case["pixel_values_shape"]
+            assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest() == case["clip_pixels_sha256"]
         if "schedule" in case:
             processor = Schedule(case["prompt_len"], {int(k): v for k, v in case["schedule"].items()},
                                  reference["free_vocab_limit"])

@@ -1,5 +1,5 @@
-"""The nine official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-8B/26B, which use InternLM2, and
-Sa2VA-LLaVA-1.5-7B are not supported yet)."""
+"""The ten official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-8B/26B, which use InternLM2, are not
+supported yet)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +11,8 @@ from .checkpoint import INDEX_FILE, SINGLE_FILE
 class CatalogEntry:
     """One official release on the Hugging Face hub.
 
-    name: folder name under ``models/sa2va/``; repo_id: hub repository; family: ``qwen3_vl``, ``qwen2_5_vl`` or
-    ``internvl``; download_gb: approximate size of the fp32 safetensors on the hub; shards: number of safetensors
+    name: folder name under ``models/sa2va/``; repo_id: hub repository; family: ``qwen3_vl``, ``qwen2_5_vl``,
+    ``internvl`` or ``llava``; download_gb: approximate size of the fp32 safetensors on the hub; shards: number of safetensors
     files of the release (1: a single ``model.safetensors`` without an index, as Sa2VA-1B)."""
 
     name: str
@@ -43,6 +43,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("Sa2VA-1B", "ByteDance/Sa2VA-1B", "internvl", 4.05, "InternVL2.5 + Qwen2.5-0.5B; qwen_chat; "
                  "smallest of all", shards=1),
     CatalogEntry("Sa2VA-4B", "ByteDance/Sa2VA-4B", "internvl", 15.2, "InternVL2.5 + Qwen2.5-3B; phi3_chat", shards=4),
+    CatalogEntry("Sa2VA-LLaVA-1.5-7B", "ByteDance/Sa2VA-LLaVA-1.5-7B", "llava", 29.2,
+                 "LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna-7B); no published scores", shards=6),
 )
 DEFAULT_MODEL = CATALOG[0].name
 

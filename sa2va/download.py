@@ -73,8 +73,9 @@ REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 
 
 def required_files(family: str) -> tuple[str, ...]:
-    """The non-weight files a release of ``family`` needs: InternVL3 releases have no processor files."""
-    return REQUIRED_FILES if family == "internvl" else REQUIRED_FILES + ("preprocessor_config.json",)
+    """The non-weight files a release of ``family`` needs: InternVL3 releases and Sa2VA-LLaVA (whose 336-px squash
+    is not LlavaProcessor's) need no processor files."""
+    return REQUIRED_FILES if family in ("internvl", "llava") else REQUIRED_FILES + ("preprocessor_config.json",)
 
 
 #: never fetched: remote code, docs, repository media, and pickle or foreign-format weights (never loaded)

@@ -330,3 +330,16 @@ def test_video_uses_five_key_frames(model):
     assert video.raw_text == "Sure, it is [SEG].</s>"
     assert video.key_frames == [0, 1, 2, 3, 4]
     assert video.masks.shape == (1, 7, 48, 64)
+
+
+# ------------------------------------------------------------------------------------------------ catalog
+def test_catalog_entry_and_file_list(folder):
+    from sa2va import catalog
+    from sa2va.download import missing_files, required_files
+
+    entry = catalog.find("ByteDance/Sa2VA-LLaVA-1.5-7B")
+    assert (entry.name, entry.family, entry.download_gb, entry.shards) == ("Sa2VA-LLaVA-1.5-7B", FAMILY, 29.2, 6)
+    assert entry.weight_files()[0] == "model.safetensors.index.json"
+    assert entry.weight_files()[-1] == "model-00006-of-00006.safetensors"
+    assert "preprocessor_config.json" not in required_files(FAMILY)
+    assert missing_files(folder, required_files(FAMILY)) == []

@@ -67,6 +67,17 @@ def test_detection_by_architecture_name():
     assert detect_family({"model_type": "sa2va_chat", "architectures": ["Sa2VAChatModelLlava"]}) == FAMILY
 
 
+def test_tokenizer_loads_without_remote_code_or_prompt(folder, monkeypatch):
+    """config.json names the release's remote code (auto_map); the tokenizer must load without asking about it."""
+    def no_input(*args, **kwargs):
+        raise AssertionError("the tokenizer asked an interactive question")
+
+    monkeypatch.setattr("builtins.input", no_input)
+    assert "auto_map" in _config(folder)
+    processor = LlavaAdapter().load_processor(folder, _config(folder))
+    assert (processor.tokens_per_image, processor.image_size) == (576, 336)
+
+
 def test_tokenizer_has_llava_and_sa2va_tokens_in_release_order(folder):
     tokenizer = LlavaAdapter().load_processor(folder, _config(folder)).tokenizer
     names = ["<image>", "<pad>", "[SEG]", "<p>", "</p>", "<vp>", "</vp>"]

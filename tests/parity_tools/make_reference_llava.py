@@ -1,6 +1,6 @@
 """Upstream parity references for the Sa2VA-LLaVA format (run in a transformers 4.57.0 venv).
 
-usage: python tests/parity_tools/make_reference_llava.py LLAVA_CODE UPSTREAM_GIT CHECKPOINT_DIR OUT_DIR [COMMIT]
+usage: python tests/parity_tools/make_reference_llava.py LLAVA_CODE UPSTREAM_GIT CHECKPOINT_DIR OUT_DIR [COMMIT] [--video]
 
 LLAVA_CODE: a folder holding the release's two LLaVA files, ``modeling_sa2va_llava.py`` and
 ``configuration_sa2va_chat.py``, as published in ``projects/sa2va/hf/models_llava/`` of the public fork
@@ -15,7 +15,9 @@ OUT_DIR/checkpoint.json. OUT_DIR/reference.json holds the cases (name, prompt, i
 attention (``.cuda()`` a no-op, ``model.torch_dtype = float32``, the SAM2 state on the CPU), writes ``<case>.npz``
 (input_ids, generated_ids, raw_logits, seg_hidden, seg_embedding, mask_logits, masks), completes reference.json
 (prediction, prompt length, pixel hash, timings, versions, load report) and records the shard hashes in
-checkpoint.json. No upstream code is part of this file.
+checkpoint.json. With ``--video`` it runs OUT_DIR/video.json's clip instead (``predict_forward(video=[PIL x T])``,
+every step forced to ``forced_token_ids``) and writes video.npz (input_ids, generated_ids, seg_hidden,
+seg_embedding, mask_logits [K, T, h, w], masks) and completes video.json. No upstream code is part of this file.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def stage(code: Path, upstream: Path, commit: str, ckpt: Path, run_dir: Path) ->
     return hashes
 
 
-def main(code: Path, upstream: Path, ckpt: Path, out: Path, commit: str) -> None:
+def main(code: Path, upstream: Path, ckpt: Path, out: Path, commit: str, video: bool = False) -> None:
     import transformers
     from transformers import AutoModel, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
@@ -161,6 +163,50 @@ def main(code: Path, upstream: Path, ckpt: Path, out: Path, commit: str) -> None
 
     model.grounding_encoder.language_embd_inference = lei
 
+    meta = json.loads((out / "checkpoint.json").read_text())
+    common = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
+              "upstream_repo": LLAVA_SOURCE[0], "upstream_commit": LLAVA_SOURCE[1], "upstream_dir": LLAVA_SOURCE[2],
+              "sam2_and_templates_from": f"bytedance/Sa2VA@{commit}:{UPSTREAM_DIR}",
+              "upstream_files_sha256": code_sha, "template": model.config.template,
+              "missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "n_file_tensors": n_file,
+              "weights_equal_files": equal, "threads": 2,
+              "model_dir": f"<sa2va.testing.write_checkpoint(folder, {meta['family']!r}, "
+                           f"**checkpoint.json['write_checkpoint'])>"}
+    if video:
+        ref = json.loads((out / "video.json").read_text())
+        case = ref["case"]
+        frames = [Image.open(out / p).convert("RGB") for p in case["input_pngs"]]
+        processor = Schedule(dict(enumerate(case["forced_token_ids"])), 0)
+        captured.clear()
+        captured["processor"] = processor
+        t = time.time()
+        with torch.inference_mode():
+            res = model.predict_forward(video=frames, text=case["prompt"], tokenizer=tokenizer)
+        seconds = time.time() - t
+        kw, sequence = captured["kwargs"], captured["output"].sequences[0]
+        prompt_len = int(kw["input_ids"].shape[1])
+        w, h = frames[0].size
+        logits = torch.stack([F.interpolate(pm, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+                              for pm in pred_masks]).float().numpy()  # [K, T, h, w]
+        ret = np.stack([np.asarray(m) for m in res["prediction_masks"]])
+        assert ret.shape == logits.shape and (ret == (torch.from_numpy(logits).sigmoid() > 0.5).numpy()).all()
+        np.savez_compressed(out / "video.npz", input_ids=kw["input_ids"][0].to(torch.int32).numpy(),
+                            generated_ids=sequence[prompt_len:].numpy(), seg_hidden=torch.cat(fcs_in).float().numpy(),
+                            seg_embedding=torch.cat(fcs_out).float().numpy(), mask_logits=logits,
+                            masks=ret.astype(bool))
+        case.update({"prediction": res["prediction"], "prompt_len": prompt_len,
+                     "pixel_values_shape": list(kw["pixel_values"].shape),
+                     "num_generated": int(sequence.numel()) - prompt_len, "num_seg": int(len(fcs_in[0])),
+                     "mask_pixels_true": [[int(x) for x in m.reshape(m.shape[0], -1).sum(1)] for m in ret],
+                     "seconds": round(seconds, 2)})
+        ref.update(common)
+        ref.update({"upstream_call": "Sa2VAChatModelLlava.predict_forward(video=[PIL x T], text=prompt, "
+                                     "tokenizer=tokenizer)",
+                    "shard_sha256": {p.name: file_sha(p) for p in sorted(ckpt.glob("*.safetensors"))},
+                    "timings_s": {"load": round(load_s, 2), "video": round(seconds, 2)}})
+        (out / "video.json").write_text(json.dumps(ref, indent=2) + "\n")
+        logger.info("video: %r, mask pixels %s, %.1f s", res["prediction"], case["mask_pixels_true"], seconds)
+        return
     ref = json.loads((out / "reference.json").read_text())
     timings = {"load": round(load_s, 2)}
     for case in ref["cases"]:
@@ -195,23 +241,17 @@ def main(code: Path, upstream: Path, ckpt: Path, out: Path, commit: str) -> None
         timings[case["name"]] = round(seconds, 2)
         logger.info("%s: %r, mask pixels %s, %.1f s", case["name"], res["prediction"], case["mask_pixels_true"],
                     seconds)
-    meta = json.loads((out / "checkpoint.json").read_text())
-    ref.update({"transformers_version": transformers.__version__, "torch_version": torch.__version__,
-                "upstream_repo": LLAVA_SOURCE[0], "upstream_commit": LLAVA_SOURCE[1], "upstream_dir": LLAVA_SOURCE[2],
-                "sam2_and_templates_from": f"bytedance/Sa2VA@{commit}:{UPSTREAM_DIR}",
-                "upstream_files_sha256": code_sha, "template": model.config.template,
-                "missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "n_file_tensors": n_file,
-                "weights_equal_files": equal, "threads": 2, "timings_s": timings,
-                "model_dir": f"<sa2va.testing.write_checkpoint(folder, {meta['family']!r}, "
-                             f"**checkpoint.json['write_checkpoint'])>"})
+    ref.update(common)
+    ref["timings_s"] = timings
     (out / "reference.json").write_text(json.dumps(ref, indent=2) + "\n")
     meta["shard_sha256"] = {p.name: file_sha(p) for p in sorted(ckpt.glob("*.safetensors"))}
     (out / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (5, 6):
+    args = [a for a in sys.argv[1:] if a != "--video"]
+    if len(args) not in (4, 5):
         sys.exit(__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),
-         sys.argv[5] if len(sys.argv) == 6 else DEFAULT_COMMIT)
+    main(Path(args[0]), Path(args[1]), Path(args[2]), Path(args[3]), args[4] if len(args) == 5 else DEFAULT_COMMIT,
+         video="--video" in sys.argv)

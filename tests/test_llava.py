@@ -354,3 +354,19 @@ def test_catalog_entry_and_file_list(folder):
     assert entry.weight_files()[-1] == "model-00006-of-00006.safetensors"
     assert "preprocessor_config.json" not in required_files(FAMILY)
     assert missing_files(folder, required_files(FAMILY)) == []
+
+
+# ----------------------------------------------------------------------------------------------- quantised
+def test_8bit_keeps_vision_tower_and_projector_unquantised(checkpoint_factory, image):
+    pytest.importorskip("bitsandbytes")
+    model = sa2va.load_model(checkpoint_factory(FAMILY), dtype=torch.bfloat16, quantization="8bit")
+    lm = model.vlm.model.language_model
+    assert type(lm.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
+    assert type(lm.layers[0].mlp.down_proj).__name__ == "Linear8bitLt"
+    assert type(model.vlm.lm_head) is torch.nn.Linear
+    for part in (model.vlm.model.vision_tower, model.vlm.model.multi_modal_projector):
+        linears = [m for m in part.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m) is torch.nn.Linear for m in linears)
+        assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
+    pred = model.predict(image, "Please segment the person.", max_new_tokens=16)
+    assert pred.masks.shape == (1, 480, 640) and torch.isfinite(pred.masks).all()

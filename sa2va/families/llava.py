@@ -7,7 +7,7 @@ Facts this adapter encodes (docs/formats.md, "LLaVA release"):
   the native config is built from it with the lm_head untied and ``dtype`` on every sub-config;
 * the release stores the LLaVA model under an outer ``model.`` (``model.model.vision_tower.*``,
   ``model.model.multi_modal_projector.*``, ``model.model.language_model.*``, ``model.lm_head.weight``): dropping
-  that one prefix gives the native names;
+  that one prefix gives the native names (transformers 5.x also drops the CLIP tower's inner ``vision_model.``);
 * the image is squashed to 336 x 336 (PIL bicubic, aspect ratio not kept), then /255 and CLIP's mean/std in float32,
   not LlavaProcessor's shortest-side resize and centre crop; 576 ``<image>`` tokens per image (the CLIP patches
   of layer -2 without the class token);
@@ -113,6 +113,12 @@ def check_config(config: dict, folder: str | os.PathLike = "") -> None:
                                f"this model cannot be run here.")
 
 
+def image_token_index(config: dict) -> int:
+    """The ``<image>`` id config.json names (``image_token_index`` as transformers 4.57 saves it, ``image_token_id``
+    in later exports; LLaVA-1.5's 32000 when absent)."""
+    return int(config.get("image_token_index", config.get("image_token_id", 32000)))
+
+
 def tokens_per_image(config: dict) -> int:
     """``<image>`` tokens per image: (image_size / patch_size)^2 (576 for CLIP ViT-L/14-336)."""
     vision = config["vision_config"]
@@ -132,7 +138,7 @@ def native_config(config: dict, dtype: torch.dtype):
     with quiet_transformers():
         native = LlavaConfig(
             vision_config=CLIPVisionConfig(**vision), text_config=LlamaConfig(**text),
-            image_token_index=int(config.get("image_token_index", config.get("image_token_id", 32000))),
+            image_token_index=image_token_index(config),
             projector_hidden_act=config.get("projector_hidden_act", "gelu"),
             vision_feature_select_strategy="default", vision_feature_layer=int(config.get("vision_feature_layer", -2)),
             image_seq_length=tokens_per_image(config),
@@ -249,10 +255,10 @@ class LlavaAdapter:
                 raise ModelFolderError(f"{folder}: the tokenizer has no {token} token, so it is not the tokenizer of "
                                        f"Sa2VA-LLaVA. Copy the tokenizer files of the Sa2VA release, not of the base "
                                        f"LLaVA model.")
-        if config and tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != int(config.get("image_token_index", -1)):
+        if config and tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_index(config):
             raise ModelFolderError(f"{folder}: the tokenizer's {IMAGE_TOKEN} id "
                                    f"{tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)} differs from config.json's "
-                                   f"image_token_index {config.get('image_token_index')}; the files belong to "
+                                   f"image_token_index {image_token_index(config)}; the files belong to "
                                    f"different models. Download the model again.")
         if config:
             return LlavaInputProcessor(tokenizer, tokens_per_image(config), int(config["vision_config"]["image_size"]))
@@ -330,5 +336,5 @@ class LlavaAdapter:
 
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "RELEASE_VISION", "LlavaAdapter", "LlavaInputProcessor", "check_config",
-           "clip_pixels", "native_config", "native_to_release", "release_to_native",
+           "clip_pixels", "image_token_index", "native_config", "native_to_release", "release_to_native",
            "tokens_per_image", "key_mapping", "vision_prefix"]

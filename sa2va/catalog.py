@@ -1,4 +1,4 @@
-"""The official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-LLaVA-1.5-7B is not supported yet)."""
+"""The official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-Qwen3-VL-4B-SAM3 is not supported yet)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,9 +10,9 @@ from .checkpoint import INDEX_FILE, SINGLE_FILE
 class CatalogEntry:
     """One official release on the Hugging Face hub.
 
-    name: folder name under ``models/sa2va/``; repo_id: hub repository; family: ``qwen3_vl``, ``qwen2_5_vl`` or
-    ``internvl``; download_gb: approximate size of the fp32 safetensors on the hub; shards: number of safetensors
-    files of the release (1: a single ``model.safetensors`` without an index, as Sa2VA-1B); tokenizer: the
+    name: folder name under ``models/sa2va/``; repo_id: hub repository; family: ``qwen3_vl``, ``qwen2_5_vl``,
+    ``internvl`` or ``llava``; download_gb: approximate size of the fp32 safetensors on the hub; shards: number of
+    safetensors files of the release (1: a single ``model.safetensors`` without an index, as Sa2VA-1B); tokenizer: the
     tokenizer file the release ships (``tokenizer.model``, SentencePiece, for the InternLM2 releases Sa2VA-8B/26B)."""
 
     name: str
@@ -48,6 +48,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  shards=7, tokenizer="tokenizer.model"),
     CatalogEntry("Sa2VA-26B", "ByteDance/Sa2VA-26B", "internvl", 92.04, "InternVL2.5 (InternViT-6B) + "
                  "InternLM2.5-20B; ~52 GB in bf16: 4-bit or several GPUs", shards=20, tokenizer="tokenizer.model"),
+    CatalogEntry("Sa2VA-LLaVA-1.5-7B", "ByteDance/Sa2VA-LLaVA-1.5-7B", "llava", 29.2,
+                 "LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna-7B); no published scores", shards=6),
 )
 DEFAULT_MODEL = CATALOG[0].name
 

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl", "llava")
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -46,10 +46,11 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 
 def detect_family(config: dict, folder: str | os.PathLike = "") -> str:
-    """Which family adapter serves this config: ``qwen3_vl``, ``qwen2_5_vl`` or ``internvl``.
+    """Which family adapter serves this config: ``qwen3_vl``, ``qwen2_5_vl``, ``internvl`` or ``llava``.
 
     Qwen flavours are told apart by ``vision_config.model_type`` or ``text_config.model_type``
-    (docs/formats.md, "Qwen releases"); InternVL releases have an ``llm_config`` (docs/formats.md, "InternVL releases")."""
+    (docs/formats.md, "Qwen releases"); InternVL releases have an ``llm_config`` (docs/formats.md, "InternVL releases"); the
+    LLaVA release has a Llama ``text_config`` with a CLIP ``vision_config`` (docs/formats.md, "LLaVA release")."""
     model_type = config.get("model_type")
     if model_type != "sa2va_chat":
         raise ModelFolderError(f"{folder}: config.json has model_type {model_type!r}, expected 'sa2va_chat'. "
@@ -62,9 +63,12 @@ def detect_family(config: dict, folder: str | os.PathLike = "") -> str:
         return "qwen2_5_vl"
     if "llm_config" in config:
         return "internvl"
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if (text == "llama" and vision == "clip_vision_model") or any("Llava" in a for a in architectures):
+        return "llava"
     raise ModelFolderError(f"{folder}: cannot tell the model family from config.json (vision_config.model_type="
                            f"{vision!r}, text_config.model_type={text!r}). Supported: Qwen3-VL, Qwen2.5-VL, "
-                           f"InternVL3 releases of Sa2VA.")
+                           f"InternVL3 and LLaVA-1.5 releases of Sa2VA.")
 
 
 @dataclass

@@ -73,10 +73,11 @@ REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 
 
 def required_files(family: str, tokenizer: str = "tokenizer.json") -> tuple[str, ...]:
-    """The non-weight files a release of ``family`` needs: InternVL3 releases have no processor files; the InternLM2
-    releases (Sa2VA-8B/26B) ship ``tokenizer="tokenizer.model"`` (SentencePiece) instead of ``tokenizer.json``."""
+    """The non-weight files a release of ``family`` needs: InternVL3 releases and Sa2VA-LLaVA (whose 336-px squash
+    is not LlavaProcessor's) have no processor files; the InternLM2 releases (Sa2VA-8B/26B) ship
+    ``tokenizer="tokenizer.model"`` (SentencePiece) instead of ``tokenizer.json``."""
     files = tuple(tokenizer if name == "tokenizer.json" else name for name in REQUIRED_FILES)
-    return files if family == "internvl" else files + ("preprocessor_config.json",)
+    return files if family in ("internvl", "llava") else files + ("preprocessor_config.json",)
 
 
 #: never fetched: remote code, docs, repository media, and pickle or foreign-format weights (never loaded)

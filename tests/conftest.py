@@ -19,7 +19,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from sa2va import testing as synthetic  # noqa: E402
 
-FAMILIES = ["qwen3_vl", "qwen2_5_vl"]
+FAMILIES = ["qwen3_vl", "qwen2_5_vl", "llava"]
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +79,22 @@ def forced(model, image, prompt: str, answer_ids: list[int], **kwargs):
     inputs = model.prompt_inputs([image], prompt)
     processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], answer_ids)
     return model.predict(image, prompt, logits_processor=[processor], **kwargs)
+
+
+#: the answer the synthetic models give by themselves (their [SEG] chain), by family
+NATURAL_ANSWER = {"llava": "Sure, it is [SEG].</s>"}
+NATURAL_ANSWER_DEFAULT = "Sure, it is[SEG].<|im_end|>"
+
+
+def natural_answer(model) -> str:
+    """The raw text of the synthetic model's own answer: Qwen and InternVL end in ``<|im_end|>``, LLaVA in ``</s>``
+    (its Llama tokenizer also puts a space before an added token)."""
+    return NATURAL_ANSWER.get(model.family, NATURAL_ANSWER_DEFAULT)
+
+
+def end_token(model) -> int:
+    """The id that ends an answer of the synthetic models: ``<|im_end|>`` (Qwen, InternVL) or ``</s>`` (LLaVA)."""
+    return model.tokenizer.convert_tokens_to_ids("</s>" if model.family == "llava" else "<|im_end|>")
 
 
 def ids(model, text: str) -> list[int]:

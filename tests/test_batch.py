@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import sa2va
-from conftest import ids
+from conftest import end_token, ids
 from sa2va.compat import vision_cache_supported
 from sa2va.inputs import to_pil
 from sa2va.testing import ForceByPromptLength
@@ -14,7 +14,7 @@ from sa2va.testing import ForceByPromptLength
 
 def _answer(model, count: int) -> list[int]:
     seg = model.tokenizer.convert_tokens_to_ids("[SEG]")
-    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end_token(model)
     out = ids(model, "Sure,")
     for _ in range(count):
         out += ids(model, " it is") + [seg]
@@ -25,6 +25,14 @@ def _images(image: np.ndarray) -> list[np.ndarray]:
     """Three pictures whose prompts differ in length: 480x640, a crop enlarged to 800x1000, a 960x1280 resize."""
     return [image, np.asarray(Image.fromarray(image[60:460, 100:600]).resize((1000, 800))),
             np.asarray(Image.fromarray(image).resize((1280, 960)))]
+
+
+def _distinct_prompts(prompt: str) -> list[str]:
+    """Three prompts of clearly different lengths: LLaVA squashes every image to 336 px, so its prompt lengths
+    follow the text, not the image."""
+    second = prompt[:-1] + " on the left of the street, next to the red car and the green tree."
+    return [prompt, second, second[:-1] + ", then the dog and the cat, the window, the table, the two chairs and the "
+                                          "kitchen, and the blue sky."]
 
 
 def _forcing(model, images, prompt, seg_counts):
@@ -52,8 +60,11 @@ def test_predict_batch_equals_predict_per_image(model_factory, family, image, en
     model = model_factory(family)
     images = _images(image)
     prompt = "<image>Please segment the person."
+    if family == "llava":
+        prompt = _distinct_prompts(prompt)
     forcing = _forcing(model, images, prompt, [2, 0, 1])
-    singles = [model.predict(img, prompt, logits_processor=[forcing]) for img in images]
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
+    singles = [model.predict(img, text, logits_processor=[forcing]) for img, text in zip(images, prompts)]
     seen, handle = _encoder_batches(model)
     try:
         batch = model.predict_batch(images, prompt, logits_processor=[forcing], encode_batch_size=encode_batch_size)
@@ -116,15 +127,18 @@ class RowCounter:
         return out
 
 
-@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "internvl", "llava"])
 def test_answer_batch_gives_the_ids_and_states_of_one_by_one_answers(model_factory, image, family_name):
     model = model_factory(family_name)
     # InternVL's prompt length follows the tile count (1, 5 and 13 tiles here), Qwen's the pixel count
     images = _images(image) if family_name != "internvl" else [
         image[:200, :200].copy(), np.asarray(Image.fromarray(image).resize((1280, 320))), image]
     prompt = "Please segment the person."
+    if family_name == "llava":
+        prompt = _distinct_prompts(prompt)
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
     forcing = _forcing(model, images, prompt, [2, 0, 1])
-    singles = [model.answer([img], prompt, logits_processor=[forcing]) for img in images]
+    singles = [model.answer([img], text, logits_processor=[forcing]) for img, text in zip(images, prompts)]
     counter = RowCounter()
     batch = model.answer_batch(images, prompt, logits_processor=[forcing, counter], batch_size=None)
     assert counter.batches() == [3]  # one generate call for the three requests
@@ -166,12 +180,12 @@ def test_predict_batch_takes_one_prompt_per_image_and_encodes_each_image_once(mo
         assert torch.allclose(one.masks, many.masks, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family_name", ["qwen3_vl", "qwen2_5_vl", "internvl", "llava"])
 def test_a_second_prompt_on_the_same_image_skips_both_encoders(model_factory, family_name, image):
     model = model_factory(family_name)
     model.encoder_cache.clear()
     vision_calls, sam2_calls = [], []
-    tower = model.vlm.model.vision_tower if family_name == "internvl" else model.vlm.model.visual
+    tower = model.vlm.model.vision_tower if family_name in ("internvl", "llava") else model.vlm.model.visual
     hooks = [tower.register_forward_hook(lambda m, a, o: vision_calls.append(1)),
              model.grounding.model.vision_encoder.backbone.patch_embed.register_forward_hook(
                  lambda m, a, o: sam2_calls.append(1))]

@@ -25,6 +25,8 @@ def _copy(folder, tmp_path):
 
 
 def test_both_key_layouts_load_to_the_same_weights(checkpoint_factory, family):
+    if family == "llava":
+        pytest.skip("the LLaVA release has one key layout")
     v4 = sa2va.load_model(checkpoint_factory(family), dtype=torch.float32)
     legacy = sa2va.load_model(checkpoint_factory(family, layout="legacy"), dtype=torch.float32)
     a, b = v4.vlm.state_dict(), legacy.vlm.state_dict()
@@ -41,6 +43,8 @@ def test_legacy_layout_really_is_legacy(checkpoint_factory):
 
 def test_fp32_release_loads_exactly_despite_bf16_text_config(checkpoint_factory, family):
     """Trap 3: config.json's text_config says bfloat16 while the weights are fp32; loading as fp32 must not round."""
+    if family == "llava":
+        pytest.skip("the LLaVA release's text_config says float32 (tests/test_llava.py checks every tensor)")
     folder = checkpoint_factory(family)
     assert json.loads((folder / "config.json").read_text())["text_config"]["dtype"] == "bfloat16"
     model = sa2va.load_model(folder, dtype=torch.float32)

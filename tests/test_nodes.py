@@ -150,7 +150,7 @@ def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(model
 def test_model_choices_list_official_then_local(models_dir):
     choices = loader.model_choices()
     official = [entry.name for entry in pack_module("sa2va.catalog").CATALOG]
-    assert choices[0] == "Sa2VA-Qwen3-VL-4B" and choices == official + ["tiny-qwen3"] and len(official) == 11
+    assert choices[0] == "Sa2VA-Qwen3-VL-4B" and choices == official + ["tiny-qwen3"] and len(official) == 12
     (models_dir / "not-a-model").mkdir()
     assert "not-a-model" not in loader.model_choices()
 
@@ -308,3 +308,41 @@ def test_internvl_release_without_processor_files_downloads_and_counts_complete(
         requests = len(hub.requests)
         assert loader.ensure_model_folder("Sa2VA-InternVL3-2B") == folder
         assert len(hub.requests) == requests, "a complete InternVL folder is used without any network call"
+
+
+def test_llava_model_runs_through_the_nodes_unchanged(tmp_path, monkeypatch, checkpoint_factory):
+    """Sa2VA-LLaVA through the loader, the segmentation node (a batch, several lines) and the video node."""
+    from nodetools import segment_video
+
+    base = tmp_path / "models" / "sa2va"
+    base.mkdir(parents=True)
+    shutil.copytree(checkpoint_factory("llava"), base / "tiny-llava")
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
+    handle = loader.load_handle(model="tiny-llava", dtype="fp32", device="cpu")
+    assert handle.model.family == "llava"
+    r = segment(torch.rand(2, 48, 64, 3), "person", handle, max_new_tokens=16, process_details=False)
+    assert r.masks.shape == (2, 48, 64) and r.merged_mask.shape == (2, 48, 64)
+    assert r.text.split("\n\n") == ["Sure, it is."] * 2
+    assert r.phrases.splitlines() == ["0: person", "1: person"]
+    lines = segment(torch.rand(1, 48, 64, 3), "the cat\nthe dog", handle, max_new_tokens=16, prompt_per_line=True,
+                    process_details=False)
+    assert lines.masks.shape == (2, 48, 64)
+    with pytest.raises(errors.InputError, match="Region prompts need a Sa2VA-InternVL3 model"):
+        segment(torch.rand(1, 20, 24, 3), "What is in region1?", handle, max_new_tokens=4,
+                regions=torch.ones(1, 20, 24))
+    video = segment_video(torch.rand(6, 24, 32, 3), "box", handle, max_new_tokens=16)
+    assert video.masks.shape == (6, 24, 32)
+
+
+def test_llava_release_without_processor_files_downloads_and_counts_complete(tmp_path, monkeypatch,
+                                                                             checkpoint_factory):
+    remote = checkpoint_factory("llava")
+    assert not (remote / "preprocessor_config.json").exists()
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(tmp_path / "models" / "sa2va"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with FakeHub({"ByteDance/Sa2VA-LLaVA-1.5-7B": remote}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        folder = loader.ensure_model_folder("Sa2VA-LLaVA-1.5-7B")
+        requests = len(hub.requests)
+        assert loader.ensure_model_folder("Sa2VA-LLaVA-1.5-7B") == folder
+        assert len(hub.requests) == requests, "a complete LLaVA folder is used without any network call"

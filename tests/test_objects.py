@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import forced, ids
+from conftest import end_token, forced, ids, natural_answer
 from sa2va.boxes import box_record, mask_boxes
 from sa2va.labels import answer_words, object_labels, prompt_lines, request_phrase, split_objects
 from sa2va.objects import keep_confident
@@ -74,7 +74,7 @@ def test_prompt_lines():
 def test_predict_and_video_label_the_requested_object(model_factory, family, image):
     model = model_factory(family)
     pred = model.predict(image, "<image>Please segment the person.", max_new_tokens=32)
-    assert pred.raw_text == "Sure, it is[SEG].<|im_end|>"
+    assert pred.raw_text == natural_answer(model)
     assert pred.phrases == ["person"]
     video = model.predict_video([image, image], "Please segment the red box.", max_new_tokens=32, key_frames=1)
     assert video.phrases == ["red box"] * video.masks.shape[0]
@@ -83,7 +83,7 @@ def test_predict_and_video_label_the_requested_object(model_factory, family, ima
 # ------------------------------------------------------------------------------------------------ scores
 def _answer(model, count):
     seg = model.tokenizer.convert_tokens_to_ids("[SEG]")
-    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end_token(model)
     return ids(model, "Sure,") + (ids(model, " it is") + [seg]) * count + [end]
 
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import forced, ids
+from conftest import end_token, forced, ids
 from sa2va.sam2 import sam2_pixels, upsample_logits
 
 
 def _answer_with_segs(model, count):
     seg = model.tokenizer.convert_tokens_to_ids("[SEG]")
-    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end_token(model)
     out = ids(model, "Sure,")
     for _ in range(count):
         out += ids(model, " it is") + [seg]

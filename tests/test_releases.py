@@ -48,7 +48,7 @@ def test_catalog_has_the_new_sam2_releases_with_their_file_lists():
                                     "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
     assert len(four_b.weight_files()) == 1 + 4
     assert all(e.shards >= 1 for e in catalog.CATALOG)
-    assert len({e.name for e in catalog.CATALOG}) == len(catalog.CATALOG)
+    assert len({e.name for e in catalog.CATALOG}) == len(catalog.CATALOG) == 12
 
 
 # ------------------------------------------------------------------------------------------- single file
@@ -141,8 +141,11 @@ def test_dashed_template_name_is_read_as_upstream_does(checkpoint_factory):
     (lambda c: c["vision_config"].pop("hidden_size"), "lacks vision_config.hidden_size"),
     (lambda c: c["llm_config"].pop("vocab_size"), "lacks llm_config.vocab_size"),
     (lambda c: (c.pop("llm_config"), c.pop("vision_config"),
+                c.update(text_config={"model_type": "mistral"}, vision_config={"model_type": "siglip_vision_model"})),
+     "cannot tell the model family.*'siglip_vision_model'.*'mistral'"),
+    (lambda c: (c.pop("llm_config"), c.pop("vision_config"),
                 c.update(text_config={"model_type": "llama"}, vision_config={"model_type": "clip_vision_model"})),
-     "cannot tell the model family.*'clip_vision_model'.*'llama'"),
+     "lacks text_config.hidden_size"),
 ])
 def test_unsupported_folder_fails_at_load_naming_what_is_unsupported(checkpoint_factory, tmp_path, edit, message):
     folder = _copy(checkpoint_factory("internvl"), tmp_path / "m")

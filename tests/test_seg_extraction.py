@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import forced, ids
+from conftest import end_token, forced, ids, natural_answer
 from sa2va.answer import clean_text
 from sa2va.labels import object_labels
 
@@ -10,14 +10,14 @@ from sa2va.labels import object_labels
 def test_natural_answer_of_the_synthetic_model_has_one_seg(model_factory, family, image):
     model = model_factory(family)
     pred = model.predict(image, "<image>Please segment the person.", max_new_tokens=32)
-    assert pred.raw_text == "Sure, it is[SEG].<|im_end|>"
+    assert pred.raw_text == natural_answer(model)
     assert pred.masks.shape == (1, 480, 640)
     assert pred.text == "Sure, it is."
 
 
 def test_no_seg_gives_no_mask_but_correct_shape(model_factory, family, image):
     model = model_factory(family)
-    answer = ids(model, "Sure.") + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    answer = ids(model, "Sure.") + [end_token(model)]
     pred = forced(model, image, "What is this?", answer)
     assert pred.masks.shape == (0, 480, 640)
     assert pred.phrases == []
@@ -26,7 +26,7 @@ def test_no_seg_gives_no_mask_but_correct_shape(model_factory, family, image):
 
 def test_several_segs_give_one_mask_each_in_order(model_factory, family, image):
     model = model_factory(family)
-    end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = end_token(model)
     answer = ids(model, "Sure, <p>cat</p>[SEG] and <p>dog</p>[SEG] and the sky[SEG].") + [end]
     pred = forced(model, image, "Segment everything.", answer)
     assert pred.masks.shape == (3, 480, 640)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from sa2va import testing
 out = {"capability": torch.backends.cpu.get_cpu_capability()}
-for family in ("qwen3_vl", "qwen2_5_vl", "internvl"):
+for family in ("qwen3_vl", "qwen2_5_vl", "internvl", "llava"):
     folder = testing.write_checkpoint(Path(sys.argv[1]) / family, family, seed=3)
     out[family] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 # Sa2VA-8B/26B's format: InternLM2 weights, the serialised SentencePiece tokenizer.model, InternViT-6B switches

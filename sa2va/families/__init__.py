@@ -18,6 +18,10 @@ def adapter_for(family: str) -> FamilyAdapter:
         from .internvl import InternVLAdapter
 
         return InternVLAdapter()
+    if family == "llava":
+        from .llava import LlavaAdapter
+
+        return LlavaAdapter()
     raise ValueError(f"unknown Sa2VA family {family!r}")
 
 

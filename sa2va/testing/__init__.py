@@ -19,7 +19,7 @@ import torch
 
 from .common import TINY_SAM2, ForceByPromptLength, ForceTokens
 
-FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen3_vl", "qwen2_5_vl", "internvl", "llava")
 
 
 def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam2: str = "tiny", seed: int = 0,
@@ -32,7 +32,7 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or
     ``"full"`` (SAM2 Hiera-L v1 at 1024 px, as the releases). layout: ``"v4"`` (the releases' key layout) or, for
     Qwen2.5-VL, ``"legacy"``. weight_dtype: None for the dtype of the family's releases (fp32 for Qwen, bf16 for
-    InternVL). seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size:
+    InternVL and LLaVA). seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size:
     overrides of the tiny language model's geometry (benchmarks). template, single_file, decoder and vision_tower
     (InternVL only): the chat template config.json names (``"phi3_chat"`` as Sa2VA-4B), one ``model.safetensors``
     without an index (as Sa2VA-1B), ``decoder="internlm2"`` (Sa2VA-8B's format; ``weight_dtype=None`` then means
@@ -49,6 +49,14 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
                               max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size,
                               template=template, single_file=single_file, decoder=decoder,
                               vision_tower=vision_tower)
+    if family == "llava":
+        from .llava import write_checkpoint as write_llava
+
+        if layout != "v4" or template is not None or single_file or decoder != "qwen2" or vision_tower != "300m":
+            raise ValueError("layout, template, single_file, decoder and vision_tower are not options of LLaVA "
+                             "checkpoints (one format)")
+        return write_llava(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype or torch.float32,
+                           max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     if template is not None or single_file or decoder != "qwen2" or vision_tower != "300m":

@@ -19,10 +19,10 @@ from ..sa2va import catalog
 from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files, required_files
 from ..sa2va.errors import InputError, ModelFolderError
 from ..sa2va.checkpoint import read_index
-from ..sa2va.model import DTYPES, MemoryProfile, Sa2VAModel, load_model, resolve_dtype
+from ..sa2va.model import DEVICE_MAPS, DTYPES, MemoryProfile, Sa2VAModel, load_model, resolve_dtype
 from ..sa2va.quantization import estimated_bytes
 from . import comfy
-from .common import MODEL_TOOLTIP, model_socket
+from .common import MODEL_TOOLTIP, advanced, model_socket
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 SEARCH_ALIASES = ["sa2va", "load vlm", "segmentation model", "sam2 loader"]
 
 QUANTIZATIONS = {"none": None, "8bit": "8bit", "4bit": "4bit"}
+#: the Loader's gpu_split choices: off, or an accelerate device map over every visible GPU
+GPU_SPLITS = ("off",) + DEVICE_MAPS
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -143,6 +145,14 @@ class Sa2VAHandle:
     size_bytes: int = 0
     profile: MemoryProfile | None = None
     reload: Callable[[], Sa2VAModel] | None = field(default=None, repr=False)
+    #: the accelerate device map the vision-language model was spread with (``gpu_split``), or None
+    split: str | None = None
+
+    @property
+    def resident(self) -> bool:
+        """True for a model that cannot move (quantised, or spread over several GPUs): it is dropped and loaded
+        again instead of being offloaded."""
+        return self.quantization is not None or self.split is not None
 
     def activation_bytes(self, height: int, width: int, max_new_tokens: int, images: int = 1) -> int:
         """The activation memory one prediction will use (:class:`~sa2va.model.MemoryProfile`); 0 when unknown."""
@@ -153,7 +163,7 @@ class Sa2VAHandle:
     def prepare(self, activation_bytes: int = 0) -> None:
         """Make the model ready on its run device (call right before each use): ComfyUI evicts other models until
         the weights (if not resident) and ``activation_bytes`` fit; a dropped quantised model is loaded again."""
-        if self.quantization is None:
+        if not self.resident:
             comfy.load_patcher(self.patcher, activation_bytes)
             return
         if self.patcher is not None:
@@ -162,13 +172,13 @@ class Sa2VAHandle:
             comfy.free_memory(activation_bytes, self.device)
         if self.model is None and self.reload is not None:
             comfy.free_memory(self.size_bytes + activation_bytes, self.device)
-            logger.info("Loading the quantised %s again (it was unloaded)", self.name)
+            logger.info("Loading %s again (it was unloaded)", self.name)
             self.model = self.reload()
             if self.patcher is not None:
                 comfy.load_patcher(self.patcher, activation_bytes)  # resident again in ComfyUI's list
 
     def drop(self) -> None:
-        """Let go of a quantised model's weights (they cannot move off the GPU); :meth:`prepare` reloads them."""
+        """Let go of a resident model's weights (they cannot move off the GPU); :meth:`prepare` reloads them."""
         if self.model is None or self.reload is None:
             return
         self.model = None
@@ -180,7 +190,7 @@ class Sa2VAHandle:
         next use). The model's encoder cache (sa2va/cache.py) is emptied either way."""
         if self.model is not None:
             self.model.encoder_cache.clear()
-        if self.quantization is None:
+        if not self.resident:
             comfy.unload_patcher(self.patcher)
         elif self.patcher is not None:
             comfy.unload_patcher(self.patcher)  # ComfyUI calls drop() through the stand-in
@@ -200,20 +210,27 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_handle(*, model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quantization: str = "none",
-                attention: str = "sdpa", device: str = "auto") -> Sa2VAHandle:
-    """Load (downloading first when needed) a Sa2VA model and wrap it for ComfyUI's memory manager."""
+                attention: str = "sdpa", device: str = "auto", gpu_split: str = "off") -> Sa2VAHandle:
+    """Load (downloading first when needed) a Sa2VA model and wrap it for ComfyUI's memory manager.
+
+    gpu_split: "off", or an accelerate device map name (:data:`GPU_SPLITS`) that spreads the vision-language model
+    over every visible GPU (SAM2 and the projection stay on ``device``); such a model is resident, like a quantised
+    one (:attr:`Sa2VAHandle.resident`)."""
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     if quantization not in QUANTIZATIONS:
         raise InputError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}.")
+    if gpu_split not in GPU_SPLITS:
+        raise InputError(f"gpu_split must be one of {', '.join(GPU_SPLITS)}, got {gpu_split!r}.")
     run_device = resolve_device(device)
     quant = QUANTIZATIONS[quantization]
+    split = None if gpu_split == "off" else gpu_split
     if quant and run_device.type not in ("cuda", "cpu"):
         raise InputError(f"{quantization} quantization needs a CUDA device or the CPU, got {run_device}.")
     folder = ensure_model_folder(model)
     comfy.throw_if_interrupted()
-    if quant:
-        return _quantised_handle(folder, model, quant, run_device, dtype, attention)
+    if quant or split:
+        return _resident_handle(folder, model, quant, run_device, dtype, attention, split)
     offload = comfy.offload_device() if comfy.IN_COMFY else run_device
     loaded = load_model(folder, device=offload, dtype=resolve_dtype(dtype, run_device), attn_implementation=attention)
     patcher = comfy.make_patcher({"vlm": loaded.vlm, "projection": loaded.projection,
@@ -228,20 +245,23 @@ def _call(method: weakref.WeakMethod) -> None:
         bound()
 
 
-def _quantised_handle(folder: Path, name: str, quant: str, run_device: torch.device, dtype: str,
-                      attention: str) -> Sa2VAHandle:
-    """A quantised model loaded on ``run_device`` (after ComfyUI made room for its estimated size), registered with
-    ComfyUI's memory manager at its actual size through a resident stand-in."""
+def _resident_handle(folder: Path, name: str, quant: str | None, run_device: torch.device, dtype: str,
+                     attention: str, split: str | None) -> Sa2VAHandle:
+    """A quantised or GPU-split model loaded on ``run_device`` (after ComfyUI made room there for its estimated
+    size), registered with ComfyUI's memory manager at its actual size through a resident stand-in. (ComfyUI manages
+    one device: a split model is counted on ``run_device`` in full, which over-asks there rather than under-asks.)"""
     compute = resolve_dtype(dtype, run_device)
     estimate = estimated_bytes(((n, t.shape) for n, t in read_index(folder).tensors.items()), quant, compute)
 
     def load() -> Sa2VAModel:
-        return load_model(folder, device=run_device, dtype=dtype, quantization=quant, attn_implementation=attention)
+        return load_model(folder, device=run_device, dtype=dtype, quantization=quant, attn_implementation=attention,
+                          device_map=split)
 
     comfy.free_memory(estimate, run_device)
     loaded = load()
-    handle = Sa2VAHandle(loaded, name, quant, run_device, None, {"dtype": dtype, "attention": attention},
-                         size_bytes=loaded.memory_bytes(), profile=loaded.memory_profile(), reload=load)
+    handle = Sa2VAHandle(loaded, name, quant, run_device, None,
+                         {"dtype": dtype, "attention": attention, "gpu_split": split or "off"},
+                         size_bytes=loaded.memory_bytes(), profile=loaded.memory_profile(), reload=load, split=split)
     drop = weakref.WeakMethod(handle.drop)  # the stand-in must not keep the handle alive
     handle.patcher = comfy.make_resident_patcher(handle.size_bytes, lambda: _call(drop), run_device,
                                                  comfy.offload_device())
@@ -275,11 +295,18 @@ class Sa2VALoader(comfy.NodeBase):
                                        "flash_attention_2 (listed when flash-attn is installed)."),
                 io.Combo.Input("device", options=device_choices(), default="auto",
                                tooltip="auto uses ComfyUI's device (the CPU when ComfyUI runs with --cpu)."),
+                io.Combo.Input("gpu_split", options=list(GPU_SPLITS), default="off", optional=True,
+                               **advanced(io.Combo.Input),
+                               tooltip="Spread the language and vision model over every visible GPU (an accelerate "
+                                       "device map: auto, balanced, ...) for a model larger than one GPU, e.g. "
+                                       "Sa2VA-26B unquantised on two 32 GB cards; SAM2 stays on the device above. "
+                                       "The model then stays where it was placed until it is unloaded."),
             ],
             outputs=[model_socket(io).Output(display_name="model", tooltip="A loaded Sa2VA model")],
         )
 
     @classmethod
-    def execute(cls, *, model: str, dtype: str, quantization: str, attention: str, device: str):
+    def execute(cls, *, model: str, dtype: str, quantization: str, attention: str, device: str,
+                gpu_split: str = "off"):
         return comfy.node_output(load_handle(model=model, dtype=dtype, quantization=quantization,
-                                             attention=attention, device=device))
+                                             attention=attention, device=device, gpu_split=gpu_split))

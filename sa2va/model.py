@@ -666,8 +666,8 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     :data:`sa2va.cache.DEFAULT_CACHE_MB`; 0 turns the cache off).
     device_map: None (the vision-language model on ``device``) or an accelerate device map for a model larger than
     one GPU (Sa2VA-26B): ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a dict of module-name
-    prefixes to devices; SAM2 and the [SEG] projection stay on ``device``. The library's option only: the ComfyUI
-    nodes move whole models and do not offer it.
+    prefixes to devices; SAM2 and the [SEG] projection stay on ``device``. The Sa2VA Loader node offers the named
+    maps as ``gpu_split`` (such a model stays where it was placed).
     Never downloads: use :mod:`sa2va.download` for that."""
     device = torch.device(device)
     if device.type == "cuda":

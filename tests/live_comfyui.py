@@ -249,8 +249,9 @@ UPLOAD_NODES = ("LoadImage", "LoadImageMask", "LoadVideo")
 
 def api_prompt(comfy: Comfy, workflow: dict) -> dict:
     """The API-format prompt of a UI-format workflow (what the frontend sends when the user presses Run): links
-    become ``[node id, output slot]``, ``widgets_values`` are assigned to the node's widget inputs in order. A
-    workflow whose widget values do not line up with the running ComfyUI's inputs raises ValueError."""
+    become ``[node id, output slot]``, ``widgets_values`` are assigned to the node's widget inputs in order (optional
+    widgets added after the workflow was saved keep their defaults). A workflow whose widget values do not line up
+    with the running ComfyUI's inputs raises ValueError."""
     links = {link[0]: [str(link[1]), link[2]] for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
@@ -262,7 +263,9 @@ def api_prompt(comfy: Comfy, workflow: dict) -> dict:
         values = list(node.get("widgets_values") or [])
         if node["type"] in UPLOAD_NODES:
             values = values[:1]
-        if len(values) != len(widgets):
+        required = [n for n in order.get("required", []) if n in widgets]
+        # a workflow saved before an optional widget was added has no value for it: the frontend uses the default
+        if not len(required) <= len(values) <= len(widgets):
             raise ValueError(f"{node['type']} (node {node['id']}): {len(values)} widget values for the widgets "
                              f"{widgets}")
         inputs = dict(zip(widgets, values))
@@ -318,6 +321,11 @@ def check_formats(comfy: Comfy) -> bool:
         masks = len(ui(entry, "11").get("images", []))
         results[name] = f"{status}, {masks} mask(s)" if status == "success" else \
             messages.get("execution_error", {}).get("exception_message", status)[:200]
+    graph = segment_graph(comfy, "tiny-qwen3", "Please segment the red box.")
+    graph["3"]["inputs"]["gpu_split"] = "auto"  # the Loader's device map (every visible device: the CPU here)
+    status, messages = status_of(comfy.run(graph))
+    results["tiny-qwen3 gpu_split=auto"] = status if status == "success" else \
+        messages.get("execution_error", {}).get("exception_message", status)[:200]
     return report("every release format runs (tiny checkpoints)", all(r.startswith("success") for r in
                                                                      results.values()), **results)
 

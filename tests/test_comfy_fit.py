@@ -422,6 +422,35 @@ def test_unload_models_drops_a_quantised_model_and_the_next_run_loads_it_again(q
     assert r.masks.shape[1:] == (24, 24) and len(fake_comfyui.current_loaded_models) == 1
 
 
+def test_gpu_split_loads_with_the_device_map_and_is_resident(fake_comfyui, monkeypatch):
+    """The Loader's gpu_split reaches load_model as an accelerate device map (on the CPU here: the plumbing); the
+    model is registered at its actual size, resident like a quantised one: Unload drops it and the next run loads it
+    again, with the same map."""
+    from nodetools import segment
+
+    loader = pack_module("nodes.loader")
+    real, maps = loader.load_model, []
+
+    def load_model(folder, device_map=None, **kwargs):
+        maps.append(device_map)
+        return real(folder, device_map=device_map, **kwargs)
+
+    monkeypatch.setattr(loader, "load_model", load_model)
+    handle = loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu", gpu_split="balanced")
+    assert maps == ["balanced"] and handle.resident and handle.split == "balanced"
+    assert handle.options["gpu_split"] == "balanced" and handle.size_bytes == handle.model.memory_bytes() > 0
+    r = segment(torch.rand(1, 24, 24, 3), "person", handle, max_new_tokens=8)
+    assert r.masks.shape[1:] == (24, 24) and len(fake_comfyui.current_loaded_models) == 1
+    fake_comfyui.unload_all_models()
+    assert handle.model is None
+    segment(torch.rand(1, 24, 24, 3), "person", handle, max_new_tokens=8)
+    assert maps == ["balanced", "balanced"] and handle.model is not None
+    plain = loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+    assert not plain.resident and maps[-1] is None
+    with pytest.raises(pack_module("sa2va.errors").InputError, match="gpu_split must be one of off, auto"):
+        loader.load_handle(model="tiny-qwen3", device="cpu", gpu_split="everywhere")
+
+
 def test_clean_vram_after_drops_a_quantised_loader_model(quantised_handle, fake_comfyui):
     from nodetools import segment
 

@@ -232,7 +232,10 @@ def test_v3_schema_with_a_test_double():
     assert inputs["regions"].kind == "Mask" and inputs["regions"].kw["optional"] is True
     assert inputs["prompt_per_line"].kw == {**inputs["prompt_per_line"].kw, "default": False, "optional": True}
     assert inputs["min_score"].kw["default"] == 0.0 and inputs["min_score"].kw["optional"] is True
-    assert {s.name for s in loader_schema["inputs"]} == {"model", "dtype", "quantization", "attention", "device"}
+    loader_inputs = {s.name: s for s in loader_schema["inputs"]}
+    assert [s.name for s in loader_schema["inputs"]] == ["model", "dtype", "quantization", "attention", "device",
+                                                         "gpu_split"]
+    assert loader_inputs["gpu_split"].kw["default"] == "off" and loader_inputs["gpu_split"].kw["optional"] is True
     for name, default in (("black_point", 0.05), ("white_point", 0.95), ("detail_method", "FastMatte"),
                           ("detail_erode", 0), ("detail_dilate", 0), ("process_details", True),
                           ("vitmatte_max_megapixels", 2.0)):

@@ -349,3 +349,27 @@ def test_llava_release_without_processor_files_downloads_and_counts_complete(tmp
         requests = len(hub.requests)
         assert loader.ensure_model_folder("Sa2VA-LLaVA-1.5-7B") == folder
         assert len(hub.requests) == requests, "a complete LLaVA folder is used without any network call"
+
+
+@pytest.mark.parametrize("name, options", [("Sa2VA-8B", {"decoder": "internlm2"}),
+                                           ("Sa2VA-26B", {"decoder": "internlm2", "vision_tower": "6b"}),
+                                           ("Sa2VA-1B", {"single_file": True})])
+def test_internvl2_5_release_layouts_download_and_count_complete(tmp_path, monkeypatch, name, options):
+    """Sa2VA-8B / 26B (tokenizer.model, no tokenizer.json) and Sa2VA-1B (one model.safetensors, no index) from the
+    fake hub through the Loader's download, then used without any network call and loaded."""
+    from sa2va.testing import write_checkpoint
+
+    remote = write_checkpoint(tmp_path / "remote", "internvl", **options)
+    assert (remote / "tokenizer.json").exists() != (options.get("decoder") == "internlm2")
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(tmp_path / "models" / "sa2va"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with FakeHub({f"ByteDance/{name}": remote}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        folder = loader.ensure_model_folder(name)
+        requests = len(hub.requests)
+        assert loader.ensure_model_folder(name) == folder
+        assert len(hub.requests) == requests, "a complete folder is used without any network call"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == \
+        sorted(p.name for p in remote.iterdir())
+    handle = loader.load_handle(model=name, dtype="fp32", device="cpu")
+    assert handle.model.family == "internvl"

@@ -164,8 +164,13 @@ def shards_sha():
 
 
 def run_case(images, prompt, forced, is_video):
-    captured.clear(); captured["forced"] = forced
-    fcs_in.clear(); fcs_out.clear(); pred_masks_calls.clear(); object_scores.clear(); encoder_passes[0] = 0
+    captured.clear()
+    captured["forced"] = forced
+    fcs_in.clear()
+    fcs_out.clear()
+    pred_masks_calls.clear()
+    object_scores.clear()
+    encoder_passes[0] = 0
     t = time.time()
     with torch.inference_mode():
         if is_video:
@@ -228,7 +233,9 @@ if not video_mode:
         timings[case["name"]] = meta["seconds"]
         print(case["name"], meta["prediction"], meta["mask_pixels_true"], meta["seconds"], flush=True)
     timings["total"] = round(time.time() - total + load_s, 2)
-    ref.update(versions); ref.update(common); ref["timings_s"] = timings
+    ref.update(versions)
+    ref.update(common)
+    ref["timings_s"] = timings
     ref["model_dir"] = f"<sa2va.testing.write_checkpoint(folder, '{family}', sam2='full', seed=0, max_shard_bytes=300*2**20)>"
     (out / "reference.json").write_text(json.dumps(ref, indent=2) + "\n")
     meta_ck = json.loads((out / "checkpoint.json").read_text())
@@ -239,11 +246,16 @@ else:
     case = ref["case"]
     frames = [Image.open(out / p).convert("RGB") for p in case["input_pngs"]]
     arrays, meta = run_case(frames, case["prompt"], case["forced_token_ids"], True)
-    arrays.pop("sequence"); arrays.pop("seg_positions")
+    arrays.pop("sequence")
+    arrays.pop("seg_positions")
     np.savez_compressed(out / "video.npz", **arrays)
-    meta.pop("pixel_values_shape"); meta.pop("pixel_values_sum"); meta.pop("pixel_values_abs_sum")
+    meta.pop("pixel_values_shape")
+    meta.pop("pixel_values_sum")
+    meta.pop("pixel_values_abs_sum")
     case.update(meta)
-    ref.update(versions); ref.update(common); ref["shard_sha256"] = shards_sha()
+    ref.update(versions)
+    ref.update(common)
+    ref["shard_sha256"] = shards_sha()
     ref["timings_s"] = {"load": round(load_s, 2), "video": meta["seconds"]}
     ref["model_dir"] = f"<sa2va.testing.write_checkpoint(folder, '{family}', sam2='full', seed=0, max_shard_bytes=300*2**20)>"
     (out / "video.json").write_text(json.dumps(ref, indent=2) + "\n")

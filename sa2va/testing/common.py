@@ -72,6 +72,29 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars)))
 
 
+def pair_counts(splits: dict[str, list[str]], counts: Counter) -> Counter:
+    """How often each adjacent pair of parts occurs over the words (``splits``: word -> its current parts)."""
+    pairs: Counter = Counter()
+    for word, parts in splits.items():
+        for a, b in zip(parts, parts[1:]):
+            pairs[(a, b)] += counts[word]
+    return pairs
+
+
+def merge_pair(splits: dict[str, list[str]], best: tuple[str, str]) -> None:
+    """Join every occurrence of the pair ``best`` in every word's parts, left to right, in place."""
+    for word, parts in splits.items():
+        i, merged = 0, []
+        while i < len(parts):
+            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                merged.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        splits[word] = merged
+
+
 def train_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Deterministic BPE on pre-tokenised byte-level words: most frequent pair first, ties by the pair."""
     alphabet = bytes_to_unicode()
@@ -80,25 +103,13 @@ def train_bpe(words: list[str], num_merges: int) -> tuple[dict[str, int], list[t
     splits = {w: list(w) for w in counts}
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
-        pairs: Counter = Counter()
-        for word, parts in splits.items():
-            for a, b in zip(parts, parts[1:]):
-                pairs[(a, b)] += counts[word]
+        pairs = pair_counts(splits, counts)
         if not pairs:
             break
         best = max(pairs.items(), key=lambda kv: (kv[1], tuple(-ord(c) for c in kv[0][0] + "\0" + kv[0][1])))[0]
         merges.append(best)
         vocab.setdefault(best[0] + best[1], len(vocab))
-        for word, parts in splits.items():
-            i, merged = 0, []
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            splits[word] = merged
+        merge_pair(splits, best)
     return vocab, merges
 
 

@@ -30,7 +30,8 @@ import torch
 
 from .. import keymap
 from ..sam2 import sam2_config
-from .common import CORPUS, SA2VA_TOKENS, TINY_SAM2, add_seg_chain, save_sharded, seeded_tensor
+from .common import (CORPUS, SA2VA_TOKENS, TINY_SAM2, add_seg_chain, merge_pair, pair_counts, save_sharded,
+                     seeded_tensor)
 
 #: tiny CLIP vision model with CLIP ViT-L/14-336's geometry of patches (336 px, 14 px patches: 576 tokens)
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2}
@@ -57,10 +58,7 @@ def train_piece_bpe(words: list[str], alphabet: list[str], num_merges: int) -> t
     merges: list[tuple[str, str]] = []
     known = set(alphabet)
     for _ in range(num_merges):
-        pairs: Counter = Counter()
-        for word, parts in splits.items():
-            for a, b in zip(parts, parts[1:]):
-                pairs[(a, b)] += counts[word]
+        pairs = pair_counts(splits, counts)
         if not pairs:
             break
         best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0]
@@ -68,16 +66,7 @@ def train_piece_bpe(words: list[str], alphabet: list[str], num_merges: int) -> t
         if best[0] + best[1] not in known:
             known.add(best[0] + best[1])
             pieces.append(best[0] + best[1])
-        for word, parts in splits.items():
-            i, merged = 0, []
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            splits[word] = merged
+        merge_pair(splits, best)
     return pieces, merges
 
 

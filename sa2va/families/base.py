@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from PIL import Image
+
+from ..cache import EncoderCache, cached_per_unit, content_key
 
 
 @dataclass
@@ -85,3 +87,42 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(previous)
         if bar:
             hf_logging.enable_progress_bar()
+
+
+def cache_projected_features(inner: torch.nn.Module, cache: EncoderCache, family: str,
+                             pack: Callable[[list[torch.Tensor]], object],
+                             bypass: Callable[[dict], bool] = lambda kwargs: False) -> None:
+    """Make ``inner.get_image_features`` (InternVL's and LLaVA's, whose outputs go through
+    ``multi_modal_projector``) serve each unit's projected features (an image or a tile: one row of
+    ``pixel_values``) from ``cache`` (:class:`~sa2va.cache.EncoderCache`), keyed by its pixels and the feature
+    settings; the tower runs on the units it has not seen, alone when all are new (the uncached call, unchanged).
+    ``pack(values)``: the ``pooler_output`` holding the per-unit features; ``bypass(kwargs)``: calls the cache leaves
+    to the original."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    original = inner.get_image_features
+
+    def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
+        if not cache.enabled or bypass(kwargs):
+            return original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+                            vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+        weight = inner.multi_modal_projector.linear_1.weight
+        keys = [content_key(family, "vision", unit, vision_feature_layer, vision_feature_select_strategy,
+                            weight.device, weight.dtype) for unit in pixel_values]
+        outputs = []
+
+        def compute(indices: list[int]) -> list[torch.Tensor]:
+            chosen = pixel_values if len(indices) == len(keys) else pixel_values[indices]
+            out = original(pixel_values=chosen, vision_feature_layer=vision_feature_layer,
+                           vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
+            outputs.append(out)
+            return list(out.pooler_output)
+
+        values, all_new = cached_per_unit(cache, keys, compute)
+        if all_new:
+            return outputs[0]
+        out = outputs[0] if outputs else BaseModelOutputWithPooling()
+        out.pooler_output = pack(values)
+        return out
+
+    inner.get_image_features = get_image_features

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cache import EncoderCache, cached_per_unit, content_key
+from ..cache import EncoderCache
 from ..checkpoint import ShardIndex, check_keys, check_shapes
 from ..compat import vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
-from .base import LoadOptions, quiet_transformers
+from .base import LoadOptions, cache_projected_features, quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -287,44 +287,9 @@ class LlavaAdapter:
         """Serve the projected features ``[576, H]`` of each image from ``cache``, keyed by the image's pixels; the
         vision tower runs on the images it has not seen, alone when all are new (the uncached call, unchanged).
         transformers 5.x only (:func:`~sa2va.compat.vision_cache_supported`)."""
-        if not vision_cache_supported():
-            return
-        inner = vlm.model
-        original = inner.get_image_features
-
-        def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None,
-                               **kwargs):
-            if not cache.enabled or kwargs.get("image_sizes") is not None:
-                return original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
-                                vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
-            weight = inner.multi_modal_projector.linear_1.weight
-            keys = [content_key(self.name, "vision", image, vision_feature_layer, vision_feature_select_strategy,
-                                weight.device, weight.dtype) for image in pixel_values]
-            outputs = []
-
-            def compute(indices: list[int]) -> list[torch.Tensor]:
-                chosen = pixel_values if len(indices) == len(keys) else pixel_values[indices]
-                out = original(pixel_values=chosen, vision_feature_layer=vision_feature_layer,
-                               vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
-                outputs.append(out)
-                return list(out.pooler_output)
-
-            values, all_new = cached_per_unit(cache, keys, compute)
-            if all_new:
-                return outputs[0]
-            out = outputs[0] if outputs else self.feature_output(values)
-            out.pooler_output = list(values)
-            return out
-
-        inner.get_image_features = get_image_features
-
-    @staticmethod
-    def feature_output(features: list[torch.Tensor]):
-        """The output object of ``get_image_features`` holding ``features`` (one ``[576, H]`` per image) as its
-        ``pooler_output``."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        return BaseModelOutputWithPooling(pooler_output=list(features))
+        if vision_cache_supported():
+            cache_projected_features(vlm.model, cache, self.name, pack=list,
+                                     bypass=lambda kwargs: kwargs.get("image_sizes") is not None)
 
     def eos_token_ids(self, config: dict, tokenizer) -> list[int]:
         """The tokenizer's eos ``</s>`` only (the release's ``eos_token_id``; Vicuna has no other stop token)."""

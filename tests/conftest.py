@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def checkpoint_factory(tmp_path_factory):
     def make(family: str = "qwen3_vl", **options) -> Path:
         key = (family, tuple(sorted((k, str(v)) for k, v in options.items())))
         if key not in cache:
+            if options.get("sam2") == "full":
+                # a full-size SAM2 checkpoint is 0.45-0.9 GB: keep one at a time (CI's disk holds two venvs too)
+                for other in [k for k in cache if ("sam2", "full") in k[1]]:
+                    shutil.rmtree(cache.pop(other))
             folder = tmp_path_factory.mktemp(f"ckpt_{family}")
             cache[key] = synthetic.write_checkpoint(folder, family, **options)
         return cache[key]

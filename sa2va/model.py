@@ -42,6 +42,7 @@ from .labels import object_labels
 from .objects import ObjectMasks, object_score
 from .quantization import QUANTIZATION_MODES, require_bitsandbytes
 from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
+from .sam3 import load_sam3
 from .video import VideoOptions, VideoPrediction, segment_clip
 
 logger = logging.getLogger(__name__)
@@ -568,6 +569,15 @@ def _load_projection(folder: Path, index: ShardIndex, hidden: int, dtype: torch.
     return module.to(device).eval()
 
 
+def _load_grounding(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
+                    device: torch.device, compile_encoder: bool | str = False) -> GroundingHead:
+    """The grounding head of a release: SAM 3's tracker when the weights hold its ViT trunk (config.json has no
+    marker; Sa2VA-Qwen3-VL-4B-SAM3), else SAM2."""
+    if keymap.is_sam3_release(index.names(keymap.SAM2_PREFIX)):
+        return load_sam3(folder, config, index, dtype, device, compile_encoder)
+    return _load_sam2(folder, config, index, dtype, device, compile_encoder)
+
+
 def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
                device: torch.device, compile_encoder: bool | str = False) -> GroundingHead:
     from transformers import Sam2VideoModel
@@ -702,7 +712,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     options = LoadOptions(dtype=dtype, device=device, quantization=quantization,
                           attn_implementation=attn_implementation or "sdpa", device_map=device_map)
     processor = adapter.load_processor(folder, config)
-    grounding = _load_sam2(folder, config, index, dtype, device, compile_sam2)
+    grounding = _load_grounding(folder, config, index, dtype, device, compile_sam2)
     projection = _load_projection(folder, index, adapter.hidden_size(config), dtype, device)
     vlm = adapter.load_vlm(folder, config, index, options)
     logger.info("Loaded %s (%s) on %s as %s%s", folder.name, family, device, dtype,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .compat import sam2_image_features
+from .grounding import NO_OBJECT_SCORE, SAM2_RULES, GroundingRules
 
 logger = logging.getLogger(__name__)
 
@@ -319,15 +320,19 @@ def encode_image_fast(model, pixel_values: torch.Tensor, positions: _WindowPosit
 
 
 class GroundingHead:
-    """Language-prompted SAM2 around a transformers ``Sam2VideoModel``.
+    """Language-prompted SAM around a transformers ``Sam2VideoModel`` or ``Sam3TrackerVideoModel``.
 
-    The model holds the weights; this class holds no state between calls."""
+    The two share the prompt encoder, the mask decoder, the memory modules and their call signatures; what differs
+    between the releases is in ``rules`` (:class:`~sa2va.grounding.GroundingRules`) and in the model's config. The
+    model holds the weights; this class holds no state between calls."""
 
-    def __init__(self, model, compile_encoder: bool | str = False) -> None:
+    def __init__(self, model, compile_encoder: bool | str = False, rules: GroundingRules = SAM2_RULES) -> None:
         self.model = model
+        self.rules = rules
         self.image_size: int = int(model.config.image_size)
-        self.fast_encoder: bool = fast_encoder_supported(model)
-        if not self.fast_encoder:
+        # the hand-written fast path is SAM2's Hiera; SAM3's ViT runs as transformers' get_image_features
+        self.fast_encoder: bool = rules.name == "sam2" and fast_encoder_supported(model)
+        if not self.fast_encoder and rules.name == "sam2":
             logger.info("This transformers version's SAM2 vision encoder differs from the one the fast path was "
                         "written for; using Sam2VideoModel.get_image_features")
         self._window_positions = _WindowPositionCache()
@@ -395,7 +400,8 @@ class GroundingHead:
         """Decode K masks of one image in a single mask-decoder call.
 
         pixel_embedding: ``[1, 256, h, w]``; high_res: the image's ``[s0, s1]`` (batch 1);
-        language: ``[K, 256]`` projected [SEG] embeddings, or None for a memory-tracked frame (K = 1)."""
+        language: ``[K, 256]`` projected [SEG] embeddings, or None for a memory-tracked frame (K = 1).
+        Under ``rules.clamp_absent`` (SAM3) a mask whose object score is <= 0 is :data:`NO_OBJECT_SCORE` everywhere."""
         model = self.model
         count = 1 if language is None else language.shape[0]
         device, dtype = pixel_embedding.device, pixel_embedding.dtype
@@ -414,6 +420,8 @@ class GroundingHead:
         best = iou.argmax(-1)
         rows = torch.arange(count, device=device)
         low = masks[rows, best].unsqueeze(1)
+        if self.rules.clamp_absent:
+            low = torch.where(object_score[:, :, None, None] > 0, low, torch.full_like(low, NO_OBJECT_SCORE))
         appear = (object_score > 0).to(tokens.dtype)
         pointer = model.object_pointer_proj(tokens[rows, best])
         pointer = appear * pointer + (1 - appear) * model.no_object_pointer

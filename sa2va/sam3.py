@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 #: the release's name on the hub, for messages
 SAM3_RELEASE = "Sa2VA-Qwen3-VL-4B-SAM3"
+#: the ViT's LayerNorm epsilon in facebookresearch/sam3's ViTDet (``partial(nn.LayerNorm, eps=1e-5)``), which the
+#: release's code builds; transformers' ``Sam3ViTConfig`` defaults to 1e-6, which moves the 72x72 features by ~1e-4
+#: relative (measured against the upstream code, tests/data/parity/qwen3_vl_sam3)
+SAM3_VIT_LAYER_NORM_EPS = 1e-5
 #: config.json key of a test checkpoint's SAM3 geometry (keyword arguments of ``Sam3TrackerVideoConfig``); releases
 #: have none and get transformers' defaults, which are facebook/sam3's tracker
 SAM3_CONFIG_KEY = "sam3_config"
@@ -61,13 +65,14 @@ def sam3_config(overrides: dict | None = None):
     """The ``Sam3TrackerVideoConfig`` of a checkpoint: transformers' defaults (facebook/sam3's tracker at 1008 px,
     ViT 1024 x 32 layers, the release's geometry) updated with ``overrides``, the optional ``sam3_config`` block of a
     test checkpoint's config.json. A ``vision_config.backbone_config`` given there updates the default ViT config
-    key by key."""
+    key by key. The ViT's LayerNorm epsilon is set to the release code's :data:`SAM3_VIT_LAYER_NORM_EPS`."""
     sam3_model_class()
     from transformers import Sam3TrackerVideoConfig
 
     kwargs = copy.deepcopy(overrides) if overrides else {}
     vision = kwargs.pop("vision_config", None)
     config = Sam3TrackerVideoConfig(**kwargs)
+    config.vision_config.backbone_config.layer_norm_eps = SAM3_VIT_LAYER_NORM_EPS
     if vision:
         vision = dict(vision)
         backbone = vision.pop("backbone_config", None) or {}

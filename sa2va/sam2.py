@@ -13,6 +13,10 @@ Semantics reproduced from the reference (docs/design.md, "SAM2 input" and "SAM2 
   top FPN level + ``no_memory_embedding``; multimask output, best of masks 1..3 by predicted IoU;
 * **no object-score clamp**: the returned values are mask logits (not probabilities), never -1024-masked.
 
+The same head drives SAM 3's tracker (``Sam3TrackerVideoModel``, Sa2VA-Qwen3-VL-4B-SAM3, :mod:`sa2va.sam3`): its
+sub-modules have the same signatures, and what differs is data (:class:`~sa2va.grounding.GroundingRules`: the clamp
+is on there) or config (1008 px, 288x288 logits).
+
 The image encoder runs once per image; all [SEG] embeddings of an image are decoded in one mask-decoder call.
 """
 from __future__ import annotations
@@ -343,7 +347,9 @@ class GroundingHead:
         self.reuse_buffers = True
         #: the torch.compile backend in use for the image encoder, or None
         self.compiled: str | None = None
-        if compile_encoder:
+        if compile_encoder and not self.fast_encoder:
+            logger.info("compile_sam2 applies to SAM2's own encoder path only; %s's encoder runs uncompiled", rules.name)
+        elif compile_encoder:
             backend = "inductor" if compile_encoder is True else str(compile_encoder)
             self._encoder = torch.compile(self._encode_eager, backend=backend, dynamic=False)
             self.compiled = backend

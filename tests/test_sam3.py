@@ -205,3 +205,30 @@ def test_all_seg_embeddings_of_an_image_are_decoded_in_one_call_after_one_encode
     assert calls == {"encode": 1, "decode": 1}
     assert masks.shape == (3, 480, 640)
     assert torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])
+
+
+@needs_sam3
+def test_memory_of_an_absent_object_carries_the_occlusion_embedding_and_conditioning_memory_is_binarised(sam3_model):
+    """SAM 3's memory rules on its own modules: the occlusion embedding is added exactly where the object score is
+    <= 0, and binarised conditioning memory depends only on the sign of the logits."""
+    from sa2va.sam2_memory import encode_memory
+
+    sam = sam3_model.grounding.model
+    generator = torch.Generator().manual_seed(0)
+    top = torch.randn(72 * 72, 1, 256, generator=generator)
+    logits = torch.randn(2, 1, 1008, 1008, generator=generator) * 4
+    with torch.inference_mode():
+        present, position = encode_memory(sam, top, (72, 72), logits, object_score=torch.tensor([[2.0], [2.0]]))
+        mixed, _ = encode_memory(sam, top, (72, 72), logits, object_score=torch.tensor([[2.0], [-0.5]]))
+        binary, _ = encode_memory(sam, top, (72, 72), logits, binarize=True, object_score=torch.tensor([[1.0], [1.0]]))
+        sharper, _ = encode_memory(sam, top, (72, 72), logits * 100, binarize=True,
+                                   object_score=torch.tensor([[1.0], [1.0]]))
+        with pytest.raises(RuntimeError, match="object scores"):
+            encode_memory(sam, top, (72, 72), logits)
+    assert present.shape == (72 * 72, 2, 64) and present.dtype == torch.bfloat16
+    assert position.shape == (72 * 72, 1, 64)
+    assert torch.equal(mixed[:, 0], present[:, 0])
+    occlusion = sam.occlusion_spatial_embedding_parameter[0].to(torch.bfloat16)
+    added = (mixed[:, 1].float() - present[:, 1].float()).mean(0)
+    assert torch.allclose(added, occlusion.float(), atol=0.05)
+    assert torch.equal(binary, sharper)

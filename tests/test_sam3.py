@@ -232,3 +232,14 @@ def test_memory_of_an_absent_object_carries_the_occlusion_embedding_and_conditio
     added = (mixed[:, 1].float() - present[:, 1].float()).mean(0)
     assert torch.allclose(added, occlusion.float(), atol=0.05)
     assert torch.equal(binary, sharper)
+
+
+@needs_sam3
+def test_cli_info_names_the_sam3_grounding_encoder(sam3_folder, capsys):
+    import json
+
+    from sa2va.__main__ import main
+
+    assert main(["info", "--model", str(sam3_folder)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["family"] == "qwen3_vl" and described["sam2"] == "SAM 3 tracker, custom (sam3_config)"

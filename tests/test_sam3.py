@@ -243,3 +243,14 @@ def test_cli_info_names_the_sam3_grounding_encoder(sam3_folder, capsys):
     assert main(["info", "--model", str(sam3_folder)]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["family"] == "qwen3_vl" and described["sam2"] == "SAM 3 tracker, custom (sam3_config)"
+
+
+@needs_sam3
+def test_activation_estimate_counts_sam3s_larger_encoder(sam3_model, model_factory):
+    from sa2va.model import SAM2_ENCODER_BYTES_FP32, SAM3_ENCODER_BYTES_FP32
+
+    sam3 = sam3_model.memory_profile()
+    sam2 = model_factory("qwen3_vl").memory_profile()
+    assert sam3.grounding_bytes_fp32 == SAM3_ENCODER_BYTES_FP32 > SAM2_ENCODER_BYTES_FP32 == sam2.grounding_bytes_fp32
+    assert sam3.activation_bytes(480, 640, 16) - sam2.activation_bytes(480, 640, 16) == \
+        SAM3_ENCODER_BYTES_FP32 - SAM2_ENCODER_BYTES_FP32

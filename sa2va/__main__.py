@@ -84,10 +84,15 @@ def _info(args: argparse.Namespace) -> int:
     config = read_config(args.model)
     family = detect_family(config, args.model)
     index = read_index(args.model)
+    from .keymap import SAM2_PREFIX, is_sam3_release
+
     size = sum(Path(args.model, s).stat().st_size for s in index.shards)
+    if is_sam3_release(index.names(SAM2_PREFIX)):
+        grounding = "SAM 3 tracker, custom (sam3_config)" if "sam3_config" in config else "SAM 3 tracker, 1008 px"
+    else:
+        grounding = "custom (sam2_config)" if "sam2_config" in config else "Hiera-L v1, 1024 px"
     print(json.dumps({"family": family, "shards": index.shards, "tensors": len(index.tensors),
-                      "bytes": size, "sam2": "custom (sam2_config)" if "sam2_config" in config else
-                      "Hiera-L v1, 1024 px"}, indent=2))
+                      "bytes": size, "sam2": grounding}, indent=2))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The official Sa2VA releases this pack knows by name (all on SAM2; Sa2VA-Qwen3-VL-4B-SAM3 is not supported yet)."""
+"""The official Sa2VA releases this pack knows by name (on SAM2, and Sa2VA-Qwen3-VL-4B-SAM3 on SAM 3's tracker, which
+needs transformers 5.x)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("Sa2VA-Qwen3-VL-4B", "ByteDance/Sa2VA-Qwen3-VL-4B", "qwen3_vl", 18.0, "default; best quality per GB",
                  shards=5),
     CatalogEntry("Sa2VA-Qwen3-VL-2B", "ByteDance/Sa2VA-Qwen3-VL-2B", "qwen3_vl", 10.7, "smallest Qwen3-VL", shards=3),
+    # shards: 21.2 GB at save_pretrained's 5 GB default shard size (not read from the hub; the download reads the index)
+    CatalogEntry("Sa2VA-Qwen3-VL-4B-SAM3", "ByteDance/Sa2VA-Qwen3-VL-4B-SAM3", "qwen3_vl", 21.2,
+                 "the 4B with SAM 3's tracker (1008 px) for masks; needs transformers 5.x", shards=5),
     CatalogEntry("Sa2VA-Qwen2_5-VL-3B", "ByteDance/Sa2VA-Qwen2_5-VL-3B", "qwen2_5_vl", 15.0, shards=4),
     CatalogEntry("Sa2VA-Qwen2_5-VL-7B", "ByteDance/Sa2VA-Qwen2_5-VL-7B", "qwen2_5_vl", 33.0, shards=7),
     CatalogEntry("Sa2VA-InternVL3-2B", "ByteDance/Sa2VA-InternVL3-2B", "internvl", 9.0, shards=2),

@@ -204,3 +204,153 @@ def sam2_release_names(native_names: Iterable[str]) -> set[str]:
             if release is not None:
                 out.add(release)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------- SAM3
+# Sa2VA-Qwen3-VL-4B-SAM3 stores SAM 3's tracker under the same prefix, in the original facebookresearch/sam3 names
+# (docs/formats.md, "SAM3 grounding"). Its prompt encoder, mask decoder, memory encoder and pointer heads are SAM2's
+# modules under SAM2's names with three prefixes of their own, so they are first rewritten into SAM2's spelling and
+# then go through SAM2_RENAMES; the ViT trunk and the tracker neck have their own table. Two release tensors change
+# shape on the way: the fused ``attn.qkv`` is split into q/k/v rows, and the class-token row 0 of ``pos_embed``
+# (unused by the tracker) is dropped. The detector neck ``convs.*`` (22 tensors) serves SAM 3's detector, which
+# Sa2VA does not run, and is not loaded.
+
+#: a release key under SAM2_PREFIX that only a SAM3 grounding encoder has
+SAM3_MARKER = "backbone.vision_backbone.trunk."
+SAM3_DETECTOR_NECK = "backbone.vision_backbone.convs."
+_SAM3_TRUNK = "backbone.vision_backbone.trunk."
+_SAM3_POS_EMBED_RELEASE = _SAM3_TRUNK + "pos_embed"
+_SAM3_POS_EMBED_NATIVE = "vision_encoder.backbone.embeddings.position_embeddings"
+#: (SAM3 release prefix, its SAM2 spelling), applied before SAM2_RENAMES
+SAM3_TO_SAM2_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("transformer.encoder.layers.", "memory_attention.layers."),
+    ("transformer.encoder.norm.", "memory_attention.norm."),
+    ("maskmem_backbone.", "memory_encoder."),
+)
+_SAM3_DECODER_MLP = re.compile(r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.lin([12])\.(weight|bias)$")
+_SAM3_DECODER_MLP_SAM2 = re.compile(
+    r"^sam_mask_decoder\.transformer\.layers\.(\d+)\.mlp\.layers\.([01])\.(weight|bias)$")
+#: (release template, native template) for the ViT trunk and the tracker neck; ``{i}`` is a number carried over
+SAM3_VISION_RENAMES: tuple[tuple[str, str], ...] = (
+    (_SAM3_TRUNK + "patch_embed.proj.", "vision_encoder.backbone.embeddings.patch_embeddings.projection."),
+    (_SAM3_TRUNK + "ln_pre.", "vision_encoder.backbone.layer_norm."),
+    (_SAM3_TRUNK + "blocks.{i}.norm1.", "vision_encoder.backbone.layers.{i}.layer_norm1."),
+    (_SAM3_TRUNK + "blocks.{i}.norm2.", "vision_encoder.backbone.layers.{i}.layer_norm2."),
+    (_SAM3_TRUNK + "blocks.{i}.attn.proj.", "vision_encoder.backbone.layers.{i}.attention.o_proj."),
+    (_SAM3_TRUNK + "blocks.{i}.mlp.fc1.", "vision_encoder.backbone.layers.{i}.mlp.fc1."),
+    (_SAM3_TRUNK + "blocks.{i}.mlp.fc2.", "vision_encoder.backbone.layers.{i}.mlp.fc2."),
+    ("backbone.vision_backbone.sam2_convs.{i}.dconv_2x2_0.", "vision_encoder.neck.fpn_layers.{i}.scale_layers.0."),
+    ("backbone.vision_backbone.sam2_convs.{i}.dconv_2x2_1.", "vision_encoder.neck.fpn_layers.{i}.scale_layers.2."),
+    ("backbone.vision_backbone.sam2_convs.{i}.dconv_2x2.", "vision_encoder.neck.fpn_layers.{i}.scale_layers.0."),
+    ("backbone.vision_backbone.sam2_convs.{i}.conv_1x1.", "vision_encoder.neck.fpn_layers.{i}.proj1."),
+    ("backbone.vision_backbone.sam2_convs.{i}.conv_3x3.", "vision_encoder.neck.fpn_layers.{i}.proj2."),
+)
+_SAM3_VISION = [_compile(release, native) for release, native in SAM3_VISION_RENAMES]
+_SAM3_QKV = re.compile(rf"^{re.escape(_SAM3_TRUNK)}blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_SAM3_QKV_NATIVE = re.compile(r"^vision_encoder\.backbone\.layers\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
+_SAM3_PREFIXES = [_compile(release, sam2) for release, sam2 in SAM3_TO_SAM2_PREFIXES]
+_SAM3_PREFIXES_BACK = [_compile(sam2, release) for release, sam2 in SAM3_TO_SAM2_PREFIXES]
+
+
+def is_sam3_release(names: Iterable[str]) -> bool:
+    """Whether release tensor names (with or without :data:`SAM2_PREFIX`) hold a SAM3 grounding encoder: the ViT
+    trunk ``backbone.vision_backbone.trunk.*`` (SAM2 releases have ``image_encoder.trunk.*``)."""
+    return any(n.startswith(SAM3_MARKER) or n.startswith(SAM2_PREFIX + SAM3_MARKER) for n in names)
+
+
+def sam3_key_to_native(key: str) -> str | None:
+    """SAM3 release name (prefix stripped) -> ``Sam3TrackerVideoModel`` name, for keys that map one to one.
+
+    Returns None for the tensors that do not: the fused qkv, the point embeddings and the detector neck
+    (see :func:`sam3_tensor_to_native`)."""
+    if key.startswith(SAM3_DETECTOR_NECK) or _SAM3_QKV.match(key) or _POINT_EMBEDDING.match(key):
+        return None
+    if key == _SAM3_POS_EMBED_RELEASE:
+        return _SAM3_POS_EMBED_NATIVE
+    if key.startswith("backbone."):
+        for pattern, repl in _SAM3_VISION:
+            if pattern.match(key):
+                return pattern.sub(repl, key, count=1)
+        return key  # unknown trunk/neck name: reported as unexpected by the key check
+    for pattern, repl in _SAM3_PREFIXES:
+        key = pattern.sub(repl, key, count=1)
+    m = _SAM3_DECODER_MLP.match(key)
+    if m:
+        key = f"sam_mask_decoder.transformer.layers.{m.group(1)}.mlp.layers.{int(m.group(2)) - 1}.{m.group(3)}"
+    return sam2_key_to_native(key)
+
+
+def sam3_tensor_to_native(key: str, tensor) -> list[tuple[str, int | None, object]]:
+    """Where one SAM3 release tensor goes in ``Sam3TrackerVideoModel``: ``[(native name, row or None, tensor)]``.
+
+    The fused ``qkv`` ``[3C, ...]`` gives three entries (its equal row chunks, q, k, v); ``pos_embed`` ``[1, 1+N, C]``
+    loses its class-token row 0; the detector neck gives none; the rest as :func:`sam2_tensor_to_native`."""
+    if key.startswith(SAM3_DETECTOR_NECK):
+        return []
+    m = _SAM3_QKV.match(key)
+    if m:
+        block, kind = m.groups()
+        return [(f"vision_encoder.backbone.layers.{block}.attention.{name}_proj.{kind}", None, part)
+                for name, part in zip("qkv", tensor.chunk(3, dim=0))]
+    if key == _SAM3_POS_EMBED_RELEASE:
+        return [(_SAM3_POS_EMBED_NATIVE, None, tensor[:, 1:])]
+    if _POINT_EMBEDDING.match(key):
+        return sam2_tensor_to_native(key, tensor)
+    native = sam3_key_to_native(key)
+    if native == _GAUSSIAN_NATIVE:
+        return [(_GAUSSIAN_NATIVE, None, tensor), (_GAUSSIAN_NATIVE_COPY, None, tensor)]
+    return [(native, None, tensor)]
+
+
+def sam3_key_to_release(key: str) -> str | None:
+    """``Sam3TrackerVideoModel`` name -> SAM3 release name (prefix stripped), for keys stored one to one; None for
+    the duplicated gaussian matrix, the point embeddings and the q/k/v projections (fused in the release)."""
+    if _SAM3_QKV_NATIVE.match(key):
+        return None
+    if key == _SAM3_POS_EMBED_NATIVE:
+        return _SAM3_POS_EMBED_RELEASE
+    if key.startswith("vision_encoder."):
+        for release, native in SAM3_VISION_RENAMES:
+            pattern, repl = _compile(native, release)
+            if pattern.match(key):
+                out = pattern.sub(repl, key, count=1)
+                # fpn level 0 has two transposed convs (scale_layers.0 / .2), level 1 one (scale_layers.0 only)
+                if "dconv_2x2_0." in out and not key.startswith("vision_encoder.neck.fpn_layers.0."):
+                    out = out.replace("dconv_2x2_0.", "dconv_2x2.")
+                return out
+        return key
+    key = sam2_key_to_release(key)
+    if key is None:
+        return None
+    m = _SAM3_DECODER_MLP_SAM2.match(key)
+    if m:
+        key = f"sam_mask_decoder.transformer.layers.{m.group(1)}.mlp.lin{int(m.group(2)) + 1}.{m.group(3)}"
+    for pattern, repl in _SAM3_PREFIXES_BACK:
+        key = pattern.sub(repl, key, count=1)
+    return key
+
+
+def sam3_release_shapes(native_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Release name -> shape of every SAM3 tensor a release holds for a ``Sam3TrackerVideoModel`` with these
+    parameter shapes: the model's tensors in release form (fused qkv, ``pos_embed`` with its class-token row, four
+    point embeddings) plus the detector neck, whose tensors have the tracker neck's shapes."""
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in native_shapes.items():
+        m = _SAM3_QKV_NATIVE.match(key)
+        if m:
+            block, name, kind = m.groups()
+            if name == "q":
+                out[f"{_SAM3_TRUNK}blocks.{block}.attn.qkv.{kind}"] = (3 * shape[0], *shape[1:])
+            continue
+        if key == _POINT_EMBED_NATIVE:
+            out.update({_POINT_EMBED_RELEASE.format(i): (1, *shape[1:]) for i in range(shape[0])})
+            continue
+        release = sam3_key_to_release(key)
+        if release is None:
+            continue
+        if release == _SAM3_POS_EMBED_RELEASE:
+            shape = (shape[0], shape[1] + 1, *shape[2:])
+        out[release] = tuple(shape)
+        if release.startswith("backbone.vision_backbone.sam2_convs."):
+            out[release.replace(".sam2_convs.", ".convs.", 1)] = tuple(shape)
+    return out

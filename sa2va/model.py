@@ -42,6 +42,7 @@ from .labels import object_labels
 from .objects import ObjectMasks, object_score
 from .quantization import QUANTIZATION_MODES, require_bitsandbytes
 from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
+from .sam3 import load_sam3
 from .video import VideoOptions, VideoPrediction, segment_clip
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ def _stop_if_cancelled(cancelled: Callable[[], bool] | None, stage: str) -> None
 
 #: SAM2 Hiera-L image encoder activations per image at fp32 (measured on the CPU, docs/performance.md)
 SAM2_ENCODER_BYTES_FP32 = 400 * 2**20
+#: SAM 3's tracker encoder (ViT-L/14 at 1008 px + neck) activations per image at fp32 (545 MiB measured on the CPU
+#: with transformers 5.24, Sa2VA-Qwen3-VL-4B-SAM3's geometry)
+SAM3_ENCODER_BYTES_FP32 = 560 * 2**20
 #: visual tokens: one per 28x28 pixels within the processor's budget (Qwen-VL; InternVL's tiles are close to it)
 _PIXELS_PER_TOKEN = 28 * 28
 _PIXEL_BUDGET = (512 * _PIXELS_PER_TOKEN, 2048 * _PIXELS_PER_TOKEN)
@@ -80,8 +84,8 @@ class MemoryProfile:
 
     :meth:`activation_bytes` is an upper-end estimate of the memory one prediction uses on top of the weights
     (docs/performance.md, "Memory the nodes ask ComfyUI for"): the key/value cache of the whole sequence, the
-    prefill's hidden states and MLP activations, the vision tower's activations, the scores, and the SAM2 image
-    encoder's activations."""
+    prefill's hidden states and MLP activations, the vision tower's activations, the scores, and the grounding image
+    encoder's activations (``grounding_bytes_fp32`` at fp32: SAM2 Hiera-L, or SAM 3's ViT for the SAM3 release)."""
 
     layers: int
     kv_heads: int
@@ -91,6 +95,7 @@ class MemoryProfile:
     vocab: int
     vision_hidden: int
     dtype_bytes: int
+    grounding_bytes_fp32: int = SAM2_ENCODER_BYTES_FP32
 
     def activation_bytes(self, height: int, width: int, max_new_tokens: int, images: int = 1) -> int:
         """Bytes of activations for ``images`` images of ``height`` x ``width`` and an answer of up to
@@ -102,7 +107,7 @@ class MemoryProfile:
         prefill = (visual + _PROMPT_TOKENS) * (4 * self.hidden + 2 * self.intermediate) * self.dtype_bytes
         vision = 4 * (pixels // _PIXELS_PER_TOKEN) * self.vision_hidden * 8 * self.dtype_bytes
         scores = 2 * self.vocab * 4
-        sam2 = SAM2_ENCODER_BYTES_FP32 * self.dtype_bytes // 4
+        sam2 = self.grounding_bytes_fp32 * self.dtype_bytes // 4
         return int(kv_cache + prefill + vision + scores + sam2)
 
 
@@ -211,7 +216,9 @@ class Sa2VAModel:
                              intermediate=int(getattr(text, "intermediate_size", 4 * hidden)),
                              vocab=int(text.vocab_size),
                              vision_hidden=int(getattr(vision, "hidden_size", hidden) if vision is not None else hidden),
-                             dtype_bytes=torch.empty(0, dtype=self.options.dtype).element_size())
+                             dtype_bytes=torch.empty(0, dtype=self.options.dtype).element_size(),
+                             grounding_bytes_fp32=SAM3_ENCODER_BYTES_FP32 if self.grounding.rules.name == "sam3"
+                             else SAM2_ENCODER_BYTES_FP32)
 
     # ------------------------------------------------------------------------------------------ engine seams
     def prompt_inputs(self, images: list, prompt: str, regions: list | None = None) -> dict:
@@ -568,6 +575,15 @@ def _load_projection(folder: Path, index: ShardIndex, hidden: int, dtype: torch.
     return module.to(device).eval()
 
 
+def _load_grounding(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
+                    device: torch.device, compile_encoder: bool | str = False) -> GroundingHead:
+    """The grounding head of a release: SAM 3's tracker when the weights hold its ViT trunk (config.json has no
+    marker; Sa2VA-Qwen3-VL-4B-SAM3), else SAM2."""
+    if keymap.is_sam3_release(index.names(keymap.SAM2_PREFIX)):
+        return load_sam3(folder, config, index, dtype, device, compile_encoder)
+    return _load_sam2(folder, config, index, dtype, device, compile_encoder)
+
+
 def _load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
                device: torch.device, compile_encoder: bool | str = False) -> GroundingHead:
     from transformers import Sam2VideoModel
@@ -702,7 +718,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     options = LoadOptions(dtype=dtype, device=device, quantization=quantization,
                           attn_implementation=attn_implementation or "sdpa", device_map=device_map)
     processor = adapter.load_processor(folder, config)
-    grounding = _load_sam2(folder, config, index, dtype, device, compile_sam2)
+    grounding = _load_grounding(folder, config, index, dtype, device, compile_sam2)
     projection = _load_projection(folder, index, adapter.hidden_size(config), dtype, device)
     vlm = adapter.load_vlm(folder, config, index, options)
     logger.info("Loaded %s (%s) on %s as %s%s", folder.name, family, device, dtype,

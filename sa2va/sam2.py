@@ -13,6 +13,10 @@ Semantics reproduced from the reference (docs/design.md, "SAM2 input" and "SAM2 
   top FPN level + ``no_memory_embedding``; multimask output, best of masks 1..3 by predicted IoU;
 * **no object-score clamp**: the returned values are mask logits (not probabilities), never -1024-masked.
 
+The same head drives SAM 3's tracker (``Sam3TrackerVideoModel``, Sa2VA-Qwen3-VL-4B-SAM3, :mod:`sa2va.sam3`): its
+sub-modules have the same signatures, and what differs is data (:class:`~sa2va.grounding.GroundingRules`: the clamp
+is on there) or config (1008 px, 288x288 logits).
+
 The image encoder runs once per image; all [SEG] embeddings of an image are decoded in one mask-decoder call.
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .compat import sam2_image_features
+from .grounding import NO_OBJECT_SCORE, SAM2_RULES, GroundingRules
 
 logger = logging.getLogger(__name__)
 
@@ -319,15 +324,19 @@ def encode_image_fast(model, pixel_values: torch.Tensor, positions: _WindowPosit
 
 
 class GroundingHead:
-    """Language-prompted SAM2 around a transformers ``Sam2VideoModel``.
+    """Language-prompted SAM around a transformers ``Sam2VideoModel`` or ``Sam3TrackerVideoModel``.
 
-    The model holds the weights; this class holds no state between calls."""
+    The two share the prompt encoder, the mask decoder, the memory modules and their call signatures; what differs
+    between the releases is in ``rules`` (:class:`~sa2va.grounding.GroundingRules`) and in the model's config. The
+    model holds the weights; this class holds no state between calls."""
 
-    def __init__(self, model, compile_encoder: bool | str = False) -> None:
+    def __init__(self, model, compile_encoder: bool | str = False, rules: GroundingRules = SAM2_RULES) -> None:
         self.model = model
+        self.rules = rules
         self.image_size: int = int(model.config.image_size)
-        self.fast_encoder: bool = fast_encoder_supported(model)
-        if not self.fast_encoder:
+        # the hand-written fast path is SAM2's Hiera; SAM3's ViT runs as transformers' get_image_features
+        self.fast_encoder: bool = rules.name == "sam2" and fast_encoder_supported(model)
+        if not self.fast_encoder and rules.name == "sam2":
             logger.info("This transformers version's SAM2 vision encoder differs from the one the fast path was "
                         "written for; using Sam2VideoModel.get_image_features")
         self._window_positions = _WindowPositionCache()
@@ -338,7 +347,9 @@ class GroundingHead:
         self.reuse_buffers = True
         #: the torch.compile backend in use for the image encoder, or None
         self.compiled: str | None = None
-        if compile_encoder:
+        if compile_encoder and not self.fast_encoder:
+            logger.info("compile_sam2 applies to SAM2's own encoder path only; %s's encoder runs uncompiled", rules.name)
+        elif compile_encoder:
             backend = "inductor" if compile_encoder is True else str(compile_encoder)
             self._encoder = torch.compile(self._encode_eager, backend=backend, dynamic=False)
             self.compiled = backend
@@ -395,7 +406,8 @@ class GroundingHead:
         """Decode K masks of one image in a single mask-decoder call.
 
         pixel_embedding: ``[1, 256, h, w]``; high_res: the image's ``[s0, s1]`` (batch 1);
-        language: ``[K, 256]`` projected [SEG] embeddings, or None for a memory-tracked frame (K = 1)."""
+        language: ``[K, 256]`` projected [SEG] embeddings, or None for a memory-tracked frame (K = 1).
+        Under ``rules.clamp_absent`` (SAM3) a mask whose object score is <= 0 is :data:`NO_OBJECT_SCORE` everywhere."""
         model = self.model
         count = 1 if language is None else language.shape[0]
         device, dtype = pixel_embedding.device, pixel_embedding.dtype
@@ -414,6 +426,8 @@ class GroundingHead:
         best = iou.argmax(-1)
         rows = torch.arange(count, device=device)
         low = masks[rows, best].unsqueeze(1)
+        if self.rules.clamp_absent:
+            low = torch.where(object_score[:, :, None, None] > 0, low, torch.full_like(low, NO_OBJECT_SCORE))
         appear = (object_score > 0).to(tokens.dtype)
         pointer = model.object_pointer_proj(tokens[rows, best])
         pointer = appear * pointer + (1 - appear) * model.no_object_pointer

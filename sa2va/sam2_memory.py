@@ -1,4 +1,5 @@
-"""SAM2's video memory on transformers' public SAM2 modules: memory encoding, the memory bank, memory attention.
+"""SAM2's (and SAM 3's tracker's) video memory on transformers' public modules: memory encoding, the memory bank,
+memory attention.
 
 transformers implements these steps in private methods of ``Sam2VideoModel`` (``_encode_new_memory``,
 ``_prepare_memory_conditioned_features``) that read from a ``Sam2VideoInferenceSession``; private methods may change
@@ -18,6 +19,13 @@ Semantics (SAM2 v1.0 as Sa2VA configures it, docs/design.md, "Video"):
   v1.0; each 256-d pointer is split into ``256 / mem_dim`` tokens that skip the rotary encoding);
 * SAM2.1's extras (an occlusion embedding on memories, a temporal encoding of pointers) are absent: ``sam2_config``
   forces the v1.0 flags that match the release weights;
+* SAM 3's tracker (Sa2VA-Qwen3-VL-4B-SAM3, ``Sam3TrackerVideoModel``) adds what its config enables and its release
+  code does: a conditioning frame's memory is encoded from its mask binarised at 0 (``binarize=True``), the mask
+  (as +-10) is resampled to the mask downsampler's input size (1152 at 1008 px; bilinear with antialiasing) *after*
+  that step, an occlusion embedding is added to the memory of a frame whose object score is <= 0, at most
+  ``max_cond_frame_num`` (4) conditioning frames are attended (the temporally closest; the others count as tracked
+  frames when recent), and each object pointer carries a temporal sine encoding of its distance to the current frame
+  (normalised by ``max_object_pointers - 1``) projected to ``mem_dim``;
 * the bank keeps only what that attention can still read: every conditioning frame, the last
   ``max(num_maskmem, max_object_pointers) - 1`` tracked frames' pointers and the last ``num_maskmem - 1`` tracked
   frames' features. Its size does not grow with the clip length.
@@ -42,22 +50,34 @@ class FrameMemory:
     pointer: torch.Tensor
 
 
-def encode_memory(model, top: torch.Tensor, size: tuple[int, int], high_res_logits: torch.Tensor
+def encode_memory(model, top: torch.Tensor, size: tuple[int, int], high_res_logits: torch.Tensor,
+                  binarize: bool = False, object_score: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Memory features of one frame for K objects (what ``Sam2VideoModel._encode_new_memory`` computes).
+    """Memory features of one frame for K objects (what the release code's ``_encode_new_memory`` computes).
 
     top: the frame's raw top-level features ``[h*w, 1 or K, C]`` (no ``no_memory_embedding`` added); size: ``(h, w)``;
-    high_res_logits: ``[K, 1, S, S]`` mask logits at the model's image size. Returns (features ``[h*w, K, mem_dim]``
+    high_res_logits: ``[K, 1, S, S]`` mask logits at the model's image size; binarize: encode ``logits > 0`` instead
+    of ``sigmoid(logits)`` (SAM 3's conditioning frames); object_score: ``[K, 1]`` logits, needed when the model has an
+    occlusion embedding (SAM 3), which is added where the score is <= 0. The mask, as ``* 20 - 10``, is resampled to
+    ``4 x`` the prompt encoder's mask size when that differs from S (SAM 3: 1008 -> 1152; the release resamples
+    after scaling, transformers before, which differs at the mask's edge). Returns (features ``[h*w, K, mem_dim]``
     bfloat16, position encoding ``[h*w, 1, mem_dim]`` in the logits' dtype)."""
     count = high_res_logits.shape[0]
     config = model.config
     mask_h, mask_w = model.prompt_encoder.mask_input_size
-    if tuple(high_res_logits.shape[-2:]) != (4 * mask_h, 4 * mask_w):
-        high_res_logits = F.interpolate(high_res_logits.float(), size=(4 * mask_h, 4 * mask_w), mode="bilinear",
-                                        align_corners=False, antialias=True).to(high_res_logits.dtype)
     pixels = top.permute(1, 2, 0).reshape(top.shape[1], top.shape[2], *size).expand(count, -1, -1, -1)
-    mask = torch.sigmoid(high_res_logits) * config.sigmoid_scale_for_mem_enc + config.sigmoid_bias_for_mem_enc
+    mask = (high_res_logits > 0).to(high_res_logits.dtype) if binarize else torch.sigmoid(high_res_logits)
+    mask = mask * config.sigmoid_scale_for_mem_enc + config.sigmoid_bias_for_mem_enc
+    if tuple(mask.shape[-2:]) != (4 * mask_h, 4 * mask_w):
+        mask = F.interpolate(mask.float(), size=(4 * mask_h, 4 * mask_w), mode="bilinear", align_corners=False,
+                             antialias=True)
     features, position = model.memory_encoder(pixels, mask.to(pixels.dtype))
+    occlusion = getattr(model, "occlusion_spatial_embedding_parameter", None)
+    if occlusion is not None:
+        if object_score is None:
+            raise RuntimeError("encode_memory needs the object scores for a model with an occlusion embedding")
+        absent = 1 - (object_score > 0).to(features.dtype)                     # [K, 1]
+        features = features + absent[..., None, None] * occlusion[..., None, None].to(features.dtype)
     features = features.to(torch.bfloat16).flatten(2).permute(2, 0, 1)
     position = position[:1].to(high_res_logits.dtype).flatten(2).permute(2, 0, 1)
     return features, position
@@ -147,6 +167,7 @@ class MemoryBank:
             memory.append(entry.features.to(device=device, dtype=dtype))
             memory_position.append(self.position.to(device=device, dtype=dtype) + temporal[offset - 1].to(dtype))
         pointers = [entry.pointer for t, entry in selected.items() if t <= frame]
+        offsets = [frame - t for t in selected if t <= frame]
         for distance in range(1, self.max_pointers):
             t = frame - distance
             if t < 0:
@@ -154,12 +175,20 @@ class MemoryBank:
             entry = self.tracked.get(t, unselected.get(t))
             if entry is not None:
                 pointers.append(entry.pointer)
+                offsets.append(distance)
         count = memory[0].shape[1] if memory else pointers[0].shape[0]
         pointer_tokens = 0
         if pointers:
             stacked = torch.stack([p.to(device=device, dtype=dtype) for p in pointers])  # [P, K, C]
             channels, mem_dim = stacked.shape[-1], model.mem_dim
-            pointer_position = stacked.new_zeros(stacked.shape[0], count, mem_dim)
+            if getattr(model.config, "enable_temporal_pos_encoding_for_object_pointers", False):
+                # SAM 3 (SAM2.1): sine encoding of each pointer's distance, normalised by max_pointers - 1
+                distances = torch.tensor(offsets, device=device, dtype=torch.float32) / max(self.max_pointers - 1, 1)
+                encoding = sine_encoding(distances, channels).to(dtype)
+                encoding = model.temporal_positional_encoding_projection_layer(encoding)     # [P, mem_dim]
+                pointer_position = encoding[:, None, :].expand(-1, count, -1)
+            else:
+                pointer_position = stacked.new_zeros(stacked.shape[0], count, mem_dim)
             if mem_dim < channels:  # split each pointer into channels / mem_dim tokens
                 splits = channels // mem_dim
                 stacked = stacked.reshape(-1, count, splits, mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
@@ -174,6 +203,16 @@ class MemoryBank:
                                      memory_posision_embeddings=torch.cat(memory_position, dim=0),
                                      num_object_pointer_tokens=pointer_tokens)
         return _to_maps(out, count, top.shape[0], size)
+
+
+def sine_encoding(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """1-D sine/cosine encoding ``[P, dim]`` of ``[P]`` positions, as SAM's ``get_1d_sine_pe``: ``dim / 2`` sines
+    then ``dim / 2`` cosines of ``position / temperature ** (2 * (i // 2) / (dim / 2))``."""
+    half = dim // 2
+    scales = torch.arange(half, dtype=torch.float32, device=positions.device)
+    scales = temperature ** (2 * (scales // 2) / half)
+    angles = positions.unsqueeze(-1) / scales
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def _to_maps(out: torch.Tensor, count: int, tokens: int, size: tuple[int, int]) -> torch.Tensor:

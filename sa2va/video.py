@@ -15,6 +15,11 @@ Reference semantics (``predict_forward(video=...)``, docs/design.md, "Video"):
 4. each frame's 256x256 logits go to the model's image size and then to the size of frame 0 (bilinear both times),
    then through a sigmoid.
 
+Sa2VA-Qwen3-VL-4B-SAM3 runs the same steps on SAM 3's tracker (1008 px, 288x288 logits) with its release's rules
+(:class:`~sa2va.grounding.GroundingRules`, :mod:`sa2va.sam2_memory`): the object-score clamp is on, conditioning
+memory is binarised, at most 4 conditioning frames are attended, pointers carry a temporal encoding and absent
+objects an occlusion embedding.
+
 Unlike the reference, the SAM2 image encoder runs once per frame (the reference encodes each key frame twice and the
 whole clip once per [SEG]); all [SEG] of a frame share that pass. Frames are converted and resized one at a time, so
 only one frame's pixels and features exist at once, and the memory bank (:mod:`sa2va.sam2_memory`) holds only what
@@ -160,8 +165,9 @@ def _track_memory(head, source: FrameSource, keys: list[int], key_images: dict[i
         steps.check()
         features = head.encode(sam2_pixels([key_images.pop(frame)], size))
         out = head.decode(head.pixel_embedding(features), features.high_res, embeddings)
-        memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(out.low_res_logits,
-                                                                                               size))
+        memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(out.low_res_logits, size),
+                                         binarize=head.rules.binarize_conditioning_memory,
+                                         object_score=out.object_score)
         bank.add_conditioning(frame, memory, out.object_pointer, position)
         writer.write(frame, out.low_res_logits)
         del features, out, memory
@@ -176,7 +182,9 @@ def _track_memory(head, source: FrameSource, keys: list[int], key_images: dict[i
         outs = [head.decode(conditioned[k:k + 1], features.high_res, None) for k in range(conditioned.shape[0])]
         low = torch.cat([o.low_res_logits for o in outs])
         pointer = torch.cat([o.object_pointer for o in outs])
-        memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(low, size))
+        score = torch.cat([o.object_score for o in outs])
+        memory, position = encode_memory(sam, features.top, features.size, _upsample_to_image(low, size),
+                                         object_score=score)
         bank.add_tracked(frame, memory, pointer, position)
         peak = max(peak, bank.size_bytes())
         writer.write(frame, low)

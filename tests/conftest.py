@@ -23,6 +23,13 @@ from sa2va import testing as synthetic  # noqa: E402
 FAMILIES = ["qwen3_vl", "qwen2_5_vl", "llava"]
 
 
+def _is_large(options: dict) -> bool:
+    """Whether checkpoint options (values as given or as their ``str``) ask for a full-size grounding encoder."""
+    if options.get("grounding") == "sam3":
+        return str(options.get("sam3_layers", 2)) == "None" and str(options.get("sam3_width", 256)) == "1024"
+    return options.get("sam2") == "full"
+
+
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
     """checkpoint_factory(family, **options) -> folder; equal requests share one folder."""
@@ -31,9 +38,10 @@ def checkpoint_factory(tmp_path_factory):
     def make(family: str = "qwen3_vl", **options) -> Path:
         key = (family, tuple(sorted((k, str(v)) for k, v in options.items())))
         if key not in cache:
-            if options.get("sam2") == "full":
-                # a full-size SAM2 checkpoint is 0.45-0.9 GB: keep one at a time (CI's disk holds two venvs too)
-                for other in [k for k in cache if ("sam2", "full") in k[1]]:
+            if _is_large(options):
+                # a full-size SAM2 checkpoint is 0.45-0.9 GB, a full-size SAM3 one ~1.9 GB: keep one at a time (CI's
+                # disk holds two venvs too)
+                for other in [k for k in cache if _is_large(dict(k[1]))]:
                     shutil.rmtree(cache.pop(other))
             folder = tmp_path_factory.mktemp(f"ckpt_{family}")
             cache[key] = synthetic.write_checkpoint(folder, family, **options)

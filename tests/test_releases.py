@@ -48,7 +48,9 @@ def test_catalog_has_the_new_sam2_releases_with_their_file_lists():
                                     "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors")
     assert len(four_b.weight_files()) == 1 + 4
     assert all(e.shards >= 1 for e in catalog.CATALOG)
-    assert len({e.name for e in catalog.CATALOG}) == len(catalog.CATALOG) == 12
+    assert len({e.name for e in catalog.CATALOG}) == len(catalog.CATALOG) == 13
+    sam3 = catalog.find("ByteDance/Sa2VA-Qwen3-VL-4B-SAM3")
+    assert (sam3.name, sam3.family, sam3.download_gb) == ("Sa2VA-Qwen3-VL-4B-SAM3", "qwen3_vl", 21.2)
 
 
 # ------------------------------------------------------------------------------------------- single file

@@ -48,7 +48,7 @@ KEY_MAPPING = {
     r"^model\.visual\.": "model.visual.",
 }
 _CONFIG_DROP = {"template", "auto_map", "architectures", "model_type", "transformers_version", "dtype",
-                "torch_dtype", "sam2_config", "_name_or_path"}
+                "torch_dtype", "sam2_config", "sam3_config", "_name_or_path"}
 
 
 def _round_by(x: float, factor: int) -> int:

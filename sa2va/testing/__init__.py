@@ -26,7 +26,8 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
                      layout: str = "v4", weight_dtype: torch.dtype | None = None,
                      max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
                      text_size: dict | None = None, template: str | None = None,
-                     single_file: bool = False, decoder: str = "qwen2", vision_tower: str = "300m") -> Path:
+                     single_file: bool = False, decoder: str = "qwen2", vision_tower: str = "300m",
+                     grounding: str = "sam2", sam3_layers: int | None = 2, sam3_width: int = 256) -> Path:
     """Write a random Sa2VA checkpoint of ``family`` in its releases' format into ``folder``; returns the folder.
 
     family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or
@@ -37,7 +38,11 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     (InternVL only): the chat template config.json names (``"phi3_chat"`` as Sa2VA-4B), one ``model.safetensors``
     without an index (as Sa2VA-1B), ``decoder="internlm2"`` (Sa2VA-8B's format; ``weight_dtype=None`` then means
     its mixed bf16/fp32 export) and ``vision_tower="6b"`` (Sa2VA-26B's InternViT-6B switches); see
-    :func:`sa2va.testing.internvl.write_checkpoint`."""
+    :func:`sa2va.testing.internvl.write_checkpoint`. grounding: ``"sam3"`` writes Sa2VA-Qwen3-VL-4B-SAM3's format
+    (qwen3_vl only) with a SAM3 ViT of ``sam3_layers`` layers of ``sam3_width`` (``None, 1024``: the release's); see
+    :func:`sa2va.testing.qwen.write_checkpoint`."""
+    if grounding != "sam2" and family != "qwen3_vl":
+        raise ValueError(f"unknown grounding {grounding!r} for {family}: sam3 is a format of the qwen3_vl family only")
     if family == "internvl":
         from .internvl import write_checkpoint as write_internvl
 
@@ -64,7 +69,8 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     from .qwen import write_checkpoint as write_qwen
 
     return write_qwen(folder, family, sam2=sam2, seed=seed, layout=layout, weight_dtype=weight_dtype,
-                      max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
+                      max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size,
+                      grounding=grounding, sam3_layers=sam3_layers, sam3_width=sam3_width)
 
 
 __all__ = ["FAMILIES", "TINY_SAM2", "ForceByPromptLength", "ForceTokens", "write_checkpoint"]

@@ -242,7 +242,8 @@ def release_config(family: str, ids: dict[str, int], vocab_size: int, sam2: dict
 def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam2: str = "tiny", seed: int = 0,
                      layout: str = "v4", weight_dtype: torch.dtype | None = None,
                      max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
-                     text_size: dict | None = None) -> Path:
+                     text_size: dict | None = None, grounding: str = "sam2",
+                     sam3_layers: int | None = 2, sam3_width: int = 256) -> Path:
     """Write a tiny random Sa2VA checkpoint in the release format and return its folder.
 
     family: ``qwen3_vl`` or ``qwen2_5_vl``.
@@ -255,11 +256,17 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size: overrides of
     :data:`TINY_TEXT` for a bigger language model, e.g. ``{"hidden_size": 1024, "num_hidden_layers": 8,
     "intermediate_size": 2816, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 64}`` (benchmarks).
+    grounding: ``"sam2"`` or, for qwen3_vl, ``"sam3"`` (Sa2VA-Qwen3-VL-4B-SAM3's format: SAM 3's tracker at 1008 px
+    under the release's names, no marker in config.json; ``sam2`` is then ignored). sam3_layers, sam3_width: the SAM3
+    ViT's depth and width (a ``sam3_config`` block; the release's window, patch and head size); ``None, 1024`` is the
+    release's geometry (~1.8 GB, no block).
     """
     from ..families.qwen_vl import model_classes, native_config, native_to_release
 
     if family not in ("qwen3_vl", "qwen2_5_vl"):
         raise ValueError(f"unknown family {family!r}")
+    if grounding not in ("sam2", "sam3") or (grounding == "sam3" and family != "qwen3_vl"):
+        raise ValueError(f"unknown grounding {grounding!r} for {family} (sam2, or sam3 for qwen3_vl)")
     weight_dtype = weight_dtype or torch.float32
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -269,13 +276,21 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    config = release_config(family, ids, vocab_size, TINY_SAM2 if sam2 == "tiny" else None, text_size)
+    config = release_config(family, ids, vocab_size, TINY_SAM2 if sam2 == "tiny" and grounding == "sam2" else None,
+                            text_size)
+    if grounding == "sam3":
+        from .sam3 import SAM3_CONFIG_KEY, sam3_geometry
+
+        block = sam3_geometry(sam3_layers, sam3_width)
+        if block is not None:
+            config = dict(sorted({**config, SAM3_CONFIG_KEY: block}.items()))
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     _, model_class = model_classes(family)
     with torch.device("meta"):
         vlm = model_class(native_config(family, config, torch.float32))
-        sam = __import__("transformers").Sam2VideoModel(sam2_config(config.get("sam2_config")))
+        if grounding == "sam2":
+            sam = __import__("transformers").Sam2VideoModel(sam2_config(config.get("sam2_config")))
     state: dict[str, torch.Tensor] = {}
     for name, param in vlm.state_dict().items():
         state[native_to_release(name, layout)] = seeded_tensor(name, tuple(param.shape), seed)
@@ -291,6 +306,13 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
                         ("2.bias", (256,))):
         state[keymap.PROJECTION_PREFIX + name] = seeded_tensor("text_hidden_fcs." + name, shape, seed)
+    if grounding == "sam3":
+        from .sam3 import sam3_release_state
+
+        for name, tensor in sam3_release_state(config.get(SAM3_CONFIG_KEY), seed).items():
+            state[keymap.SAM2_PREFIX + name] = tensor
+        save_sharded(folder, state, max_shard_bytes)
+        return folder
     sam_native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
     sam_native["shared_image_embedding.positional_embedding"] = \
         sam_native["prompt_encoder.shared_embedding.positional_embedding"]

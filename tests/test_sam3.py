@@ -254,3 +254,32 @@ def test_activation_estimate_counts_sam3s_larger_encoder(sam3_model, model_facto
     assert sam3.grounding_bytes_fp32 == SAM3_ENCODER_BYTES_FP32 > SAM2_ENCODER_BYTES_FP32 == sam2.grounding_bytes_fp32
     assert sam3.activation_bytes(480, 640, 16) - sam2.activation_bytes(480, 640, 16) == \
         SAM3_ENCODER_BYTES_FP32 - SAM2_ENCODER_BYTES_FP32
+
+
+@needs_sam3
+def test_video_tracks_from_memory_and_offload_gives_the_same_masks(sam3_model):
+    """predict_video on SAM 3's tracker: 2 conditioning frames and 1 tracked frame of a still clip (the smallest
+    clip that runs the memory attention at 72x72). The conditioning frames repeat frame 0's mask (same image, same
+    prompt, no memory); the tracked frame's comes from the memory attention; keeping the masks and the memory bank on
+    the CPU (the offload options) changes nothing."""
+    from sa2va.testing import ForceTokens
+
+    frame = np.full((48, 64, 3), 90, np.uint8)
+    frame[12:32, 4:24] = [220, 30, 30]
+    frames = [frame] * 3
+    inputs = sam3_model.prompt_inputs(frames[:2], "Segment the box.")
+    answer = sam3_model.tokenizer("Sure, it is [SEG].", add_special_tokens=False)["input_ids"]
+    answer += [sam3_model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    def run(**options):
+        processor = ForceTokens(inputs["input_ids"].shape[1], answer)
+        return sam3_model.predict_video(frames, "<image>Segment the box.", max_new_tokens=16, key_frames=2,
+                                        logits_processor=[processor], **options)
+
+    plain = run()
+    masks = plain.masks[0]
+    assert plain.masks.shape == (1, 3, 48, 64) and plain.key_frames == [0, 1]
+    assert torch.equal(masks[1], masks[0])
+    assert (masks[2] - masks[0]).abs().max() > 1e-3
+    offloaded = run(offload_frames=True, offload_state=True)
+    assert torch.equal(offloaded.masks, plain.masks)

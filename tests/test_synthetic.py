@@ -33,6 +33,10 @@ for family in ("qwen3_vl", "qwen2_5_vl", "internvl", "llava"):
 folder = testing.write_checkpoint(Path(sys.argv[1]) / "internlm2", "internvl", seed=3, decoder="internlm2",
                                   vision_tower="6b", weight_dtype=None)
 out["internvl_internlm2"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+# Sa2VA-Qwen3-VL-4B-SAM3's format, where transformers has SAM 3 (5.x)
+if getattr(__import__("transformers"), "Sam3TrackerVideoModel", None) is not None:
+    folder = testing.write_checkpoint(Path(sys.argv[1]) / "sam3", "qwen3_vl", seed=3, grounding="sam3")
+    out["qwen3_vl_sam3"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 print(json.dumps(out))
 """
 
@@ -88,5 +92,7 @@ def test_parity_checkpoints_record_their_hashes():
     data = ROOT / "tests" / "data" / "parity"
     for meta_path in sorted(data.glob("*/checkpoint.json")):
         meta = json.loads(meta_path.read_text())
-        assert meta["write_checkpoint"]["sam2"] == "full"
+        options = meta["write_checkpoint"]
+        # full-size grounding: SAM2 Hiera-L, or SAM 3's tracker (only its ViT cut down, tests/data/parity/README.md)
+        assert options.get("sam2") == "full" or options.get("grounding") == "sam3", meta_path
         assert meta["shard_sha256"] and all(len(h) == 64 for h in meta["shard_sha256"].values())

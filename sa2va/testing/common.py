@@ -227,6 +227,34 @@ def add_seg_chain(state: dict, embed_key: str, head_key: str, chain: list[int], 
         head[nxt] = torch.from_numpy(row.astype(np.float32))
 
 
+def sam2_release_state(sam2_block: dict | None, seed: int) -> dict[str, torch.Tensor]:
+    """The SAM2 grounding encoder of a synthetic checkpoint under the releases' names (``SAM2_PREFIX`` included):
+    a ``Sam2VideoModel`` described by ``sam2_block`` (a ``sam2_config`` block; None for Hiera-L v1 at 1024 px) with
+    every tensor drawn under its native name, the shared Gaussian matrix stored once as the releases do."""
+    from transformers import Sam2VideoModel
+
+    from .. import keymap
+    from ..sam2 import sam2_config
+
+    with torch.device("meta"):
+        sam = Sam2VideoModel(sam2_config(sam2_block))
+    native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
+    native["shared_image_embedding.positional_embedding"] = \
+        native["prompt_encoder.shared_embedding.positional_embedding"]
+    release = keymap.sam2_state_to_release(native)
+    return {keymap.SAM2_PREFIX + name: tensor.contiguous() for name, tensor in release.items()}
+
+
+def projection_state(hidden: int, seed: int) -> dict[str, torch.Tensor]:
+    """The [SEG] projection ``text_hidden_fcs`` (Linear hidden->hidden, ReLU, Linear hidden->256) of a synthetic
+    checkpoint, under the releases' names."""
+    from .. import keymap
+
+    shapes = (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)), ("2.bias", (256,)))
+    return {keymap.PROJECTION_PREFIX + name: seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
+            for name, shape in shapes}
+
+
 def save_sharded(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
     """Write safetensors shards in key order plus ``model.safetensors.index.json`` (as save_pretrained does)."""
     from safetensors.torch import save_file

@@ -25,9 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .. import keymap
 from . import internlm2
-from ..sam2 import sam2_config
 from .common import (
     CORPUS,
     NUM_MERGES,
@@ -36,6 +34,8 @@ from .common import (
     QWEN_SPLIT,
     SA2VA_TOKENS,
     TINY_SAM2,
+    projection_state,
+    sam2_release_state,
     save_sharded,
     save_single,
     scaled_values,
@@ -253,7 +253,6 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     bias) or ``"6b"`` (RMSNorm, qk-norm, no qkv bias: Sa2VA-26B's InternViT-6B switches on the tiny tower). The
     defaults write the bytes the committed parity references were made from."""
     from tokenizers import Tokenizer
-    from transformers import Sam2VideoModel
 
     if sam2 not in ("tiny", "full"):
         raise ValueError(f"unknown SAM2 size {sam2!r}")
@@ -289,17 +288,8 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
         start = tok.encode("\n", add_special_tokens=False).ids
         add_seg_chain(state, "language_model.model.embed_tokens.weight", "language_model.lm_head.weight",
                    start + answer, seed)
-    with torch.device("meta"):
-        sam = Sam2VideoModel(sam2_config(config.get("sam2_config")))
-    sam_native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
-    sam_native["shared_image_embedding.positional_embedding"] = \
-        sam_native["prompt_encoder.shared_embedding.positional_embedding"]
-    for name, tensor in keymap.sam2_state_to_release(sam_native).items():
-        state[keymap.SAM2_PREFIX + name] = tensor.contiguous()
-    hidden = config["llm_config"]["hidden_size"]
-    for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
-                        ("2.bias", (256,))):
-        state[keymap.PROJECTION_PREFIX + name] = seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
+    state.update(sam2_release_state(config.get("sam2_config"), seed))
+    state.update(projection_state(config["llm_config"]["hidden_size"], seed))
     if weight_dtype is None:  # the old exports: InternViT in bf16, the rest in fp32
         state = {k: v.to(torch.bfloat16 if k.startswith("vision_model.") else torch.float32).contiguous()
                  for k, v in state.items()}

@@ -28,10 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .. import keymap
-from ..sam2 import sam2_config
-from .common import (CORPUS, SA2VA_TOKENS, TINY_SAM2, add_seg_chain, merge_pair, pair_counts, save_sharded,
-                     seeded_tensor)
+from .common import (CORPUS, SA2VA_TOKENS, TINY_SAM2, add_seg_chain, merge_pair, pair_counts, projection_state,
+                     sam2_release_state, save_sharded, seeded_tensor)
 
 #: tiny CLIP vision model with CLIP ViT-L/14-336's geometry of patches (336 px, 14 px patches: 576 tokens)
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2}
@@ -205,7 +203,6 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     1024 px, as the release). weight_dtype: fp32 like the release. seg_chain: bias the weights so the model answers
     ``Sure, it is [SEG].`` then ``</s>`` by itself. text_size: overrides of :data:`TINY_TEXT`."""
     from tokenizers import Tokenizer
-    from transformers import Sam2VideoModel
 
     if sam2 not in ("tiny", "full"):
         raise ValueError(f"unknown SAM2 size {sam2!r}")
@@ -227,17 +224,8 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
         start = tok.encode("ASSISTANT:", add_special_tokens=False).ids[-1:]
         add_seg_chain(state, "model.model.language_model.embed_tokens.weight", "model.lm_head.weight",
                       start + answer, seed)
-    with torch.device("meta"):
-        sam = Sam2VideoModel(sam2_config(config.get("sam2_config")))
-    sam_native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
-    sam_native["shared_image_embedding.positional_embedding"] = \
-        sam_native["prompt_encoder.shared_embedding.positional_embedding"]
-    for name, tensor in keymap.sam2_state_to_release(sam_native).items():
-        state[keymap.SAM2_PREFIX + name] = tensor.contiguous()
-    hidden = config["text_config"]["hidden_size"]
-    for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
-                        ("2.bias", (256,))):
-        state[keymap.PROJECTION_PREFIX + name] = seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)
+    state.update(sam2_release_state(config.get("sam2_config"), seed))
+    state.update(projection_state(config["text_config"]["hidden_size"], seed))
     state = {k: v.to(weight_dtype).contiguous() for k, v in state.items()}
     save_sharded(folder, state, max_shard_bytes)
     return folder

@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from .. import keymap
-from ..sam2 import sam2_config
 from .common import (
     CORPUS,
     NUM_MERGES,
@@ -33,6 +32,8 @@ from .common import (
     QWEN_SPLIT,
     SA2VA_TOKENS,
     TINY_SAM2,
+    projection_state,
+    sam2_release_state,
     save_sharded,
     seeded_tensor,
     add_seg_chain,
@@ -289,8 +290,6 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     _, model_class = model_classes(family)
     with torch.device("meta"):
         vlm = model_class(native_config(family, config, torch.float32))
-        if grounding == "sam2":
-            sam = __import__("transformers").Sam2VideoModel(sam2_config(config.get("sam2_config")))
     state: dict[str, torch.Tensor] = {}
     for name, param in vlm.state_dict().items():
         state[native_to_release(name, layout)] = seeded_tensor(name, tuple(param.shape), seed)
@@ -302,21 +301,13 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
         add_seg_chain(state, embed, "model.lm_head.weight", start + answer, seed)
     if weight_dtype != torch.float32:
         state = {k: v.to(weight_dtype) for k, v in state.items()}
-    hidden = config["text_config"]["hidden_size"]
-    for name, shape in (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)),
-                        ("2.bias", (256,))):
-        state[keymap.PROJECTION_PREFIX + name] = seeded_tensor("text_hidden_fcs." + name, shape, seed)
+    state.update(projection_state(config["text_config"]["hidden_size"], seed))
     if grounding == "sam3":
         from .sam3 import sam3_release_state
 
         for name, tensor in sam3_release_state(config.get(SAM3_CONFIG_KEY), seed).items():
             state[keymap.SAM2_PREFIX + name] = tensor
-        save_sharded(folder, state, max_shard_bytes)
-        return folder
-    sam_native = {name: seeded_tensor(name, tuple(t.shape), seed) for name, t in sam.state_dict().items()}
-    sam_native["shared_image_embedding.positional_embedding"] = \
-        sam_native["prompt_encoder.shared_embedding.positional_embedding"]
-    for name, tensor in keymap.sam2_state_to_release(sam_native).items():
-        state[keymap.SAM2_PREFIX + name] = tensor.contiguous()
+    else:
+        state.update(sam2_release_state(config.get("sam2_config"), seed))
     save_sharded(folder, state, max_shard_bytes)
     return folder

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
+from ..errors import ModelFolderError
+from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 
 
 @dataclass
@@ -32,6 +34,29 @@ class LoadOptions:
         if self.quantization or self.device.type != "cpu":
             return {"device_map": {"": self.device}}
         return {}
+
+
+def untied_in_dtype(native, dtype: torch.dtype):
+    """``native`` (a transformers vision-language config) set to compute in ``dtype`` throughout, with the LM head
+    untied from the embeddings as every Sa2VA release stores it; returns it."""
+    native.dtype = dtype
+    for sub in ("text_config", "vision_config"):
+        getattr(native, sub).dtype = dtype
+    native.tie_word_embeddings = False
+    native.text_config.tie_word_embeddings = False
+    return native
+
+
+def require_complete_load(folder, missing: list[str], unexpected: list[str]) -> None:
+    """Raise :class:`ModelFolderError` when ``from_pretrained`` left language-model tensors missing or unexpected.
+
+    missing / unexpected: its loading-info lists after the family's own exceptions; the grounding encoder and the
+    [SEG] projection, which the pack loads itself, are never counted as unexpected."""
+    unexpected = [k for k in unexpected if not k.startswith((SAM2_PREFIX, PROJECTION_PREFIX))]
+    if missing or unexpected:
+        raise ModelFolderError(f"{folder}: transformers reported {len(missing)} missing and {len(unexpected)} "
+                               f"unexpected language-model tensors (e.g. {(list(missing) + unexpected)[:3]}). "
+                               f"Download the model again.")
 
 
 class FamilyAdapter(Protocol):

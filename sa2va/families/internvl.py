@@ -47,7 +47,7 @@ from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
 from . import internlm2
-from .base import LoadOptions, cache_projected_features, quiet_transformers
+from .base import LoadOptions, cache_projected_features, quiet_transformers, require_complete_load, untied_in_dtype
 from .internlm2_tokenizer import InternLM2Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -267,12 +267,7 @@ def native_config(config: dict, image_token_id: int, dtype: torch.dtype):
             image_seq_length=tokens_per_tile(config), downsample_ratio=config.get("downsample_ratio", 0.5),
             projector_hidden_act="gelu", vision_feature_layer=config.get("select_layer", -1),
             vision_feature_select_strategy="default", tie_word_embeddings=False)
-    native.dtype = dtype
-    native.vision_config.dtype = dtype
-    native.text_config.dtype = dtype
-    native.tie_word_embeddings = False
-    native.text_config.tie_word_embeddings = False
-    return native
+    return untied_in_dtype(native, dtype)
 
 
 # ----------------------------------------------------------------------------------------------- tiling
@@ -451,14 +446,10 @@ class InternVLAdapter:
         fused = [n for n in index.names("vision_model.") if QKV_RELEASE.match(n)] + \
             [n for n in index.names("language_model.") if _WQKV_RELEASE.match(n)]
         split = {name for release in fused for name in release_to_native(release)}
-        missing = set(info.get("missing_keys", [])) - split
+        missing = sorted(set(info.get("missing_keys", [])) - split)
         unexpected = [k for k in info.get("unexpected_keys", [])
-                      if not k.startswith((SAM2_PREFIX, PROJECTION_PREFIX)) and not QKV_RELEASE.match(k)
-                      and not _WQKV_RELEASE.match(k) and not _WQKV_RENAMED.match(k)]
-        if missing or unexpected:
-            names = sorted(missing) + unexpected
-            raise ModelFolderError(f"{folder}: transformers reported {len(missing)} missing and {len(unexpected)} "
-                                   f"unexpected language-model tensors (e.g. {names[:3]}). Download the model again.")
+                      if not QKV_RELEASE.match(k) and not _WQKV_RELEASE.match(k) and not _WQKV_RENAMED.match(k)]
+        require_complete_load(folder, missing, unexpected)
         self._load_fused_qkv(model, index, fused, config)
         model.eval()
         model.generation_config.do_sample = False

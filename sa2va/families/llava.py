@@ -33,7 +33,7 @@ from ..compat import vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
-from .base import LoadOptions, cache_projected_features, quiet_transformers
+from .base import LoadOptions, cache_projected_features, quiet_transformers, require_complete_load, untied_in_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +143,7 @@ def native_config(config: dict, dtype: torch.dtype):
             vision_feature_select_strategy="default", vision_feature_layer=int(config.get("vision_feature_layer", -2)),
             image_seq_length=tokens_per_image(config),
             multimodal_projector_bias=bool(config.get("multimodal_projector_bias", True)), tie_word_embeddings=False)
-    native.dtype = dtype
-    native.vision_config.dtype = dtype
-    native.text_config.dtype = dtype
-    native.tie_word_embeddings = False
-    native.text_config.tie_word_embeddings = False
-    return native
+    return untied_in_dtype(native, dtype)
 
 
 def clip_pixels(images: list[Image.Image], size: int) -> torch.Tensor:
@@ -225,12 +220,7 @@ class LlavaAdapter:
             kwargs["device_map"] = {"": options.device}
         with quiet_transformers():
             model, info = LlavaForConditionalGeneration.from_pretrained(str(folder), **kwargs)
-        missing = list(info.get("missing_keys", []))
-        unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith((SAM2_PREFIX, PROJECTION_PREFIX))]
-        if missing or unexpected:
-            raise ModelFolderError(f"{folder}: transformers reported {len(missing)} missing and {len(unexpected)} "
-                                   f"unexpected language-model tensors (e.g. {(missing + unexpected)[:3]}). "
-                                   f"Download the model again.")
+        require_complete_load(folder, list(info.get("missing_keys", [])), list(info.get("unexpected_keys", [])))
         model.eval()
         model.generation_config.do_sample = False
         return model

@@ -26,7 +26,7 @@ from ..checkpoint import ShardIndex, check_keys, check_shapes
 from ..compat import qwen_pixel_budget, vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config
-from .base import LoadOptions, quiet_transformers
+from .base import LoadOptions, quiet_transformers, require_complete_load, untied_in_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +118,7 @@ def native_config(family: str, config: dict, dtype: torch.dtype):
                 part["model_type"] = part["model_type"] + ("_vision" if family == "qwen3_vl" else "")
     with quiet_transformers():
         native = config_class(**kwargs)
-    native.dtype = dtype
-    for sub in ("text_config", "vision_config"):
-        getattr(native, sub).dtype = dtype
-    native.tie_word_embeddings = False
-    native.text_config.tie_word_embeddings = False
-    return native
+    return untied_in_dtype(native, dtype)
 
 
 def release_to_native(key: str) -> str | None:
@@ -193,13 +188,8 @@ class QwenVLAdapter:
         kwargs.update(options.placement())
         with quiet_transformers():
             model, info = model_class.from_pretrained(str(folder), **kwargs)
-        missing = [k for k in info.get("missing_keys", []) if "rotary" not in k]
-        unexpected = [k for k in info.get("unexpected_keys", [])
-                      if not k.startswith(("grounding_encoder.", "text_hidden_fcs."))]
-        if missing or unexpected:
-            raise ModelFolderError(f"{folder}: transformers reported {len(missing)} missing and {len(unexpected)} "
-                                   f"unexpected language-model tensors (e.g. {(missing + unexpected)[:3]}). "
-                                   f"Download the model again.")
+        require_complete_load(folder, [k for k in info.get("missing_keys", []) if "rotary" not in k],
+                              list(info.get("unexpected_keys", [])))
         model.eval()
         model.generation_config.do_sample = False
         return model

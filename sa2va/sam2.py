@@ -32,6 +32,7 @@ from PIL import Image
 
 from .compat import sam2_image_features
 from .grounding import NO_OBJECT_SCORE, SAM2_RULES, GroundingRules
+from .hiera import WindowPositionCache, encode_image_fast, fast_encoder_supported, tensor_version
 
 logger = logging.getLogger(__name__)
 
@@ -123,206 +124,6 @@ class DecodeOutput:
     iou: torch.Tensor | None = None
 
 
-# ------------------------------------------------------------------------------------------ image encoder
-# The SAM2 image encoder (Hiera backbone + FPN neck) written out on transformers' own sub-modules and weights. It
-# computes the same numbers as ``Sam2VideoModel.get_image_features`` (checked bit for bit by the tests) with less
-# work, which matters because this pass dominates a prediction on CPU (docs/performance.md):
-#
-# * transformers' ``Sam2MultiScaleAttention`` also computes a softmax of query x key over the *heads* axis and then
-#   discards it; that product is skipped;
-# * merging the attention heads and undoing the window partition are one copy instead of two (the output projection
-#   is applied per token, so it can run after the un-partition);
-# * residual additions and the MLP's GELU run in place, and on CPU the qkv and MLP-hidden outputs of every block go
-#   into one reused buffer (fewer fresh allocations: every new large CPU tensor costs page faults);
-# * the windowed positional embedding (a bicubic resize) is computed once, not per image;
-# * the neck computes the sine position encoding of the top level only (the image path uses none; video memory
-#   attention uses the top level's), and levels are returned as ``[B, C, H, W]`` without a flatten/permute round
-#   trip.
-#
-# If transformers reshapes these modules, :func:`fast_encoder_supported` returns False and the stock
-# ``get_image_features`` is used instead.
-
-_BLOCK_PARTS = ("layer_norm1", "layer_norm2", "attn", "mlp", "window_size", "query_stride", "dim", "dim_out")
-
-
-def fast_encoder_supported(model) -> bool:
-    """True when the vision encoder has the structure the fast path was written for (transformers 5.x SAM2)."""
-    try:
-        vision = model.vision_encoder
-        backbone, neck = vision.backbone, vision.neck
-        ok = all(hasattr(backbone, a) for a in ("patch_embed", "pos_embed", "pos_embed_window", "blocks"))
-        ok = ok and all(hasattr(neck, a) for a in ("convs", "position_encoding", "fpn_top_down_levels"))
-        ok = ok and all(all(hasattr(b, a) for a in _BLOCK_PARTS) for b in backbone.blocks)
-        ok = ok and all(hasattr(b.attn, a) for b in backbone.blocks for a in ("qkv", "proj", "num_attention_heads",
-                                                                            "scale"))
-        ok = ok and all(hasattr(b.mlp, a) for b in backbone.blocks for a in ("proj_in", "proj_out", "layers",
-                                                                           "activation"))
-        return ok and hasattr(model.mask_decoder, "conv_s0") and hasattr(model.mask_decoder, "conv_s1")
-    except AttributeError:
-        return False
-
-
-def _pool(x: torch.Tensor, stride) -> torch.Tensor:
-    """Max-pool a channels-last map ``[B, H, W, C]`` by ``stride`` (Hiera's query pooling)."""
-    if not stride:
-        return x
-    x = F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride, ceil_mode=False)
-    return x.permute(0, 2, 3, 1)
-
-
-def _partition(x: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``[B, H, W, C]`` -> windows ``[B * nH * nW, size, size, C]`` (zero padding at the bottom/right as SAM2)."""
-    batch, height, width, channels = x.shape
-    pad_h, pad_w = (-height) % size, (-width) % size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    ph, pw = height + pad_h, width + pad_w
-    x = x.view(batch, ph // size, size, pw // size, size, channels).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, size, size, channels), (ph, pw)
-
-
-def _gelu_inplace(x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.aten.gelu_(x)
-
-
-class _Workspace:
-    """One reusable output buffer for the largest short-lived tensors of an encoder pass (CPU only).
-
-    A fresh multi-megabyte CPU tensor is mapped from the kernel page by page on first touch. A block's qkv output
-    is consumed by the attention before its MLP hidden layer is computed, and the blocks of a stage have equal
-    shapes, so one buffer serves them all. It is replaced when a tensor needs more room or less than half of it
-    (at stage changes), so it never holds much more than the stock forward's own temporary."""
-
-    def __init__(self) -> None:
-        self.buffer: torch.Tensor | None = None
-
-    def linear(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-        """``layer(x)`` written into the buffer: the same ``addmm`` call ``F.linear`` makes. The result is valid
-        until the next call."""
-        if layer.bias is None or not x.is_contiguous():
-            return layer(x)
-        rows = x.numel() // x.shape[-1]
-        size = rows * layer.out_features
-        if self.buffer is None or not size <= self.buffer.numel() <= 2 * size or self.buffer.dtype != x.dtype or \
-                self.buffer.device != x.device:
-            self.buffer = None
-            self.buffer = torch.empty(size, dtype=x.dtype, device=x.device)
-        out = self.buffer[:size].view(rows, layer.out_features)
-        torch.addmm(layer.bias, x.view(rows, x.shape[-1]), layer.weight.t(), out=out)
-        return out.view(*x.shape[:-1], layer.out_features)
-
-
-def _block_forward(block, x: torch.Tensor, workspace: _Workspace | None = None) -> torch.Tensor:
-    """One Hiera block (``Sam2MultiScaleBlock``) on ``[B, H, W, C]``; same arithmetic as its forward."""
-    attn, mlp = block.attn, block.mlp
-    batch = x.shape[0]
-    normed = block.layer_norm1(x)
-    residual = x if block.dim == block.dim_out else _pool(block.proj(normed), block.query_stride)
-    out_h, out_w = residual.shape[1:3]
-    size = block.window_size
-    if size > 0:
-        windows, (ph, pw) = _partition(normed, size)
-    else:
-        windows, (ph, pw) = normed, tuple(normed.shape[1:3])
-    count, wh, ww, _ = windows.shape
-    heads = attn.num_attention_heads
-    qkv = attn.qkv(windows) if workspace is None else workspace.linear(windows, attn.qkv)
-    qkv = qkv.reshape(count, wh * ww, 3, heads, -1)
-    query, key, value = torch.unbind(qkv, 2)
-    if block.query_stride:
-        query = _pool(query.reshape(count, wh, ww, -1), block.query_stride)
-        wh, ww = query.shape[1:3]
-        query = query.reshape(count, wh * ww, heads, -1)
-        if size > 0:
-            size = size // block.query_stride[0]
-            ph, pw = out_h + (-out_h) % size, out_w + (-out_w) % size
-    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                         dropout_p=0.0, scale=attn.scale, is_causal=False)
-    head_dim = out.shape[-1]
-    if size > 0:  # merge heads and undo the windows in one copy: [n, heads, s*s, d] -> [B, pH, pW, heads*d]
-        out = out.view(batch, ph // size, pw // size, heads, size, size, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
-        out = out.reshape(batch, ph, pw, heads * head_dim)
-        if (ph, pw) != (out_h, out_w):
-            out = out[:, :out_h, :out_w].contiguous()
-    else:
-        out = out.transpose(1, 2).reshape(batch, out_h, out_w, heads * head_dim)
-    hidden = attn.proj(out)
-    hidden += residual
-    normed = block.layer_norm2(hidden)
-    y = mlp.proj_in(normed) if workspace is None else workspace.linear(normed, mlp.proj_in)
-    inplace_gelu = type(mlp.activation).__name__ == "GELUActivation" and \
-        getattr(mlp.activation, "act", None) is F.gelu
-    y = _gelu_inplace(y) if inplace_gelu else mlp.activation(y)
-    for layer in mlp.layers:
-        y = mlp.activation(layer(y))
-    y = mlp.proj_out(y)
-    y += hidden
-    return y
-
-
-def _tensor_version(tensor: torch.Tensor) -> int:
-    """The in-place version counter of ``tensor`` for cache keys; inference tensors (weights loaded under
-    ``torch.inference_mode``, as ComfyUI runs nodes) have none, so they count as version 0."""
-    return 0 if tensor.is_inference() else tensor._version
-
-
-class _WindowPositionCache:
-    """The backbone's positional embedding (bicubic resize of ``pos_embed`` + tiled ``pos_embed_window``), made once
-    per size and recomputed only when the parameters change."""
-
-    def __init__(self) -> None:
-        self.key = None
-        self.value: torch.Tensor | None = None
-
-    def get(self, backbone, hw: tuple[int, int]) -> torch.Tensor:
-        big, window = backbone.pos_embed, backbone.pos_embed_window
-        key = (hw, big.device, big.dtype, big.data_ptr(), _tensor_version(big), window.data_ptr(),
-               _tensor_version(window))
-        if key != self.key or self.value is None:
-            embed = F.interpolate(big, size=hw, mode="bicubic")
-            embed = embed + window.tile([x // y for x, y in zip(embed.shape, window.shape)])
-            self.value, self.key = embed.permute(0, 2, 3, 1), key
-        return self.value
-
-
-def encode_image_fast(model, pixel_values: torch.Tensor, positions: _WindowPositionCache,
-                      reuse_buffers: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The SAM2 image encoder on ``[B, 3, S, S]`` pixels.
-
-    Returns (``[s0, s1]`` after ``conv_s0``/``conv_s1`` as ``[B, C, H, W]``, top level ``[B, 256, h, w]``, its sine
-    position encoding ``[B, 256, h, w]``): the values of ``get_image_features``, without its flattening."""
-    vision = model.vision_encoder
-    backbone, neck = vision.backbone, vision.neck
-    config = backbone.config
-    hidden = backbone.patch_embed(pixel_values)
-    hidden = hidden + positions.get(backbone, tuple(hidden.shape[1:3]))
-    ends = set(np.cumsum(config.blocks_per_stage) - 1)
-    stages = []
-    workspace = _Workspace() if reuse_buffers else None
-    for i, block in enumerate(backbone.blocks):
-        hidden = _block_forward(block, hidden, workspace)
-        if i in ends:
-            stages.append(hidden)
-    # FPN neck, top-down from the lowest resolution (Sam2VisionNeck.forward without the position encodings)
-    last = len(neck.convs) - 1
-    levels: list[torch.Tensor] = [None] * len(stages)  # type: ignore[list-item]
-    previous = None
-    for i in range(last, -1, -1):
-        lateral = neck.convs[last - i](stages[i].permute(0, 3, 1, 2).to(neck.convs[i].weight.dtype))
-        if i not in neck.fpn_top_down_levels or i == last:
-            previous = lateral
-        else:
-            top_down = F.interpolate(previous.to(dtype=torch.float32), scale_factor=2.0, mode="nearest",
-                                     align_corners=None, antialias=False).to(lateral.dtype)
-            previous = lateral + top_down
-        levels[i] = previous
-    used = levels[:vision.num_feature_levels]  # high -> low resolution, as get_image_features orders them
-    top = used[-1]
-    position = neck.position_encoding(top.shape, top.device, top.dtype).to(top.dtype)
-    high_res = [model.mask_decoder.conv_s0(used[0]), model.mask_decoder.conv_s1(used[1])]
-    return high_res, top, position
-
-
 class GroundingHead:
     """Language-prompted SAM around a transformers ``Sam2VideoModel`` or ``Sam3TrackerVideoModel``.
 
@@ -339,7 +140,7 @@ class GroundingHead:
         if not self.fast_encoder and rules.name == "sam2":
             logger.info("This transformers version's SAM2 vision encoder differs from the one the fast path was "
                         "written for; using Sam2VideoModel.get_image_features")
-        self._window_positions = _WindowPositionCache()
+        self._window_positions = WindowPositionCache()
         self._image_position_key = None
         self._image_position: torch.Tensor | None = None
         self._encoder = self._encode_eager
@@ -364,7 +165,7 @@ class GroundingHead:
 
     def _encode_eager(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """(``[s0, s1]``, top, position) as ``[B, C, H, W]`` maps; the function torch.compile wraps when asked."""
-        positions = self._window_positions if torch.is_inference_mode_enabled() else _WindowPositionCache()
+        positions = self._window_positions if torch.is_inference_mode_enabled() else WindowPositionCache()
         reuse = pixel_values.device.type == "cpu" and self.compiled is None and self.reuse_buffers and \
             not torch.is_grad_enabled()
         return encode_image_fast(self.model, pixel_values, positions, reuse_buffers=reuse)
@@ -390,7 +191,7 @@ class GroundingHead:
         if not torch.is_inference_mode_enabled():
             return self.model.get_image_wide_positional_embeddings()
         weight = self.model.shared_image_embedding.positional_embedding
-        key = (weight.device, weight.dtype, weight.data_ptr(), _tensor_version(weight))
+        key = (weight.device, weight.dtype, weight.data_ptr(), tensor_version(weight))
         if key != self._image_position_key or self._image_position is None:
             self._image_position = self.model.get_image_wide_positional_embeddings()
             self._image_position_key = key

@@ -1,14 +1,17 @@
 """The SAM2 image encoder (Hiera backbone + FPN neck) written out on transformers' own sub-modules and weights.
 
-It computes the same numbers as ``Sam2VideoModel.get_image_features`` (checked bit for bit by the tests) with less
-work, which matters because this pass dominates a prediction on CPU (docs/performance.md):
+It computes the numbers of ``Sam2VideoModel.get_image_features`` with less work, which matters because this pass
+dominates a prediction on CPU (docs/performance.md). With the stock kernels (:class:`BlockLinears`,
+:class:`BufferedLinears`) they are the same bit for bit (tested); on x86 CPUs the linear layers run as fused oneDNN
+kernels by default (:class:`OneDnnLinears`), the same arithmetic within float rounding.
 
 * transformers' ``Sam2MultiScaleAttention`` also computes a softmax of query x key over the *heads* axis and then
   discards it; that product is skipped;
 * merging the attention heads and undoing the window partition are one copy instead of two (the output projection
   is applied per token, so it can run after the un-partition);
-* residual additions and the MLP's GELU run in place, and on CPU the qkv and MLP-hidden outputs of every block go
-  into one reused buffer (fewer fresh allocations: every new large CPU tensor costs page faults);
+* residual additions and the MLP's GELU run in place (stock kernels), or fused into the matrix products (oneDNN);
+  with the stock kernels on CPU the qkv and MLP-hidden outputs of every block go into one reused buffer (fewer fresh
+  allocations: every new large CPU tensor costs page faults);
 * the windowed positional embedding (a bicubic resize) is computed once, not per image;
 * the neck computes the sine position encoding of the top level only (the image path uses none; video memory
   attention uses the top level's), and levels are returned as ``[B, C, H, W]`` without a flatten/permute round
@@ -19,9 +22,14 @@ If transformers reshapes these modules, :func:`fast_encoder_supported` returns F
 """
 from __future__ import annotations
 
+import logging
+import platform
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 _BLOCK_PARTS = ("layer_norm1", "layer_norm2", "attn", "mlp", "window_size", "query_stride", "dim", "dim_out")
 
@@ -62,17 +70,32 @@ def _partition(x: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int
     return x.reshape(-1, size, size, channels), (ph, pw)
 
 
-def _gelu_inplace(x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.aten.gelu_(x)
+class BlockLinears:
+    """How an encoder block's linear layers run: the stock modules, one call each (GPU, compiled, autograd)."""
+
+    def linear(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        """``layer(x)``; the result may be a view of a buffer reused by the next call."""
+        return layer(x)
+
+    def linear_gelu(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        """``gelu(layer(x))``, exact (erf) GELU; valid until the next call, like :meth:`linear`."""
+        return torch.ops.aten.gelu_(self.linear(x, layer))
+
+    def linear_add(self, x: torch.Tensor, residual: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        """``layer(x) + residual`` as a new tensor (``residual`` has the output's shape)."""
+        out = layer(x)
+        out += residual
+        return out
 
 
-class _Workspace:
-    """One reusable output buffer for the largest short-lived tensors of an encoder pass (CPU only).
+class BufferedLinears(BlockLinears):
+    """The stock ``addmm`` calls, with one reusable output buffer for the largest short-lived tensors (CPU).
 
     A fresh multi-megabyte CPU tensor is mapped from the kernel page by page on first touch. A block's qkv output
     is consumed by the attention before its MLP hidden layer is computed, and the blocks of a stage have equal
     shapes, so one buffer serves them all. It is replaced when a tensor needs more room or less than half of it
-    (at stage changes), so it never holds much more than the stock forward's own temporary."""
+    (at stage changes), so it never holds much more than the stock forward's own temporary. Bit for bit the
+    numbers of transformers' forward."""
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
@@ -93,8 +116,81 @@ class _Workspace:
         return out.view(*x.shape[:-1], layer.out_features)
 
 
-def _block_forward(block, x: torch.Tensor, workspace: _Workspace | None = None) -> torch.Tensor:
-    """One Hiera block (``Sam2MultiScaleBlock``) on ``[B, H, W, C]``; same arithmetic as its forward."""
+def _onednn_linear():
+    """oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor's CPU backend emits), or
+    None where this torch build has none."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+class OneDnnLinears(BlockLinears):
+    """The linear layers as oneDNN kernels with the bias, the GELU and the residual addition fused into the matrix
+    product (x86 CPUs, fp32). The stock path spends about a fifth of the encoder outside the products: ``addmm``
+    first copies the bias into its output, then GELU and the residual add each read and write the whole tensor
+    again. Same arithmetic in another summation order: results differ from :class:`BufferedLinears` by float
+    rounding (relative ~1e-6; :func:`onednn_linears_usable` checks it before first use)."""
+
+    def __init__(self) -> None:
+        self.op = _onednn_linear()  # present wherever onednn_linears_usable() said True
+
+    @staticmethod
+    def _rows(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1])
+
+    def linear(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        out = self.op(self._rows(x), layer.weight, layer.bias, "none", [], "")
+        return out.view(*x.shape[:-1], layer.out_features)
+
+    def linear_gelu(self, x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        out = self.op(self._rows(x), layer.weight, layer.bias, "gelu", [], "none")  # "none": exact erf GELU
+        return out.view(*x.shape[:-1], layer.out_features)
+
+    def linear_add(self, x: torch.Tensor, residual: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+        out = self.op.binary(self._rows(x), self._rows(residual.contiguous()), layer.weight, layer.bias, "add")
+        return out.view(*x.shape[:-1], layer.out_features)
+
+
+_ONEDNN_CHECKED: dict[torch.dtype, bool] = {}
+
+
+def onednn_linears_usable(dtype: torch.dtype) -> bool:
+    """True when :class:`OneDnnLinears` can run an encoder in ``dtype`` on this machine: an x86-64 CPU (where it was
+    measured faster than ``addmm``: docs/performance.md), fp32, a torch build with the kernel, and a one-time check
+    that its three fused forms agree with the stock ones on a small input (within 1e-5)."""
+    if dtype != torch.float32 or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if dtype not in _ONEDNN_CHECKED:
+        _ONEDNN_CHECKED[dtype] = _onednn_agrees(dtype)
+    return _ONEDNN_CHECKED[dtype]
+
+
+def _onednn_agrees(dtype: torch.dtype) -> bool:
+    if _onednn_linear() is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(24, 40, dtype=dtype)
+    x = torch.randn(70, 24, generator=generator, dtype=dtype)
+    residual = torch.randn(70, 40, generator=generator, dtype=dtype)
+    stock, fused = BlockLinears(), OneDnnLinears()
+    try:
+        with torch.no_grad():
+            pairs = [(stock.linear(x, layer), fused.linear(x, layer)),
+                     (F.gelu(layer(x)), fused.linear_gelu(x, layer)),
+                     (stock.linear_add(x, residual, layer), fused.linear_add(x, residual, layer))]
+    except (RuntimeError, NotImplementedError) as error:
+        logger.info("oneDNN linear kernels unavailable (%s); the SAM2 encoder uses addmm", error)
+        return False
+    worst = max(float((a - b).abs().max()) for a, b in pairs)
+    if worst > 1e-5:
+        logger.warning("oneDNN linear kernels disagree with addmm by %.1e on this machine; the SAM2 encoder uses "
+                       "addmm", worst)
+        return False
+    return True
+
+
+def _block_forward(block, x: torch.Tensor, linears: BlockLinears) -> torch.Tensor:
+    """One Hiera block (``Sam2MultiScaleBlock``) on ``[B, H, W, C]``; the arithmetic of its forward."""
     attn, mlp = block.attn, block.mlp
     batch = x.shape[0]
     normed = block.layer_norm1(x)
@@ -107,7 +203,7 @@ def _block_forward(block, x: torch.Tensor, workspace: _Workspace | None = None) 
         windows, (ph, pw) = normed, tuple(normed.shape[1:3])
     count, wh, ww, _ = windows.shape
     heads = attn.num_attention_heads
-    qkv = attn.qkv(windows) if workspace is None else workspace.linear(windows, attn.qkv)
+    qkv = linears.linear(windows, attn.qkv)
     qkv = qkv.reshape(count, wh * ww, 3, heads, -1)
     query, key, value = torch.unbind(qkv, 2)
     if block.query_stride:
@@ -127,18 +223,16 @@ def _block_forward(block, x: torch.Tensor, workspace: _Workspace | None = None) 
             out = out[:, :out_h, :out_w].contiguous()
     else:
         out = out.transpose(1, 2).reshape(batch, out_h, out_w, heads * head_dim)
-    hidden = attn.proj(out)
-    hidden += residual
+    hidden = linears.linear_add(out, residual, attn.proj)
     normed = block.layer_norm2(hidden)
-    y = mlp.proj_in(normed) if workspace is None else workspace.linear(normed, mlp.proj_in)
-    inplace_gelu = type(mlp.activation).__name__ == "GELUActivation" and \
-        getattr(mlp.activation, "act", None) is F.gelu
-    y = _gelu_inplace(y) if inplace_gelu else mlp.activation(y)
-    for layer in mlp.layers:
-        y = mlp.activation(layer(y))
-    y = mlp.proj_out(y)
-    y += hidden
-    return y
+    exact_gelu = type(mlp.activation).__name__ == "GELUActivation" and getattr(mlp.activation, "act", None) is F.gelu
+    if exact_gelu and not len(mlp.layers):
+        y = linears.linear_gelu(normed, mlp.proj_in)
+    else:
+        y = mlp.activation(linears.linear(normed, mlp.proj_in))
+        for layer in mlp.layers:
+            y = mlp.activation(layer(y))
+    return linears.linear_add(y, hidden, mlp.proj_out)
 
 
 def tensor_version(tensor: torch.Tensor) -> int:
@@ -167,8 +261,9 @@ class WindowPositionCache:
 
 
 def encode_image_fast(model, pixel_values: torch.Tensor, positions: WindowPositionCache,
-                      reuse_buffers: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The SAM2 image encoder on ``[B, 3, S, S]`` pixels.
+                      linears: BlockLinears | None = None) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The SAM2 image encoder on ``[B, 3, S, S]`` pixels, its linear layers run by ``linears`` (default: the stock
+    modules).
 
     Returns (``[s0, s1]`` after ``conv_s0``/``conv_s1`` as ``[B, C, H, W]``, top level ``[B, 256, h, w]``, its sine
     position encoding ``[B, 256, h, w]``): the values of ``get_image_features``, without its flattening."""
@@ -179,9 +274,9 @@ def encode_image_fast(model, pixel_values: torch.Tensor, positions: WindowPositi
     hidden = hidden + positions.get(backbone, tuple(hidden.shape[1:3]))
     ends = set(np.cumsum(config.blocks_per_stage) - 1)
     stages = []
-    workspace = _Workspace() if reuse_buffers else None
+    linears = linears or BlockLinears()
     for i, block in enumerate(backbone.blocks):
-        hidden = _block_forward(block, hidden, workspace)
+        hidden = _block_forward(block, hidden, linears)
         if i in ends:
             stages.append(hidden)
     # FPN neck, top-down from the lowest resolution (Sam2VisionNeck.forward without the position encodings)

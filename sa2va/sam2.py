@@ -32,7 +32,8 @@ from PIL import Image
 
 from .compat import sam2_image_features
 from .grounding import NO_OBJECT_SCORE, SAM2_RULES, GroundingRules
-from .hiera import WindowPositionCache, encode_image_fast, fast_encoder_supported, tensor_version
+from .hiera import (BlockLinears, BufferedLinears, OneDnnLinears, WindowPositionCache, encode_image_fast,
+                    fast_encoder_supported, onednn_linears_usable, tensor_version)
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +145,10 @@ class GroundingHead:
         self._image_position_key = None
         self._image_position: torch.Tensor | None = None
         self._encoder = self._encode_eager
-        #: CPU: write the qkv and MLP-hidden outputs of the encoder blocks into one reused buffer
-        self.reuse_buffers = True
+        #: how the image encoder's linear layers run on CPU (no autograd, not compiled): "onednn" = fused oneDNN
+        #: kernels where :func:`~sa2va.hiera.onednn_linears_usable` (x86-64, fp32), else "addmm"; "addmm" = the
+        #: stock products into one reused buffer, bit for bit transformers' ``get_image_features``
+        self.cpu_kernels: str = "onednn"
         #: the torch.compile backend in use for the image encoder, or None
         self.compiled: str | None = None
         if compile_encoder and not self.fast_encoder:
@@ -166,9 +169,17 @@ class GroundingHead:
     def _encode_eager(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """(``[s0, s1]``, top, position) as ``[B, C, H, W]`` maps; the function torch.compile wraps when asked."""
         positions = self._window_positions if torch.is_inference_mode_enabled() else WindowPositionCache()
-        reuse = pixel_values.device.type == "cpu" and self.compiled is None and self.reuse_buffers and \
-            not torch.is_grad_enabled()
-        return encode_image_fast(self.model, pixel_values, positions, reuse_buffers=reuse)
+        return encode_image_fast(self.model, pixel_values, positions, linears=self._linears(pixel_values))
+
+    def _linears(self, pixel_values: torch.Tensor) -> BlockLinears:
+        """The encoder blocks' linear kernels for this call (see :attr:`cpu_kernels`)."""
+        if self.cpu_kernels not in ("onednn", "addmm"):
+            raise ValueError(f"cpu_kernels must be 'onednn' or 'addmm', not {self.cpu_kernels!r}")
+        if pixel_values.device.type != "cpu" or self.compiled is not None or torch.is_grad_enabled():
+            return BlockLinears()
+        if self.cpu_kernels == "onednn" and onednn_linears_usable(pixel_values.dtype):
+            return OneDnnLinears()
+        return BufferedLinears()
 
     def encode(self, pixel_values: torch.Tensor) -> ImageFeatures:
         """Run the image encoder once. ``pixel_values``: ``[B, 3, S, S]`` from :func:`sam2_pixels`."""

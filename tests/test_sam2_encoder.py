@@ -5,6 +5,7 @@ from PIL import Image
 
 import sa2va
 from sa2va.compat import sam2_image_features
+from sa2va import hiera
 from sa2va.hiera import fast_encoder_supported
 from sa2va.sam2 import GroundingHead, sam2_pixels
 
@@ -18,8 +19,9 @@ def _stock(head, pixels):
     return high_res, levels[2], positions[2]
 
 
-def test_fast_encoder_is_bit_identical_to_get_image_features(model_factory, image):
+def test_fast_encoder_is_bit_identical_to_get_image_features(model_factory, image, monkeypatch):
     head = model_factory("qwen3_vl").grounding
+    monkeypatch.setattr(head, "cpu_kernels", "addmm")
     assert head.fast_encoder and fast_encoder_supported(head.model)
     pil = Image.fromarray(image)
     pixels = sam2_pixels([pil, pil.transpose(Image.FLIP_LEFT_RIGHT)], head.image_size)
@@ -34,9 +36,10 @@ def test_fast_encoder_is_bit_identical_to_get_image_features(model_factory, imag
     assert torch.equal(again.top, features.top)
 
 
-def test_fast_encoder_follows_weight_changes(model_factory, image):
+def test_fast_encoder_follows_weight_changes(model_factory, image, monkeypatch):
     """The cached window positional embedding and dense prompt embedding are rebuilt when the weights change."""
     head = model_factory("qwen2_5_vl").grounding
+    monkeypatch.setattr(head, "cpu_kernels", "addmm")
     pixels = sam2_pixels([Image.fromarray(image)], head.image_size)
     pos_embed = head.model.vision_encoder.backbone.pos_embed
     dense = head.model.shared_image_embedding.positional_embedding
@@ -64,11 +67,72 @@ def test_stock_path_is_used_when_the_encoder_structure_is_unknown(model_factory,
     model = model_factory("qwen3_vl")
     head = GroundingHead(model.grounding.model)
     monkeypatch.setattr(head, "fast_encoder", False)
+    monkeypatch.setattr(model.grounding, "cpu_kernels", "addmm")
     pixels = sam2_pixels([Image.fromarray(image)], head.image_size)
     with torch.inference_mode():
         stock = head.encode(pixels)
         fast = model.grounding.encode(pixels)
     assert torch.equal(stock.top, fast.top) and torch.equal(stock.high_res[1], fast.high_res[1])
+
+
+class _CountingOneDnn:
+    """Stands in for oneDNN's linear op and counts the calls of each fused form."""
+
+    def __init__(self, op, wrong: bool = False) -> None:
+        self.op, self.wrong, self.calls = op, wrong, {"none": 0, "gelu": 0, "add": 0}
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        self.calls[attr] += 1
+        out = self.op(x, weight, bias, attr, scalars, algorithm)
+        return out + 1e-3 if self.wrong else out
+
+    def binary(self, x, other, weight, bias, attr):
+        self.calls[attr] += 1
+        return self.op.binary(x, other, weight, bias, attr)
+
+
+@pytest.mark.skipif(not hiera.onednn_linears_usable(torch.float32), reason="no oneDNN linear kernels on this CPU")
+def test_onednn_kernels_run_every_linear_fused_and_match_get_image_features(model_factory, image, monkeypatch):
+    """The default CPU path: every block's qkv, output projection + residual and MLP (GELU, residual) as fused
+    oneDNN kernels; the features equal the stock ones within float rounding, not bit for bit."""
+    head = model_factory("qwen3_vl").grounding
+    assert head.cpu_kernels == "onednn"
+    counting = _CountingOneDnn(hiera._onednn_linear())
+    monkeypatch.setattr(hiera, "_onednn_linear", lambda: counting)
+    pixels = sam2_pixels([Image.fromarray(image)], head.image_size)
+    with torch.inference_mode():
+        features = head.encode(pixels)
+        high_res, top, _ = _stock(head, pixels)
+    blocks = len(head.model.vision_encoder.backbone.blocks)
+    assert counting.calls == {"none": blocks, "gelu": blocks, "add": 2 * blocks}
+    for ours, theirs in zip([*features.high_res, features.top], [*high_res, top]):
+        scale = float(theirs.abs().max())
+        assert torch.allclose(ours, theirs, atol=1e-5 * scale, rtol=0)
+
+
+def test_onednn_kernels_that_disagree_are_not_used(model_factory, image, monkeypatch):
+    """The one-time check before first use: kernels whose results differ from addmm leave the stock products in
+    place, bit for bit."""
+    if hiera._onednn_linear() is None:
+        pytest.skip("no oneDNN linear kernel in this torch build")
+    monkeypatch.setattr(hiera, "_ONEDNN_CHECKED", {})
+    wrong = _CountingOneDnn(hiera._onednn_linear(), wrong=True)
+    monkeypatch.setattr(hiera, "_onednn_linear", lambda: wrong)
+    assert not hiera.onednn_linears_usable(torch.float32)
+    head = model_factory("qwen3_vl").grounding
+    pixels = sam2_pixels([Image.fromarray(image)], head.image_size)
+    with torch.inference_mode():
+        features = head.encode(pixels)
+        _, top, _ = _stock(head, pixels)
+    assert torch.equal(features.top, top)
+    assert wrong.calls["none"] == 1  # the check's own call, none from the encoder
+
+
+def test_cpu_kernels_rejects_other_values(model_factory, image, monkeypatch):
+    head = model_factory("qwen3_vl").grounding
+    monkeypatch.setattr(head, "cpu_kernels", "mkl")
+    with pytest.raises(ValueError, match="cpu_kernels must be"), torch.inference_mode():
+        head.encode(sam2_pixels([Image.fromarray(image)], head.image_size))
 
 
 def test_compile_sam2_wraps_the_image_encoder(checkpoint_factory, image):

@@ -256,7 +256,8 @@ class WindowPositionCache:
         if key != self.key or self.value is None:
             embed = F.interpolate(big, size=hw, mode="bicubic")
             embed = embed + window.tile([x // y for x, y in zip(embed.shape, window.shape)])
-            self.value, self.key = embed.permute(0, 2, 3, 1), key
+            # stored channels-last and contiguous, the layout of the patch embedding it is added to
+            self.value, self.key = embed.permute(0, 2, 3, 1).contiguous(), key
         return self.value
 
 

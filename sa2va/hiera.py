@@ -168,8 +168,11 @@ def onednn_linears_usable(dtype: torch.dtype) -> bool:
 def _onednn_agrees(dtype: torch.dtype) -> bool:
     if _onednn_linear() is None:
         return False
-    generator = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(24, 40, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)  # its own generator: the global random state stays untouched
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, 24, 40, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 24, generator=generator, dtype=dtype) / 5)
+        layer.bias.copy_(torch.randn(40, generator=generator, dtype=dtype))
     x = torch.randn(70, 24, generator=generator, dtype=dtype)
     residual = torch.randn(70, 40, generator=generator, dtype=dtype)
     stock, fused = BlockLinears(), OneDnnLinears()

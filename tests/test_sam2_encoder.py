@@ -128,6 +128,16 @@ def test_onednn_kernels_that_disagree_are_not_used(model_factory, image, monkeyp
     assert wrong.calls["none"] == 1  # the check's own call, none from the encoder
 
 
+def test_onednn_check_leaves_the_global_random_state_alone(monkeypatch):
+    """The one-time check before first use draws from its own generator: a seeded user sequence is unchanged."""
+    monkeypatch.setattr(hiera, "_ONEDNN_CHECKED", {})
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    hiera.onednn_linears_usable(torch.float32)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_cpu_kernels_rejects_other_values(model_factory, image, monkeypatch):
     head = model_factory("qwen3_vl").grounding
     monkeypatch.setattr(head, "cpu_kernels", "mkl")

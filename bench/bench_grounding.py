@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from bench_predict import test_image  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -46,13 +46,6 @@ def build_heads(device: torch.device, dtype: torch.dtype) -> dict[str, Grounding
     return heads
 
 
-def picture() -> Image.Image:
-    rng = np.random.RandomState(0)
-    y, x = np.mgrid[0:480, 0:640]
-    img = np.stack([x / 640 * 255, y / 480 * 255, (x + y) / 1120 * 255], -1) + rng.randn(480, 640, 3) * 4
-    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -65,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), common.parse_dtype(args.dtype)
     heads = build_heads(device, dtype)
-    image = picture()
+    image = Image.fromarray(test_image())
     series = {name: common.Series() for name in heads}
     with torch.inference_mode():
         def encode(head: GroundingHead):

@@ -25,9 +25,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sa2va.errors import DependencyError  # noqa: E402
-from sa2va.grounding import SAM3_RULES  # noqa: E402
-from sa2va.sam2 import GroundingHead, sam2_config, sam2_pixels  # noqa: E402
-from sa2va.sam3 import sam3_config, sam3_model_class  # noqa: E402
+from sa2va.grounding.rules import SAM3_RULES  # noqa: E402
+from sa2va.grounding.sam2 import GroundingHead, sam2_config, sam2_pixels  # noqa: E402
+from sa2va.grounding.sam3 import sam3_config, sam3_model_class  # noqa: E402
 
 
 def build_heads(device: torch.device, dtype: torch.dtype) -> dict[str, GroundingHead]:

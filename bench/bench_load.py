@@ -38,7 +38,7 @@ import torch
 import sa2va
 from transformers import Sam2VideoModel, Qwen3VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration  # noqa
 
-from sa2va.checkpoint import read_index
+from sa2va.hub.checkpoint import read_index
 from sa2va.quantization import estimated_bytes
 
 dtype = common.parse_dtype(sys.argv[4])

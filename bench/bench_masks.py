@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sa2va import masks as M  # noqa: E402
-from sa2va.matting import Matter, matte  # noqa: E402
+from sa2va.outputs import masks as M  # noqa: E402
+from sa2va.outputs.matting import Matter, matte  # noqa: E402
 
 
 def vitmatte_small(device: torch.device) -> Matter:

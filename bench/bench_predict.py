@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 import sa2va  # noqa: E402
 from sa2va.compat import sam2_image_features  # noqa: E402
 from sa2va.inputs import to_pil  # noqa: E402
-from sa2va.sam2 import sam2_pixels, upsample_logits  # noqa: E402
+from sa2va.grounding.sam2 import sam2_pixels, upsample_logits  # noqa: E402
 from sa2va.testing import ForceTokens  # noqa: E402
 
 PROMPT = "<image>Please segment every person in this image."

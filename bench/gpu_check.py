@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sa2va  # noqa: E402
-from sa2va import keymap  # noqa: E402
+from sa2va.hub import keymap  # noqa: E402
 from sa2va.inputs import to_pil  # noqa: E402
-from sa2va.sam2 import GroundingHead, sam2_config, sam2_pixels  # noqa: E402
+from sa2va.grounding.sam2 import GroundingHead, sam2_config, sam2_pixels  # noqa: E402
 from sa2va.testing import ForceTokens  # noqa: E402
 
 PROMPT = "Please segment the person in this image."

@@ -4,7 +4,7 @@ Needs scikit-image for its bundled CC0 sample photo (``pip install scikit-image`
 Writes docs/images/refinement_methods.png: a real photo with a hand-made coarse mask (a blocky ellipse, like an
 upsampled low-resolution SAM2 mask) and what each weight-free refinement control makes of it; and
 docs/images/overlay_labelled.png: the Segmentation node's overlay for three hand-made object masks, labelled by the
-pack's own labeller (sa2va/labels.py) from three requests and the model's usual answer "Sure, it is [SEG]." (the
+pack's own labeller (sa2va/outputs/labels.py) from three requests and the model's usual answer "Sure, it is [SEG]." (the
 masks are drawn by hand because no Sa2VA weights are needed to build the docs).
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sa2va.masks import overlay, to_uint8  # noqa: E402
-from sa2va.refine import RefineSettings, refine  # noqa: E402
+from sa2va.outputs.masks import overlay, to_uint8  # noqa: E402
+from sa2va.outputs.refine import RefineSettings, refine  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 PANEL_WIDTH = 300
@@ -81,8 +81,8 @@ def labelled_overlay() -> Path:
     """The Segmentation node's overlay output: each object in its own colour, outlined and labelled."""
     from skimage import data
 
-    from sa2va.labels import object_labels
-    from sa2va.masks import draw_labels
+    from sa2va.outputs.labels import object_labels
+    from sa2va.outputs.masks import draw_labels
 
     photo = torch.from_numpy(data.coffee()).float() / 255.0
     height, width = photo.shape[:2]

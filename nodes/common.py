@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..sa2va.matting import DEFAULT_MAX_MEGAPIXELS
-from ..sa2va.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
+from ..sa2va.outputs.matting import DEFAULT_MAX_MEGAPIXELS
+from ..sa2va.outputs.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
 from . import comfy
 
 logger = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..sa2va import catalog
-from ..sa2va.download import DownloadCancelled, download, is_complete, missing_files, required_files
+from ..sa2va.hub import catalog
+from ..sa2va.hub.download import DownloadCancelled, download, is_complete, missing_files, required_files
 from ..sa2va.errors import InputError, ModelFolderError
-from ..sa2va.checkpoint import read_index
+from ..sa2va.hub.checkpoint import read_index
 from ..sa2va.model import DEVICE_MAPS, DTYPES, MemoryProfile, Sa2VAModel, load_model, resolve_dtype
 from ..sa2va.quantization import estimated_bytes
 from . import comfy
@@ -116,7 +116,7 @@ def ensure_model_folder(name: str, progress_factory=comfy.Progress) -> Path:
 
 def _local_family(folder: Path | None) -> str:
     """The family of a hand-placed folder from its config.json ("" when it cannot be told)."""
-    from ..sa2va.checkpoint import detect_family, read_config
+    from ..sa2va.hub.checkpoint import detect_family, read_config
 
     if folder is None:
         return ""

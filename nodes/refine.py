@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..sa2va.download import DownloadCancelled, download, is_complete
+from ..sa2va.hub.download import DownloadCancelled, download, is_complete
 from ..sa2va.errors import InputError
-from ..sa2va.matting import DEFAULT_MAX_MEGAPIXELS, VITMATTE_NAME, VITMATTE_REPO, Matter, load_matter
-from ..sa2va.refine import RefineSettings, refine
+from ..sa2va.outputs.matting import DEFAULT_MAX_MEGAPIXELS, VITMATTE_NAME, VITMATTE_REPO, Matter, load_matter
+from ..sa2va.outputs.refine import RefineSettings, refine
 from . import comfy
 from .common import CATEGORY, ModelSlot, refine_inputs, refine_settings, sanitize
 

@@ -1,6 +1,6 @@
 """Sa2VA Segmentation: every image of a batch -> masks, merged masks, previews, text, phrases, scores, boxes.
 
-The probabilities go through the refinement stack of :mod:`sa2va.refine` (black/white points, detail method,
+The probabilities go through the refinement stack of :mod:`sa2va.outputs.refine` (black/white points, detail method,
 erode/dilate, threshold). Threshold semantics: with ``apply_mask_threshold`` a pixel is 1 when its refined value
 is at least ``mask_threshold`` and 0 otherwise; without it the masks stay soft (0..1).
 
@@ -14,19 +14,19 @@ import logging
 
 import torch
 
-from ..sa2va import catalog
+from ..sa2va.hub import catalog
 from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
-from ..sa2va.labels import prompt_lines, request_phrase
-from ..sa2va.masks import draw_labels, overlay
+from ..sa2va.outputs.labels import prompt_lines, request_phrase
+from ..sa2va.outputs.masks import draw_labels, overlay
 from ..sa2va.model import DEFAULT_GENERATE_BATCH, DTYPES
-from ..sa2va.objects import keep_confident
+from ..sa2va.outputs.objects import keep_confident
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
                      MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, boxes_socket,
                      model_socket, refine_inputs, refine_settings, sanitize, to_uint8)
 from .loader import QUANTIZATIONS, Sa2VAHandle, load_handle, model_choices
-from .objects import Group, object_rows, regions_per_image
+from .rows import Group, object_rows, regions_per_image
 from .refine import MATTER_SLOT, refine_batch
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Sa2VASegmentation(comfy.NodeBase):
     """Outputs: masks ``[sum N, H, W]`` (one per object per image, an empty mask for an image with none), merged
     ``[B, H, W]``, mask images ``[sum N, H, W, 3]``, overlay ``[B, H, W, 3]`` (float32 0..1), the answers, one
     ``image_index: label`` and one ``image_index: score (iou, object)`` line per mask, and per image the box records
-    of its non-empty masks (:func:`sa2va.boxes.box_record`, ``mask_index`` = the mask's index in masks)."""
+    of its non-empty masks (:func:`sa2va.outputs.boxes.box_record`, ``mask_index`` = the mask's index in masks)."""
 
     @classmethod
     def define_schema(cls):

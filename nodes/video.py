@@ -10,10 +10,10 @@ import logging
 
 import torch
 
-from ..sa2va import catalog
+from ..sa2va.hub import catalog
 from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
-from ..sa2va.masks import draw_labels, overlay
+from ..sa2va.outputs.masks import draw_labels, overlay
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
 from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,

@@ -7,7 +7,7 @@
     video = model.predict_video(frames, "Please segment the dog.")
     video.masks            # float32 [N, T, H, W] probabilities, tracked with SAM2's memory
 
-No code from the model hub is ever executed; the library never downloads implicitly (see sa2va.download).
+No code from the model hub is ever executed; the library never downloads implicitly (see sa2va.hub.download).
 The model API is imported on first use, so ``python -m sa2va doctor`` can report a missing torch or transformers
 instead of failing on import.
 """

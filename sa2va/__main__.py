@@ -49,8 +49,8 @@ def _segment(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from .boxes import mask_boxes
-    from .masks import draw_labels, overlay, to_uint8
+    from .outputs.boxes import mask_boxes
+    from .outputs.masks import draw_labels, overlay, to_uint8
     from .model import load_model
 
     folder = _model_folder(args.model, args.models_dir)
@@ -79,12 +79,12 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import detect_family, read_config, read_index
+    from .hub.checkpoint import detect_family, read_config, read_index
 
     config = read_config(args.model)
     family = detect_family(config, args.model)
     index = read_index(args.model)
-    from .keymap import SAM2_PREFIX, is_sam3_release
+    from .hub.keymap import SAM2_PREFIX, is_sam3_release
 
     size = sum(Path(args.model, s).stat().st_size for s in index.shards)
     if is_sam3_release(index.names(SAM2_PREFIX)):
@@ -108,8 +108,8 @@ def _fetch(name: str, models_dir: Path) -> Path:
     when incomplete; no network when it is complete."""
     from tqdm import tqdm
 
-    from . import catalog
-    from .download import download, is_complete, required_files
+    from .hub import catalog
+    from .hub.download import download, is_complete, required_files
     from .errors import InputError
 
     entry = catalog.find(name)
@@ -132,7 +132,7 @@ def _fetch(name: str, models_dir: Path) -> Path:
 def _model_folder(model: str, models_dir: str | None) -> str | Path:
     """--model: an existing folder as it is, else a catalog name (downloaded when needed), else the value itself
     (load_model resolves it under $SA2VA_MODELS_DIR or says it was not found)."""
-    from . import catalog
+    from .hub import catalog
 
     if Path(model).expanduser().is_dir() or catalog.find(model) is None:
         return model
@@ -146,8 +146,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from . import catalog
-    from .download import is_complete, required_files
+    from .hub import catalog
+    from .hub.download import is_complete, required_files
 
     base = _models_dir(args.models_dir)
     print(f"{'model':<22} {'family':<11} {'download':>9}  status (in {base})")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_doctor(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is _segment and args.model is None:
-        from .catalog import DEFAULT_MODEL
+        from .hub.catalog import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

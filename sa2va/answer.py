@@ -2,7 +2,7 @@
 
 :class:`SegStateCollector` keeps one hidden state per [SEG] during greedy generation; :class:`Answer` is what the
 ``Sa2VAModel.answer`` seam returns; :func:`clean_text` turns the generated ids into what users read, and
-:func:`sa2va.labels.object_labels` names each [SEG] (``Answer.phrases``). None of this touches SAM2.
+:func:`sa2va.outputs.labels.object_labels` names each [SEG] (``Answer.phrases``). None of this touches SAM2.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Answer:
     reference returns it); text: without special tokens and [SEG] markers; seg_states: one final-layer hidden state
     ``[hidden]`` per [SEG] that was fed back into the model (a [SEG] generated as the very last token has none),
     in answer order, on the language model's device; phrases: one label per state naming what it points at
-    (:func:`sa2va.labels.object_labels` of the answer and the prompt)."""
+    (:func:`sa2va.outputs.labels.object_labels` of the answer and the prompt)."""
 
     token_ids: torch.Tensor
     raw_text: str

@@ -14,7 +14,7 @@ benchmarks and new features use): :meth:`Sa2VAModel.answer` (images + prompt -> 
 with ids and [SEG] states), :meth:`Sa2VAModel.seg_embeddings` ([SEG] states -> SAM2 prompt tokens) and
 :meth:`Sa2VAModel.masks_for` / :meth:`Sa2VAModel.masks_for_batch` ([SEG] states on images -> probabilities) and
 :meth:`Sa2VAModel.objects_for` / :meth:`Sa2VAModel.decode_groups` (the same with SAM2's scores,
-:class:`~sa2va.objects.ObjectMasks`).
+:class:`~sa2va.outputs.objects.ObjectMasks`).
 """
 from __future__ import annotations
 
@@ -29,20 +29,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import keymap
+from .hub import keymap
 from .answer import SEG_TOKEN, Answer, SegStateCollector, StopWords, clean_text, strip_stop_words
 from .cache import EncoderCache, content_key
 from .compat import no_init_weights, require_accelerate, require_transformers
-from .checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
+from .hub.checkpoint import ShardIndex, check_keys, check_shapes, detect_family, read_config, read_index
 from .errors import Cancelled, InputError, ModelFolderError
 from .families import FamilyAdapter, adapter_for
 from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
-from .labels import object_labels
-from .objects import ObjectMasks, object_score
+from .outputs.labels import object_labels
+from .outputs.objects import ObjectMasks, object_score
 from .quantization import QUANTIZATION_MODES, require_bitsandbytes
-from .sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
-from .sam3 import load_sam3
+from .grounding.sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
+from .grounding.sam3 import load_sam3
 from .video import VideoOptions, VideoPrediction, segment_clip
 
 logger = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ class Prediction:
     text: the answer without special tokens and [SEG] markers; raw_text: the decoded answer with special tokens
     (as the reference returns it); token_ids: generated ids, 1-D LongTensor; masks: float32 ``[N, H, W]``
     sigmoid probabilities at the input resolution, one per [SEG] that was fed back into the model;
-    phrases: N labels naming what each mask shows (:func:`sa2va.labels.object_labels`); iou_scores, object_scores:
-    float32 ``[N]`` probabilities from the SAM2 decoder (:mod:`sa2va.objects`); ``scores`` is their product."""
+    phrases: N labels naming what each mask shows (:func:`sa2va.outputs.labels.object_labels`); iou_scores, object_scores:
+    float32 ``[N]`` probabilities from the SAM2 decoder (:mod:`sa2va.outputs.objects`); ``scores`` is their product."""
 
     text: str
     raw_text: str
@@ -137,7 +137,7 @@ class Prediction:
     @classmethod
     def of(cls, answer: Answer, masks: torch.Tensor | ObjectMasks) -> "Prediction":
         """The prediction made of an answer and the masks (with their scores, given an
-        :class:`~sa2va.objects.ObjectMasks`) of its [SEG] states."""
+        :class:`~sa2va.outputs.objects.ObjectMasks`) of its [SEG] states."""
         if isinstance(masks, torch.Tensor):  # masks without scores: the scores stay empty
             masks = ObjectMasks(masks, torch.zeros(0), torch.zeros(0))
         return cls(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks.masks,
@@ -296,7 +296,7 @@ class Sa2VAModel:
     def _generate(self, inputs: dict, prompts: list[str], max_new_tokens: int, logits_processor,
                   stopping_criteria) -> list[Answer]:
         """Greedy ``generate`` on prepared (possibly left-padded) inputs of ``len(prompts)`` requests; one answer per
-        row, its labels named from the row's prompt (:func:`~sa2va.labels.object_labels`)."""
+        row, its labels named from the row's prompt (:func:`~sa2va.outputs.labels.object_labels`)."""
         rows = len(prompts)
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -383,7 +383,7 @@ class Sa2VAModel:
         image (by content) that has at least one state and is not in :attr:`encoder_cache`, batched over up to
         ``encode_batch_size`` such images (all at once when None); each group is decoded in one mask-decoder call.
         ``cancelled()`` is polled before every encoder call and every decoding (raises
-        :class:`~sa2va.errors.Cancelled`). Returns ``[image][group]`` :class:`~sa2va.objects.ObjectMasks`."""
+        :class:`~sa2va.errors.Cancelled`). Returns ``[image][group]`` :class:`~sa2va.outputs.objects.ObjectMasks`."""
         images = [to_pil(image) for image in images]
         head = self.grounding
         empty = torch.zeros(0, dtype=torch.float32)
@@ -684,7 +684,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     one GPU (Sa2VA-26B): ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a dict of module-name
     prefixes to devices; SAM2 and the [SEG] projection stay on ``device``. The Sa2VA Loader node offers the named
     maps as ``gpu_split`` (such a model stays where it was placed).
-    Never downloads: use :mod:`sa2va.download` for that."""
+    Never downloads: use :mod:`sa2va.hub.download` for that."""
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():

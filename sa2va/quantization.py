@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from .errors import DependencyError
-from .keymap import SAM2_PREFIX
+from .hub.keymap import SAM2_PREFIX
 
 QUANTIZATION_MODES = (None, "8bit", "4bit")
 #: bitsandbytes is optional (pyproject's "quantization" extra); this is the version the extra asks for

@@ -16,13 +16,13 @@ Reference semantics (``predict_forward(video=...)``, docs/design.md, "Video"):
    then through a sigmoid.
 
 Sa2VA-Qwen3-VL-4B-SAM3 runs the same steps on SAM 3's tracker (1008 px, 288x288 logits) with its release's rules
-(:class:`~sa2va.grounding.GroundingRules`, :mod:`sa2va.sam2_memory`): the object-score clamp is on, conditioning
+(:class:`~sa2va.grounding.rules.GroundingRules`, :mod:`sa2va.grounding.memory`): the object-score clamp is on, conditioning
 memory is binarised, at most 4 conditioning frames are attended, pointers carry a temporal encoding and absent
 objects an occlusion embedding.
 
 Unlike the reference, the SAM2 image encoder runs once per frame (the reference encodes each key frame twice and the
 whole clip once per [SEG]); all [SEG] of a frame share that pass. Frames are converted and resized one at a time, so
-only one frame's pixels and features exist at once, and the memory bank (:mod:`sa2va.sam2_memory`) holds only what
+only one frame's pixels and features exist at once, and the memory bank (:mod:`sa2va.grounding.memory`) holds only what
 attention can still read: memory stays flat in the clip length apart from the returned masks themselves.
 
 This module uses only the model's public seams (``answer``, ``seg_embeddings``, ``grounding``) and the grounding
@@ -42,8 +42,8 @@ from PIL import Image
 
 from .errors import Cancelled, InputError
 from .inputs import FrameSource
-from .sam2 import sam2_pixels, upsample_logits
-from .sam2_memory import MemoryBank, encode_memory
+from .grounding.sam2 import sam2_pixels, upsample_logits
+from .grounding.memory import MemoryBank, encode_memory
 
 logger = logging.getLogger(__name__)
 

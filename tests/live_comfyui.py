@@ -61,7 +61,7 @@ def sam3_supported() -> bool:
     """Whether this transformers has SAM 3 (5.x): without it the SAM3 format can be neither written nor loaded (the
     pack's error for that case is tested in tests/test_sam3.py), so its checks are reported as skipped."""
     from sa2va.errors import DependencyError
-    from sa2va.sam3 import sam3_model_class
+    from sa2va.grounding.sam3 import sam3_model_class
 
     try:
         sam3_model_class()

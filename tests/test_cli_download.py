@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import ROOT
 from fakehub import FakeHub
-from sa2va import catalog, download
+from sa2va.hub import catalog, download
 from sa2va.__main__ import main
 
 DEFAULT_REPO = "ByteDance/Sa2VA-Qwen3-VL-4B"

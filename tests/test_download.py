@@ -11,8 +11,8 @@ import time
 import pytest
 
 from fakehub import FakeHub
-from sa2va import download
-from sa2va.download import DownloadCancelled, DownloadError
+from sa2va.hub import download
+from sa2va.hub.download import DownloadCancelled, DownloadError
 
 REPO = "ByteDance/Sa2VA-Tiny"
 

@@ -16,9 +16,9 @@ from safetensors import safe_open
 pytest.importorskip("sentencepiece")
 
 import sa2va  # noqa: E402
-from sa2va import catalog  # noqa: E402
-from sa2va.checkpoint import read_config, read_index  # noqa: E402
-from sa2va.download import missing_files, required_files  # noqa: E402
+from sa2va.hub import catalog  # noqa: E402
+from sa2va.hub.checkpoint import read_config, read_index  # noqa: E402
+from sa2va.hub.download import missing_files, required_files  # noqa: E402
 from sa2va.errors import ModelFolderError  # noqa: E402
 from sa2va.families import internlm2  # noqa: E402
 from sa2va.families.internlm2_tokenizer import InternLM2Tokenizer  # noqa: E402

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import sa2va
 from conftest import forced, ids
-from sa2va.checkpoint import detect_family, read_index
+from sa2va.hub.checkpoint import detect_family, read_index
 from sa2va.compat import internvl_image_features
 from sa2va.errors import CheckpointKeyError, InputError, ModelFolderError
 from sa2va.families import internvl

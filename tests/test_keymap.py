@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import Sam2VideoModel
 
-from sa2va import keymap
-from sa2va.sam2 import sam2_config
+from sa2va.hub import keymap
+from sa2va.grounding.sam2 import sam2_config
 from sa2va.testing import TINY_SAM2
 
 

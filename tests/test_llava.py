@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import sa2va
 from conftest import forced, ids
-from sa2va.checkpoint import detect_family, read_index
+from sa2va.hub.checkpoint import detect_family, read_index
 from sa2va.compat import vision_cache_supported
 from sa2va.errors import CheckpointKeyError, InputError, ModelFolderError
 from sa2va.families.llava import (CLIP_MEAN, CLIP_STD, LlavaAdapter, check_config, clip_pixels, native_config,
@@ -345,8 +345,8 @@ def test_video_uses_five_key_frames(model):
 
 # ------------------------------------------------------------------------------------------------ catalog
 def test_catalog_entry_and_file_list(folder):
-    from sa2va import catalog
-    from sa2va.download import missing_files, required_files
+    from sa2va.hub import catalog
+    from sa2va.hub.download import missing_files, required_files
 
     entry = catalog.find("ByteDance/Sa2VA-LLaVA-1.5-7B")
     assert (entry.name, entry.family, entry.download_gb, entry.shards) == ("Sa2VA-LLaVA-1.5-7B", FAMILY, 29.2, 6)

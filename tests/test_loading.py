@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import sa2va
-from sa2va.checkpoint import read_index
+from sa2va.hub.checkpoint import read_index
 from sa2va.errors import CheckpointKeyError, ModelFolderError
 
 
@@ -93,7 +93,7 @@ def test_sam2_and_projection_weights_are_the_release_tensors(model_factory, chec
 
 
 def test_default_sam2_is_hiera_l_v1_at_1024():
-    from sa2va.sam2 import sam2_config
+    from sa2va.grounding.sam2 import sam2_config
 
     config = sam2_config(None)
     assert config.image_size == 1024

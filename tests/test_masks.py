@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from sa2va import masks as M
-from sa2va.refine import RefineSettings, refine
+from sa2va.outputs import masks as M
+from sa2va.outputs.refine import RefineSettings, refine
 
 
 def disk(size, radius, center=None):
@@ -125,7 +125,7 @@ def test_bad_settings_are_clear_errors():
 
 
 def test_vitmatte_end_to_end_keeps_soft_alpha_and_known_regions(tiny_vitmatte):
-    from sa2va.matting import load_matter, matte
+    from sa2va.outputs.matting import load_matter, matte
 
     assert {p.name for p in tiny_vitmatte.iterdir()} >= {"config.json", "model.safetensors",
                                                           "preprocessor_config.json"}

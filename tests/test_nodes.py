@@ -149,7 +149,7 @@ def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(model
 
 def test_model_choices_list_official_then_local(models_dir):
     choices = loader.model_choices()
-    official = [entry.name for entry in pack_module("sa2va.catalog").CATALOG]
+    official = [entry.name for entry in pack_module("sa2va.hub.catalog").CATALOG]
     assert choices[0] == "Sa2VA-Qwen3-VL-4B" and choices == official + ["tiny-qwen3"] and len(official) == 13
     (models_dir / "not-a-model").mkdir()
     assert "not-a-model" not in loader.model_choices()

@@ -16,7 +16,7 @@ loader = pack_module("nodes.loader")
 comfy = pack_module("nodes.comfy")
 common = pack_module("nodes.common")
 errors = pack_module("sa2va.errors")
-boxes_lib = pack_module("sa2va.boxes")
+boxes_lib = pack_module("sa2va.outputs.boxes")
 RAW = {"process_details": False}  # the model's probabilities, unrefined
 
 

@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 
 from conftest import end_token, forced, ids, natural_answer
-from sa2va.boxes import box_record, mask_boxes
-from sa2va.labels import answer_words, object_labels, prompt_lines, request_phrase, split_objects
-from sa2va.objects import keep_confident
-from sa2va.sam2 import sam2_pixels
+from sa2va.outputs.boxes import box_record, mask_boxes
+from sa2va.outputs.labels import answer_words, object_labels, prompt_lines, request_phrase, split_objects
+from sa2va.outputs.objects import keep_confident
+from sa2va.grounding.sam2 import sam2_pixels
 
 # ------------------------------------------------------------------------------------------------ labels
 TEMPLATES = ["Sure, it is [SEG].", "It is [SEG].", "Sure, [SEG].", "[SEG].", "Sure, the segmentation result is [SEG].",
@@ -237,7 +237,7 @@ def test_several_region_prompts_are_batched_and_equal_the_prompts_run_one_by_one
 
 
 def test_labels_of_objects_with_the_same_corner_do_not_hide_each_other():
-    from sa2va.masks import draw_labels
+    from sa2va.outputs.masks import draw_labels
 
     picture = torch.zeros(120, 200, 3)
     masks = torch.ones(2, 120, 200)

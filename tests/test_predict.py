@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import end_token, forced, ids
-from sa2va.sam2 import sam2_pixels, upsample_logits
+from sa2va.grounding.sam2 import sam2_pixels, upsample_logits
 
 
 def _answer_with_segs(model, count):

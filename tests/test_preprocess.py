@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from sa2va.families.qwen_vl import fetch_resize, smart_resize
-from sa2va.sam2 import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD, sam2_pixels
+from sa2va.grounding.sam2 import SAM2_PIXEL_MEAN, SAM2_PIXEL_STD, sam2_pixels
 
 
 @pytest.mark.parametrize("size", [(480, 640), (375, 500), (1, 1), (16, 16), (1080, 1920), (8192, 8192),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import sa2va
-from sa2va.checkpoint import read_index
+from sa2va.hub.checkpoint import read_index
 from sa2va.quantization import estimated_bytes
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -65,7 +65,7 @@ def test_quantized_internlm2_keeps_its_split_attention_projections(checkpoint_fa
     pytest.importorskip("sentencepiece")
     from safetensors import safe_open
 
-    from sa2va.checkpoint import read_config, read_index
+    from sa2va.hub.checkpoint import read_config, read_index
     from sa2va.families.internlm2 import split_wqkv
 
     folder = checkpoint_factory("internvl", decoder="internlm2", weight_dtype=None)

@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 
 import sa2va
 from pack import pack_module
-from sa2va import catalog
+from sa2va.hub import catalog
 from sa2va.answer import StopWords, strip_stop_words
-from sa2va.checkpoint import read_config, read_index
-from sa2va.download import missing_files, required_files
+from sa2va.hub.checkpoint import read_config, read_index
+from sa2va.hub.download import missing_files, required_files
 from sa2va.errors import CheckpointKeyError, ModelFolderError
 from sa2va.families.internvl import TEMPLATES, InternVLAdapter
 from sa2va.testing import ForceTokens

@@ -16,7 +16,7 @@ from pack import pack_module
 segmentation = pack_module("nodes.segmentation")
 loader = pack_module("nodes.loader")
 comfy = pack_module("nodes.comfy")
-download = pack_module("sa2va.download")
+download = pack_module("sa2va.hub.download")
 
 
 @pytest.fixture(scope="module")

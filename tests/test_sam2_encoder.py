@@ -5,9 +5,9 @@ from PIL import Image
 
 import sa2va
 from sa2va.compat import sam2_image_features
-from sa2va import hiera
-from sa2va.hiera import fast_encoder_supported
-from sa2va.sam2 import GroundingHead, sam2_pixels
+from sa2va.grounding import hiera
+from sa2va.grounding.hiera import fast_encoder_supported
+from sa2va.grounding.sam2 import GroundingHead, sam2_pixels
 
 
 def _stock(head, pixels):

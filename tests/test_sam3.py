@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sa2va
-from sa2va import keymap
+from sa2va.hub import keymap
 from sa2va.errors import CheckpointKeyError, DependencyError
 
 import transformers
@@ -92,7 +92,7 @@ def test_release_geometry_has_the_741_release_tensors():
 
 @needs_sam3
 def test_sam3_weights_are_detected_and_loaded_with_every_tensor_in_place(sam3_folder, sam3_model):
-    from sa2va.checkpoint import read_index
+    from sa2va.hub.checkpoint import read_index
 
     index = read_index(sam3_folder)
     assert keymap.is_sam3_release(index.names())
@@ -211,7 +211,7 @@ def test_all_seg_embeddings_of_an_image_are_decoded_in_one_call_after_one_encode
 def test_memory_of_an_absent_object_carries_the_occlusion_embedding_and_conditioning_memory_is_binarised(sam3_model):
     """SAM 3's memory rules on its own modules: the occlusion embedding is added exactly where the object score is
     <= 0, and binarised conditioning memory depends only on the sign of the logits."""
-    from sa2va.sam2_memory import encode_memory
+    from sa2va.grounding.memory import encode_memory
 
     sam = sam3_model.grounding.model
     generator = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ import torch
 
 from conftest import end_token, forced, ids, natural_answer
 from sa2va.answer import clean_text
-from sa2va.labels import object_labels
+from sa2va.outputs.labels import object_labels
 
 
 def test_natural_answer_of_the_synthetic_model_has_one_seg(model_factory, family, image):

@@ -11,8 +11,8 @@ from nodetools import schema as node_schema
 from nodetools import segment_video
 from pack import pack_module
 from sa2va.errors import Cancelled, InputError
-from sa2va.sam2 import GroundingHead, sam2_config
-from sa2va.sam2_memory import MemoryBank, encode_memory
+from sa2va.grounding.sam2 import GroundingHead, sam2_config
+from sa2va.grounding.memory import MemoryBank, encode_memory
 from sa2va.testing import TINY_SAM2, ForceTokens
 from sa2va.inputs import FrameSource
 from sa2va.video import key_frame_indices

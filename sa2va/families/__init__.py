@@ -9,7 +9,7 @@ from .base import FamilyAdapter
 
 
 def adapter_for(family: str) -> FamilyAdapter:
-    """The adapter for a family name returned by :func:`sa2va.checkpoint.detect_family`."""
+    """The adapter for a family name returned by :func:`sa2va.hub.checkpoint.detect_family`."""
     if family in ("qwen3_vl", "qwen2_5_vl"):
         from .qwen_vl import QwenVLAdapter
 

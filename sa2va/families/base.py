@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
 from ..errors import ModelFolderError
-from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
+from ..hub.keymap import PROJECTION_PREFIX, SAM2_PREFIX
 
 
 @dataclass

@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from ..cache import EncoderCache
-from ..checkpoint import ShardIndex, check_keys, check_shapes
+from ..hub.checkpoint import ShardIndex, check_keys, check_shapes
 from ..compat import vision_cache_supported
 from ..errors import InputError, ModelFolderError
-from ..keymap import PROJECTION_PREFIX, SAM2_PREFIX
+from ..hub.keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
 from .base import LoadOptions, cache_projected_features, quiet_transformers, require_complete_load, untied_in_dtype
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
-from ..checkpoint import ShardIndex, check_keys, check_shapes
+from ..hub.checkpoint import ShardIndex, check_keys, check_shapes
 from ..compat import qwen_pixel_budget, vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config

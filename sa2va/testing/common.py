@@ -233,8 +233,8 @@ def sam2_release_state(sam2_block: dict | None, seed: int) -> dict[str, torch.Te
     every tensor drawn under its native name, the shared Gaussian matrix stored once as the releases do."""
     from transformers import Sam2VideoModel
 
-    from .. import keymap
-    from ..sam2 import sam2_config
+    from ..hub import keymap
+    from ..grounding.sam2 import sam2_config
 
     with torch.device("meta"):
         sam = Sam2VideoModel(sam2_config(sam2_block))
@@ -248,7 +248,7 @@ def sam2_release_state(sam2_block: dict | None, seed: int) -> dict[str, torch.Te
 def projection_state(hidden: int, seed: int) -> dict[str, torch.Tensor]:
     """The [SEG] projection ``text_hidden_fcs`` (Linear hidden->hidden, ReLU, Linear hidden->256) of a synthetic
     checkpoint, under the releases' names."""
-    from .. import keymap
+    from ..hub import keymap
 
     shapes = (("0.weight", (hidden, hidden)), ("0.bias", (hidden,)), ("2.weight", (256, hidden)), ("2.bias", (256,)))
     return {keymap.PROJECTION_PREFIX + name: seeded_tensor(keymap.PROJECTION_PREFIX + name, shape, seed)

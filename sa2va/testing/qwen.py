@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .. import keymap
+from ..hub import keymap
 from .common import (
     CORPUS,
     NUM_MERGES,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import keymap
-from ..sam3 import SAM3_CONFIG_KEY, sam3_config, sam3_model_class
+from ..hub import keymap
+from ..grounding.sam3 import SAM3_CONFIG_KEY, sam3_config, sam3_model_class
 from .common import seeded_tensor
 
 #: ViT depth of the test checkpoints: one windowed and one global layer keep both attention paths

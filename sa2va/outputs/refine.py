@@ -2,7 +2,7 @@
 
 probabilities -> black/white points -> detail method -> erode/dilate -> threshold.
 
-* black/white points: ``(p - black) / (white - black)`` clamped (:func:`sa2va.masks.remap_levels`);
+* black/white points: ``(p - black) / (white - black)`` clamped (:func:`sa2va.outputs.masks.remap_levels`);
 * detail method: ``FastMatte`` = guided filter on the image (edge-aware, weight-free), ``VITMatte`` = ViTMatte
   matting from a trimap (fg ``p >= white``, bg ``p <= black``; ``detail_erode`` / ``detail_dilate`` widen its
   unknown band instead of reshaping the alpha afterwards), ``none``;
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from . import masks as M
-from .errors import InputError
+from ..errors import InputError
 from .matting import DEFAULT_MAX_MEGAPIXELS, Matter, matte
 
 DETAIL_METHODS = ("FastMatte", "VITMatte", "none")

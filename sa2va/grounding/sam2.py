@@ -13,8 +13,8 @@ Semantics reproduced from the reference (docs/design.md, "SAM2 input" and "SAM2 
   top FPN level + ``no_memory_embedding``; multimask output, best of masks 1..3 by predicted IoU;
 * **no object-score clamp**: the returned values are mask logits (not probabilities), never -1024-masked.
 
-The same head drives SAM 3's tracker (``Sam3TrackerVideoModel``, Sa2VA-Qwen3-VL-4B-SAM3, :mod:`sa2va.sam3`): its
-sub-modules have the same signatures, and what differs is data (:class:`~sa2va.grounding.GroundingRules`: the clamp
+The same head drives SAM 3's tracker (``Sam3TrackerVideoModel``, Sa2VA-Qwen3-VL-4B-SAM3, :mod:`sa2va.grounding.sam3`): its
+sub-modules have the same signatures, and what differs is data (:class:`~sa2va.grounding.rules.GroundingRules`: the clamp
 is on there) or config (1008 px, 288x288 logits).
 
 The image encoder runs once per image; all [SEG] embeddings of an image are decoded in one mask-decoder call.
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .compat import sam2_image_features
-from .grounding import NO_OBJECT_SCORE, SAM2_RULES, GroundingRules
+from ..compat import sam2_image_features
+from .rules import NO_OBJECT_SCORE, SAM2_RULES, GroundingRules
 from .hiera import (BlockLinears, BufferedLinears, OneDnnLinears, WindowPositionCache, encode_image_fast,
                     fast_encoder_supported, onednn_linears_usable, tensor_version)
 
@@ -129,7 +129,7 @@ class GroundingHead:
     """Language-prompted SAM around a transformers ``Sam2VideoModel`` or ``Sam3TrackerVideoModel``.
 
     The two share the prompt encoder, the mask decoder, the memory modules and their call signatures; what differs
-    between the releases is in ``rules`` (:class:`~sa2va.grounding.GroundingRules`) and in the model's config. The
+    between the releases is in ``rules`` (:class:`~sa2va.grounding.rules.GroundingRules`) and in the model's config. The
     model holds the weights; this class holds no state between calls."""
 
     def __init__(self, model, compile_encoder: bool | str = False, rules: GroundingRules = SAM2_RULES) -> None:
@@ -146,7 +146,7 @@ class GroundingHead:
         self._image_position: torch.Tensor | None = None
         self._encoder = self._encode_eager
         #: how the image encoder's linear layers run on CPU (no autograd, not compiled): "onednn" = fused oneDNN
-        #: kernels where :func:`~sa2va.hiera.onednn_linears_usable` (x86-64, fp32), else "addmm"; "addmm" = the
+        #: kernels where :func:`~sa2va.grounding.hiera.onednn_linears_usable` (x86-64, fp32), else "addmm"; "addmm" = the
         #: stock products into one reused buffer, bit for bit transformers' ``get_image_features``
         self.cpu_kernels: str = "onednn"
         #: the torch.compile backend in use for the image encoder, or None

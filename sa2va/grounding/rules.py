@@ -1,7 +1,7 @@
 """What differs between the grounding encoders of the Sa2VA releases, as data the shared engine reads.
 
-Every release prompts a SAM-family tracker with its [SEG] embeddings through the same engine (:mod:`sa2va.sam2`'s
-:class:`~sa2va.sam2.GroundingHead`, :mod:`sa2va.sam2_memory`, :mod:`sa2va.video`). The SAM2 releases (Hiera-L v1.0
+Every release prompts a SAM-family tracker with its [SEG] embeddings through the same engine (:mod:`sa2va.grounding.sam2`'s
+:class:`~sa2va.grounding.sam2.GroundingHead`, :mod:`sa2va.grounding.memory`, :mod:`sa2va.video`). The SAM2 releases (Hiera-L v1.0
 at 1024 px) and Sa2VA-Qwen3-VL-4B-SAM3 (SAM 3's tracker at 1008 px) differ in a few rules, listed here; the rest
 (image size, memory sizes, whether object pointers carry a temporal encoding, whether an occlusion embedding is
 added to memories, how many conditioning frames a tracked frame attends to) is read from the transformers config

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import INDEX_FILE, read_safetensors_header
-from .errors import ModelFolderError, Sa2VAError
+from ..errors import ModelFolderError, Sa2VAError
 
 logger = logging.getLogger(__name__)
 

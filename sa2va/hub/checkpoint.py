@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointKeyError, ModelFolderError
+from ..errors import CheckpointKeyError, ModelFolderError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..sa2va.boxes import box_record, mask_boxes
+from ..sa2va.outputs.boxes import box_record, mask_boxes
 from ..sa2va.errors import InputError
 
 

@@ -1,6 +1,6 @@
 """ViTMatte image matting (transformers' ``VitMatteForImageMatting``) driven by Sa2VA's probabilities.
 
-The trimap comes from the probabilities (:func:`sa2va.masks.trimap`); large images are matted at a bounded size
+The trimap comes from the probabilities (:func:`sa2va.outputs.masks.trimap`); large images are matted at a bounded size
 (``max_megapixels``) and the predicted alpha is upsampled bilinearly to the input size. The alpha stays soft.
 The checkpoint is ``hustvl/vitmatte-small-composition-1k`` (downloaded into ``<models>/vitmatte/<name>/``); its
 folder holds ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``.
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelFolderError
+from ..errors import ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load_matter(folder: str | os.PathLike, device: str | torch.device = "cpu",
     """Load a ViTMatte folder (safetensors only; no remote code)."""
     from transformers import VitMatteForImageMatting, VitMatteImageProcessor
 
-    from .families.base import quiet_transformers
+    from ..families.base import quiet_transformers
 
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):

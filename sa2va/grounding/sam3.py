@@ -2,17 +2,17 @@
 
 The release stores SAM 3's tracker (ViT-L/14 at 1008 px, the tracker neck, SAM2's prompt encoder and mask decoder,
 the memory modules) under ``grounding_encoder.sam2_model.`` in facebookresearch/sam3's names; config.json says
-nothing about it, so the variant is told from the weights (:func:`sa2va.keymap.is_sam3_release`). The tensors are
-renamed onto ``Sam3TrackerVideoModel`` (:func:`sa2va.keymap.sam3_tensor_to_native`) and the model is driven by the
-same engine as SAM2 (:class:`~sa2va.sam2.GroundingHead`) with :data:`~sa2va.grounding.SAM3_RULES`:
+nothing about it, so the variant is told from the weights (:func:`sa2va.hub.keymap.is_sam3_release`). The tensors are
+renamed onto ``Sam3TrackerVideoModel`` (:func:`sa2va.hub.keymap.sam3_tensor_to_native`) and the model is driven by the
+same engine as SAM2 (:class:`~sa2va.grounding.sam2.GroundingHead`) with :data:`~sa2va.grounding.rules.SAM3_RULES`:
 
 * input: PIL bicubic resize to 1008 x 1008 (aspect ratio not kept), ``/255``, ImageNet mean/std as bf16-rounded
-  constants (Sa2VA's choice, not SAM 3's native 0.5/0.5; :func:`sa2va.sam2.sam2_pixels`);
+  constants (Sa2VA's choice, not SAM 3's native 0.5/0.5; :func:`sa2va.grounding.sam2.sam2_pixels`);
 * encoder: ViT + tracker neck; the neck's 0.5x level is dropped and levels 0/1 go through ``conv_s0``/``conv_s1``
   (``Sam3TrackerVideoModel.get_image_features``): 288², 144² and 72² maps of 256 channels;
 * decoding as SAM2's (``[not_a_point, pad, language]``, multimask, best of 3 by predicted IoU) **with** the
   object-score clamp: a mask whose object score is <= 0 is empty;
-* video memory: SAM 3's tracker rules (:mod:`sa2va.sam2_memory`).
+* video memory: SAM 3's tracker rules (:mod:`sa2va.grounding.memory`).
 
 transformers gained SAM 3 in its 5.x series; under 4.57 loading this release raises
 :class:`~sa2va.errors.DependencyError`.
@@ -25,11 +25,11 @@ import os
 
 import torch
 
-from . import keymap
-from .checkpoint import ShardIndex, check_keys, check_shapes
-from .compat import no_init_weights
-from .errors import DependencyError
-from .grounding import SAM3_RULES
+from ..hub import keymap
+from ..hub.checkpoint import ShardIndex, check_keys, check_shapes
+from ..compat import no_init_weights
+from ..errors import DependencyError
+from .rules import SAM3_RULES
 from .sam2 import GroundingHead
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,3 @@
+"""The model hub and the release files: ``catalog`` (the official releases), ``download`` (hub -> plain files,
+verified and resumable), ``checkpoint`` (config.json, shard index, family detection) and ``keymap`` (release tensor
+names <-> transformers' names)."""

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import sa2va  # noqa: E402
+import sa2va.requests  # noqa: E402
 from sa2va.compat import sam2_image_features  # noqa: E402
 from sa2va.inputs import to_pil  # noqa: E402
 from sa2va.grounding.sam2 import sam2_pixels, upsample_logits  # noqa: E402
@@ -99,7 +100,7 @@ class Baseline:
         device = next(model.vlm.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         eos = model.adapter.eos_token_ids(model.config, model.tokenizer)
-        config = GenerationConfig(max_new_tokens=sa2va.model.DEFAULT_MAX_NEW_TOKENS, do_sample=False, num_beams=1,
+        config = GenerationConfig(max_new_tokens=sa2va.requests.DEFAULT_MAX_NEW_TOKENS, do_sample=False, num_beams=1,
                                   eos_token_id=eos, pad_token_id=model.tokenizer.pad_token_id or eos[0],
                                   output_hidden_states=True, return_dict_in_generate=True)
         # Under transformers 4.57 (the reference) the last entry of hidden_states is the final norm's *input* for
@@ -178,7 +179,7 @@ def breakdown(model, image, forced: list[int], length: int, runs: int, device: t
     stages: dict[str, list[float]] = {"preprocess+generate": [], "sam2_encoder": [], "decode+resize": []}
     for _ in range(runs):
         answer, sample = common.timed(lambda: model.answer(
-            [pil], PROMPT, sa2va.model.DEFAULT_MAX_NEW_TOKENS, [ForceTokens(length, forced)]), device)
+            [pil], PROMPT, sa2va.requests.DEFAULT_MAX_NEW_TOKENS, [ForceTokens(length, forced)]), device)
         states = answer.seg_states
         stages["preprocess+generate"].append(sample.wall)
         features, sample = common.timed(lambda: head.encode(sam2_pixels([pil], head.image_size)), device)

@@ -19,17 +19,10 @@ logger = logging.getLogger(__name__)
 
 CATEGORY = "Sa2VA"
 MODEL_TYPE = "SA2VA_MODEL"
-DEFAULT_PROMPT = "Please segment the main subject."
-#: the nodes' defaults (docs/design.md, "Node defaults"); the library's own answer limit is the reference's 2048
+#: the nodes' mask threshold default (docs/design.md, "Node defaults"); the request defaults are sa2va.requests'
 DEFAULT_MASK_THRESHOLD = RefineSettings.mask_threshold
-DEFAULT_ANSWER_TOKENS = 512
-MAX_ANSWER_TOKENS = 2048
 MODEL_TOOLTIP = ("Official models are downloaded into models/sa2va/<name>/ on first use (progress on the node, "
                  "Cancel stops it, the next run resumes). Folders you place there yourself are listed too.")
-_INSTRUCTION_WORDS = {"please", "segment", "what", "where", "which", "who", "why", "how", "describe", "is", "are",
-                      "can", "could", "would", "find", "show", "highlight", "mask", "select", "identify", "tell",
-                      "give", "list", "count", "locate", "outline", "detect", "explain", "answer", "do", "does"}
-_ARTICLES = {"the", "a", "an", "this", "that", "these", "those", "all", "every", "each", "my", "his", "her", "their"}
 
 
 # ------------------------------------------------------------------------------------------ schema pieces
@@ -109,16 +102,6 @@ def sanitize(image: torch.Tensor) -> torch.Tensor:
 def to_uint8(image: torch.Tensor):
     """A sanitised ``[H, W, 3]`` float image -> uint8 numpy."""
     return (image * 255).round().to(torch.uint8).numpy()
-
-
-def as_segmentation_request(prompt: str) -> str:
-    """Turn a bare noun phrase ("hair", "red car") into "Please segment the hair."; leave requests alone."""
-    text = prompt.replace("<image>", "").strip()
-    words = text.split()
-    if not words or len(words) > 4 or text.endswith(("?", ".", "!")) or words[0].lower() in _INSTRUCTION_WORDS:
-        return prompt
-    article = "" if words[0].lower() in _ARTICLES else "the "
-    return f"Please segment {article}{text}."
 
 
 class TokenProgress:

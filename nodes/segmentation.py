@@ -17,13 +17,13 @@ import torch
 from ..sa2va.hub import catalog
 from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
-from ..sa2va.outputs.labels import prompt_lines, request_phrase
+from ..sa2va.outputs.labels import request_phrase
 from ..sa2va.outputs.masks import draw_labels, overlay
 from ..sa2va.model import DEFAULT_GENERATE_BATCH, DTYPES
 from ..sa2va.outputs.objects import keep_confident
+from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request, prompt_lines
 from . import comfy
-from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
-                     MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, boxes_socket,
+from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, boxes_socket,
                      model_socket, refine_inputs, refine_settings, sanitize, to_uint8)
 from .loader import QUANTIZATIONS, Sa2VAHandle, load_handle, model_choices
 from .rows import Group, object_rows, regions_per_image
@@ -108,7 +108,7 @@ class Sa2VASegmentation(comfy.NodeBase):
                                         "('hair') becomes 'Please segment the hair.'. Questions get text answers."),
                 io.Combo.Input("model_name", options=model_choices(), default=catalog.DEFAULT_MODEL,
                                tooltip="Used when no Sa2VA Loader is connected. " + MODEL_TOOLTIP),
-                io.Int.Input("max_new_tokens", default=DEFAULT_ANSWER_TOKENS, min=1, max=MAX_ANSWER_TOKENS,
+                io.Int.Input("max_new_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=1, max=MAX_NEW_TOKENS,
                              tooltip="Longest answer in tokens. Each mask needs only a few; long descriptions "
                                      "need more."),
                 io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
@@ -168,7 +168,7 @@ class Sa2VASegmentation(comfy.NodeBase):
         if not 0.0 <= min_score <= 1.0:
             raise InputError(f"min_score must be between 0 and 1, got {min_score}.")
         lines = (prompt_lines(segmentation_prompt) or [""]) if prompt_per_line else [segmentation_prompt or ""]
-        requests = [as_segmentation_request(line) for line in lines]
+        requests = [as_request(line) for line in lines]
         for request in requests:
             check_prompt(request)
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]

@@ -16,8 +16,9 @@ from ..sa2va.inputs import check_prompt
 from ..sa2va.outputs.masks import draw_labels, overlay
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
-from .common import (CATEGORY, DEFAULT_ANSWER_TOKENS, DEFAULT_MASK_THRESHOLD, DEFAULT_PROMPT, MAX_ANSWER_TOKENS,
-                     MODEL_TOOLTIP, TokenProgress, advanced, as_segmentation_request, model_socket, sanitize, to_uint8)
+from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request
+from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, TokenProgress, advanced, model_socket, sanitize,
+                     to_uint8)
 from .loader import Sa2VAHandle, model_choices
 from .segmentation import handle_for, load_inputs, release
 
@@ -103,7 +104,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                 io.Boolean.Input("offload_state", default=False, **advanced(io.Boolean.Input),
                                  tooltip="Keep SAM2's memory of past frames (about 6 MB per object at full size, "
                                          "bounded) on the CPU; it moves to the GPU while a frame uses it."),
-                io.Int.Input("max_new_tokens", default=DEFAULT_ANSWER_TOKENS, min=1, max=MAX_ANSWER_TOKENS,
+                io.Int.Input("max_new_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=1, max=MAX_NEW_TOKENS,
                              tooltip="Longest answer in tokens. Each mask needs only a few."),
                 io.Float.Input("mask_threshold", default=DEFAULT_MASK_THRESHOLD, min=0.0, max=1.0, step=0.01,
                                tooltip="With apply_mask_threshold on, pixels whose probability is at least this "
@@ -143,7 +144,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                                offload_frames=offload_frames, offload_state=offload_state,
                                mask_device=comfy.output_device() if offload_frames else None)
         options.validate()
-        request = as_segmentation_request(prompt or "")
+        request = as_request(prompt or "")
         check_prompt(request)
         handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
                             node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))

@@ -25,6 +25,8 @@ import os
 import sys
 from pathlib import Path
 
+from .requests import DEFAULT_MAX_NEW_TOKENS
+
 logger = logging.getLogger("sa2va")
 
 
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="auto = bf16 on CUDA when supported, fp16 on older GPUs, fp32 on CPU")
     seg.add_argument("--quantization", choices=["8bit", "4bit"], default=None, help="bitsandbytes quantisation")
     seg.add_argument("--attn", default=None, help="attention kernel: sdpa (default), eager, flash_attention_2")
-    seg.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
+    seg.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                     help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})")
     seg.set_defaults(func=_segment)
     info = sub.add_parser("info", help="describe a model folder without loading it")
     info.add_argument("--model", required=True)

@@ -40,6 +40,7 @@ from .families.base import LoadOptions
 from .inputs import FrameSource, check_request, to_pil
 from .outputs.labels import object_labels
 from .outputs.objects import ObjectMasks, object_score
+from .requests import DEFAULT_MAX_NEW_TOKENS
 from .quantization import QUANTIZATION_MODES, require_bitsandbytes
 from .grounding.sam2 import GroundingHead, sam2_config, sam2_pixels, upsample_logits
 from .grounding.sam3 import load_sam3
@@ -47,8 +48,6 @@ from .video import VideoOptions, VideoPrediction, segment_clip
 
 logger = logging.getLogger(__name__)
 
-#: the reference's answer length limit, the library's default (the nodes and the CLI choose a shorter one)
-DEFAULT_MAX_NEW_TOKENS = 2048
 #: images per SAM2 encoder call in predict_batch (bounds activation memory, ~0.4 GB per image at fp32 on CPU)
 DEFAULT_ENCODE_BATCH = 8
 #: requests per batched ``generate`` call in answer_batch / predict_batch (bounds the KV cache and the prefill)

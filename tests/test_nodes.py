@@ -12,6 +12,8 @@ from nodetools import refine_mask, segment
 from nodetools import schema as node_schema
 from pack import load_pack, pack_module
 
+from sa2va.requests import as_request
+
 segmentation = pack_module("nodes.segmentation")
 common = pack_module("nodes.common")
 refine_nodes = pack_module("nodes.refine")
@@ -100,7 +102,7 @@ def test_answer_without_seg_gives_empty_masks_and_text(handle, monkeypatch):
     ("a dog running on the beach at dusk", "a dog running on the beach at dusk"),
 ])
 def test_bare_noun_becomes_a_segmentation_request(prompt, expected):
-    assert segmentation.as_segmentation_request(prompt) == expected
+    assert as_request(prompt) == expected
 
 
 def test_bad_inputs(handle):

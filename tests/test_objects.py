@@ -6,7 +6,8 @@ from PIL import Image
 
 from conftest import end_token, forced, ids, natural_answer
 from sa2va.outputs.boxes import box_record, mask_boxes
-from sa2va.outputs.labels import answer_words, object_labels, prompt_lines, request_phrase, split_objects
+from sa2va.outputs.labels import answer_words, object_labels, request_phrase, split_objects
+from sa2va.requests import prompt_lines
 from sa2va.outputs.objects import keep_confident
 from sa2va.grounding.sam2 import sam2_pixels
 

@@ -115,8 +115,3 @@ def object_labels(raw_text: str, count: int, prompt: str = "") -> list[str]:
         else:
             labels.append(answer_words(piece))
     return labels
-
-
-def prompt_lines(text: str) -> list[str]:
-    """Each non-empty line of a prompt, stripped: the requests of "one prompt per line" mode."""
-    return [line.strip() for line in (text or "").replace("<image>", "").splitlines() if line.strip()]

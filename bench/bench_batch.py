@@ -1,11 +1,11 @@
-"""Images per second for an IMAGE batch: Sa2VAModel.predict_batch against predict called image by image.
+"""Images per second for an IMAGE batch: Sa2VAModel.segment (the engine call) against predict called image by image.
 
     python bench/bench_batch.py                     # CPU, fp32, batches of 1, 4 and 8 images, 3 runs each
     python bench/bench_batch.py --device cuda --dtype bf16 --batches 1 4 8 16
 
 Same checkpoint as bench_predict.py (full-size SAM2 Hiera-L at 1024 px, tiny language model; built once and cached
 under bench/results/checkpoints/). Every image is a 480x640 variant of the test picture and every answer is forced
-to ``Sure, it is [SEG].`` (one mask per image). ``predict_batch`` generates in batches of up to 4 images (left
+to ``Sure, it is [SEG].`` (one mask per image). ``segment`` generates in batches of up to 4 images (left
 padding), then runs the SAM2 image encoder once over the whole batch and decodes each image's masks in one call; the
 loop calls ``predict`` per image. The encoder cache is emptied before every run.
 Both give the same masks (asserted, <= 1e-5). Medians of alternating runs after one warm-up.
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def batch(n):
         model.encoder_cache.clear()  # every run encodes its images again
-        return model.predict_batch(pictures[:n], PROMPT, logits_processor=forcing)
+        return [found[0] for found in model.segment(pictures[:n], PROMPT, logits_processor=forcing)]
 
     def loop(n):
         model.encoder_cache.clear()
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for n in args.batches:
-        calls = {"predict_batch": lambda: batch(n), "predict loop": lambda: loop(n)}
+        calls = {"segment": lambda: batch(n), "predict loop": lambda: loop(n)}
         reference = None
         series = {name: common.Series() for name in calls}
         for name in calls:  # warm-up and check
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             if reference is None:
                 reference = masks
             elif float((masks - reference).abs().max()) > 1e-5:
-                raise AssertionError(f"batch of {n}: predict_batch and predict differ")
+                raise AssertionError(f"batch of {n}: segment and predict differ")
         for r in range(args.runs):
             for name in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
                 series[name].samples.append(common.timed(calls[name], device)[1])
@@ -93,18 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in calls:
             row[name]["images_per_s"] = round(n / row[name]["median_wall_s"], 4)
         results.append(row)
-        print(f"batch {n}: predict_batch {row['predict_batch']['images_per_s']:.3f} img/s, predict loop "
+        print(f"batch {n}: segment {row['segment']['images_per_s']:.3f} img/s, predict loop "
               f"{row['predict loop']['images_per_s']:.3f} img/s", flush=True)
 
     memory_name = "peak RSS growth MB" if device.type == "cpu" else "peak CUDA alloc MB"
-    rows = [[r["batch"], f"{r['predict_batch']['images_per_s']:.3f}", f"{r['predict loop']['images_per_s']:.3f}",
-             f"{r['predict_batch']['median_wall_s']:.1f}", f"{r['predict loop']['median_wall_s']:.1f}",
-             common.mb(r["predict_batch"]["max_peak_memory_bytes"]),
+    rows = [[r["batch"], f"{r['segment']['images_per_s']:.3f}", f"{r['predict loop']['images_per_s']:.3f}",
+             f"{r['segment']['median_wall_s']:.1f}", f"{r['predict loop']['median_wall_s']:.1f}",
+             common.mb(r["segment"]["max_peak_memory_bytes"]),
              common.mb(r["predict loop"]["max_peak_memory_bytes"])] for r in results]
     print()
     print(f"median of {args.runs} alternating runs after 1 warm-up, 480x640 images, one [SEG] each")
-    print(common.table(["images", "predict_batch img/s", "predict loop img/s", "predict_batch wall s",
-                        "predict loop wall s", f"predict_batch {memory_name}", f"loop {memory_name}"], rows))
+    print(common.table(["images", "segment img/s", "predict loop img/s", "segment wall s",
+                        "predict loop wall s", f"segment {memory_name}", f"loop {memory_name}"], rows))
     path = common.write_json({"benchmark": "batch", "environment": env, "model": str(folder), "family": model.family,
                               "dtype": str(dtype), "runs": args.runs, "results": results}, args.json,
                              f"batch-{device.type}.json")

@@ -10,7 +10,7 @@ and full-size SAM2 Hiera-L, stored as released (fp32 safetensors shards). The we
 the GPU, scaled by 1/sqrt(fan-in)); answers are forced (``sa2va.testing.ForceTokens``) so every mode decodes the
 same tokens. For each quantisation mode it reports: load time, peak VRAM, prefill and decode tokens/s, one SAM2
 image-encoder pass in ms, the end-to-end seconds of ``predict`` on a 1024x1024 image with a short answer (one
-[SEG]), video frames/s (``predict_video``, 16 frames), batch-of-8 images/s (``predict_batch``) and the masks'
+[SEG]), video frames/s (``predict_video``, 16 frames), batch-of-8 images/s (``segment``) and the masks'
 agreement with an fp32 load (IoU at 0.5 and max |dp|); for bf16 also the SAM2 encoder with ``torch.compile`` on/off.
 The encoder cache is cleared before every timed call, so nothing is served from it. Sections that would overrun
 ``--budget-s`` are skipped and say so. InternVL3-14B is not covered (the same code paths, a different adapter).
@@ -242,8 +242,8 @@ def measure_mode(folder: Path, mode: str, device: torch.device, args, budget: Bu
         out["video_frames_per_s"] = "skipped: budget"
     if budget.left() > 45:
         images = [picture(args.size, seed=i) for i in range(args.batch)]
-        _, batch = seconds(cold(lambda: model.predict_batch(images, PROMPT, logits_processor=forced(short),
-                                                            generate_batch_size=args.batch)), device)
+        _, batch = seconds(cold(lambda: model.segment(images, PROMPT, logits_processor=forced(short),
+                                                      generate_batch_size=args.batch)), device)
         out[f"batch{args.batch}_images_per_s"] = round(args.batch / batch, 3)
     else:
         out[f"batch{args.batch}_images_per_s"] = "skipped: budget"
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--video-size", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8, help="images in the predict_batch measurement")
+    parser.add_argument("--batch", type=int, default=8, help="images in the segment measurement")
     parser.add_argument("--runs", type=int, default=2, help="timed calls per measurement (median)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile check")
     parser.add_argument("--json", help="also write the summary here")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..sa2va.errors import InputError
 from ..sa2va.outputs.matting import DEFAULT_MAX_MEGAPIXELS
 from ..sa2va.outputs.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
 from . import comfy
@@ -92,6 +93,13 @@ def refine_settings(*, process_details: bool, black_point: float, white_point: f
 
 
 # ------------------------------------------------------------------------------------ ComfyUI tensors
+def check_image(image: object, expected: str) -> None:
+    """Raise :class:`~sa2va.errors.InputError` unless ``image`` is a ComfyUI IMAGE tensor ``[B, H, W, C]`` with 1, 3
+    or 4 channels (``expected`` names what the input should hold)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise InputError(f"Expected a ComfyUI {expected}, got {getattr(image, 'shape', type(image))}.")
+
+
 def sanitize(image: torch.Tensor) -> torch.Tensor:
     """A ComfyUI IMAGE ``[B, H, W, C]`` as float32 RGB in 0..1 on the CPU: NaN -> 0, +Inf -> 1, -Inf -> 0, values
     clamped, greyscale repeated to 3 channels, alpha dropped."""
@@ -102,18 +110,6 @@ def sanitize(image: torch.Tensor) -> torch.Tensor:
 def to_uint8(image: torch.Tensor):
     """A sanitised ``[H, W, 3]`` float image -> uint8 numpy."""
     return (image * 255).round().to(torch.uint8).numpy()
-
-
-class TokenProgress:
-    """A stopping criterion that reports each generated token to the progress bar and stops on Cancel."""
-
-    def __init__(self, bar: comfy.Progress, offset: int) -> None:
-        self.bar, self.offset, self.count = bar, offset, 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        self.count += 1
-        self.bar.set(self.offset + self.count)
-        return torch.full((input_ids.shape[0],), comfy.interrupted(), dtype=torch.bool, device=input_ids.device)
 
 
 # ------------------------------------------------------------------------------------------ model slots

@@ -19,7 +19,9 @@ from ..sa2va.hub import catalog
 from ..sa2va.hub.download import DownloadCancelled, download, is_complete, missing_files, required_files
 from ..sa2va.errors import InputError, ModelFolderError
 from ..sa2va.hub.checkpoint import read_index
-from ..sa2va.model import DEVICE_MAPS, DTYPES, MemoryProfile, Sa2VAModel, load_model, resolve_dtype
+from ..sa2va.activations import MemoryProfile
+from ..sa2va.loading import DEVICE_MAPS, DTYPES, load_model, resolve_dtype
+from ..sa2va.model import Sa2VAModel
 from ..sa2va.quantization import estimated_bytes
 from . import comfy
 from .common import MODEL_TOOLTIP, advanced, model_socket
@@ -155,7 +157,7 @@ class Sa2VAHandle:
         return self.quantization is not None or self.split is not None
 
     def activation_bytes(self, height: int, width: int, max_new_tokens: int, images: int = 1) -> int:
-        """The activation memory one prediction will use (:class:`~sa2va.model.MemoryProfile`); 0 when unknown."""
+        """The activation memory one prediction will use (:class:`~sa2va.activations.MemoryProfile`); 0 when unknown."""
         if self.profile is None:
             return 0
         return self.profile.activation_bytes(height, width, max_new_tokens, images)

@@ -1,5 +1,6 @@
-"""Instance-level outputs of Sa2VA Segmentation: region masks per image, and the per-object rows (phrases, scores,
-boxes) of a batch. Plain functions (no ComfyUI import).
+"""Instance-level outputs of Sa2VA Segmentation: region masks per image, the per-object rows (phrases, scores, boxes)
+of a batch, and every output of the node assembled from the engine's predictions (:func:`segmentation_outputs`).
+Plain functions (no ComfyUI import).
 
 A *group* is the objects one request found on one image: one group per image, or one per image and prompt line in
 "one prompt per line" mode. A group without objects is shown as one empty mask (in the single-prompt mode only when
@@ -7,13 +8,25 @@ the whole image has none), so every group keeps a place in the outputs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..sa2va.outputs.boxes import box_record, mask_boxes
 from ..sa2va.errors import InputError
+from ..sa2va.outputs.boxes import box_record, mask_boxes
+from ..sa2va.outputs.labels import request_phrase
+from ..sa2va.outputs.masks import draw_labels, overlay
+from ..sa2va.outputs.refine import RefineSettings
+from ..sa2va.requests import as_request
+from ..sa2va.results import Prediction
+
+
+def check_min_score(min_score: float) -> None:
+    """Raise :class:`~sa2va.errors.InputError` for a ``min_score`` outside 0..1."""
+    if not 0.0 <= min_score <= 1.0:
+        raise InputError(f"min_score must be between 0 and 1, got {min_score}.")
 
 
 def regions_per_image(regions: torch.Tensor | None, batch: int, height: int, width: int) -> list[list | None]:
@@ -98,3 +111,49 @@ def object_rows(groups: list[Group], batch: int, height: int, width: int, box_th
                 boxes[i].append(box_record(box, score=round(score, 4), label=label, mask_index=index))
     stacked = [torch.cat(m) if m else torch.zeros(0, height, width) for m in image_masks]
     return ObjectRows(torch.cat(masks), "\n".join(phrases), "\n".join(scores), boxes, stacked, image_labels)
+
+
+@dataclass
+class SegmentationOutputs:
+    """Every output of Sa2VA Segmentation but the boxes' socket type: masks ``[M, H, W]``, merged ``[B, H, W]``, mask
+    images ``[M, H, W, 3]``, overlays ``[B, H, W, 3]`` (CPU float32), the answers, phrases and scores text, and the
+    box records per image."""
+
+    masks: torch.Tensor
+    merged: torch.Tensor
+    mask_images: torch.Tensor
+    overlays: torch.Tensor
+    text: str
+    phrases: str
+    scores: str
+    boxes: list[list[dict]]
+
+
+def segmentation_outputs(rgb: torch.Tensor, predictions: list[list[Prediction]], refined: list[torch.Tensor],
+                         lines: list[str], settings: RefineSettings, per_line: bool,
+                         check: Callable[[], None] = lambda: None) -> SegmentationOutputs:
+    """The node's outputs from the engine's ``[image][request]`` predictions and each image's refined masks
+    (``refined[i]``: the masks of all of image i's requests, in request order). ``lines``: the requests as typed;
+    ``per_line``: one prompt per line mode (every empty request keeps a place); ``check()`` runs before each
+    image's overlay (Cancel)."""
+    batch, height, width = int(rgb.shape[0]), int(rgb.shape[1]), int(rgb.shape[2])
+    groups = []
+    for i, (found, chosen) in enumerate(zip(predictions, refined)):
+        start = 0
+        for pred, line in zip(found, lines):
+            count = pred.masks.shape[0]
+            groups.append(Group(i, chosen[start:start + count], pred.phrases, pred.scores, pred.iou_scores,
+                                pred.object_scores, request_phrase(as_request(line))))
+            start += count
+    # boxes at the threshold in use: the binary masks' 1s, or the soft masks' pixels at or above mask_threshold
+    box_threshold = 0.5 if settings.apply_mask_threshold else settings.mask_threshold
+    rows = object_rows(groups, batch, height, width, box_threshold, placeholder_per_group=per_line)
+    overlays = []
+    for i in range(batch):
+        check()
+        overlays.append(draw_labels(overlay(rgb[i], rows.image_masks[i], threshold=0.5), rows.image_masks[i],
+                                    rows.image_labels[i]))
+    merged = [m.amax(0) if m.shape[0] else torch.zeros(height, width) for m in rows.image_masks]
+    texts = ["\n".join(p.text for p in found) for found in predictions]
+    return SegmentationOutputs(rows.masks, torch.stack(merged), rows.masks.unsqueeze(-1).expand(-1, -1, -1, 3),
+                               torch.stack(overlays), "\n\n".join(texts), rows.phrases, rows.scores, rows.boxes)

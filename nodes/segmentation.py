@@ -14,75 +14,22 @@ import logging
 
 import torch
 
+from ..sa2va.engine import concurrent_rows
 from ..sa2va.hub import catalog
-from ..sa2va.errors import Cancelled, InputError
-from ..sa2va.inputs import check_prompt
-from ..sa2va.outputs.labels import request_phrase
-from ..sa2va.outputs.masks import draw_labels, overlay
-from ..sa2va.model import DEFAULT_GENERATE_BATCH, DTYPES
 from ..sa2va.outputs.objects import keep_confident
-from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request, prompt_lines
+from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, prompt_lines
 from . import comfy
-from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_SLOT, MODEL_TOOLTIP, TokenProgress, advanced, boxes_socket,
-                     model_socket, refine_inputs, refine_settings, sanitize, to_uint8)
-from .loader import QUANTIZATIONS, Sa2VAHandle, load_handle, model_choices
-from .rows import Group, object_rows, regions_per_image
+from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, boxes_socket, check_image, model_socket,
+                     refine_inputs, refine_settings, sanitize, to_uint8)
+from .loader import Sa2VAHandle, model_choices
 from .refine import MATTER_SLOT, refine_batch
+from .rows import check_min_score, regions_per_image, segmentation_outputs
+from .standalone import engine_run, handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
 
 #: extra words the node search finds this node by (ComfyUI versions with search aliases)
 SEARCH_ALIASES = ["segment by text", "referring segmentation", "text to mask", "sam2", "vlm mask"]
-
-
-#: the nodes that can load their own model (their ``model`` input left unconnected)
-STANDALONE_NODES = ("Sa2VASegmentation", "Sa2VAVideoSegmentation")
-
-
-def standalone_users(prompt: dict) -> set[str]:
-    """Ids of the queued workflow's Segmentation / Video nodes without a Sa2VA Loader (API-format ``prompt``: a
-    connected input is a ``[node_id, output]`` link)."""
-    return {str(node_id) for node_id, node in prompt.items()
-            if isinstance(node, dict) and node.get("class_type") in STANDALONE_NODES
-            and not isinstance(node.get("inputs", {}).get("model"), list)}
-
-
-def handle_for(model: Sa2VAHandle | None, model_name: str, *, dtype: str = "auto", quantization: str = "none",
-               node_id: str | None = None, prompt: dict | None = None) -> Sa2VAHandle:
-    """The connected loader's model, else the node's own from :data:`~.common.MODEL_SLOT` (keyed by every load
-    option; loaded on first use). Models no node of the queued workflow uses any more are released first."""
-    if isinstance(prompt, dict):
-        MODEL_SLOT.keep_only(standalone_users(prompt))
-    if model is not None:
-        MODEL_SLOT.forget(node_id)
-        return model
-    options = {"model": model_name, "dtype": dtype, "quantization": quantization, "attention": "sdpa",
-               "device": "auto"}
-    key = tuple(sorted(options.items()))
-    return MODEL_SLOT.get(key, lambda: load_handle(**options), user=node_id)  # type: ignore[return-value]
-
-
-def release(model: Sa2VAHandle | None, handle: Sa2VAHandle) -> None:
-    """``clean_vram_after``: release the node's own model, or move a loader's model off the GPU (drop a quantised
-    one; it is loaded again on the next use)."""
-    if model is None:
-        for key, value in list(MODEL_SLOT.values.items()):
-            if value is handle:
-                MODEL_SLOT.release(key)
-    else:
-        handle.release_vram()
-
-
-def load_inputs(io) -> list:
-    """dtype and quantization of the node's own model (used when no Sa2VA Loader is connected; advanced)."""
-    return [
-        io.Combo.Input("dtype", options=list(DTYPES), default="auto", optional=True, **advanced(io.Combo.Input),
-                       tooltip="Without a Sa2VA Loader: the compute precision of the node's own model (auto: bf16 "
-                               "on GPUs that support it, fp16 on older GPUs, fp32 on the CPU)."),
-        io.Combo.Input("quantization", options=list(QUANTIZATIONS), default="none", optional=True,
-                       **advanced(io.Combo.Input),
-                       tooltip="Without a Sa2VA Loader: 8bit / 4bit (bitsandbytes) for the node's own model."),
-    ]
 
 
 class Sa2VASegmentation(comfy.NodeBase):
@@ -161,88 +108,31 @@ class Sa2VASegmentation(comfy.NodeBase):
                 model: Sa2VAHandle | None = None, dtype: str = "auto", quantization: str = "none",
                 regions: torch.Tensor | None = None, prompt_per_line: bool = False, min_score: float = 0.0,
                 **refinement):
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
-            raise InputError(f"Expected a ComfyUI IMAGE [B, H, W, 3], got {getattr(image, 'shape', type(image))}.")
+        check_image(image, "IMAGE [B, H, W, 3]")
         settings = refine_settings(**refinement, mask_threshold=mask_threshold,
                                    apply_mask_threshold=apply_mask_threshold)
-        if not 0.0 <= min_score <= 1.0:
-            raise InputError(f"min_score must be between 0 and 1, got {min_score}.")
+        check_min_score(min_score)
         lines = (prompt_lines(segmentation_prompt) or [""]) if prompt_per_line else [segmentation_prompt or ""]
-        requests = [as_request(line) for line in lines]
-        for request in requests:
-            check_prompt(request)
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
         image_regions = regions_per_image(regions, batch, height, width)
         handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
                             node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
         rgb = sanitize(image)
-        # one request per image and no regions: the batch is generated together (sa2va.model.predict_batch);
-        # otherwise image by image, each image's requests on one SAM2 encoding (predict_prompts)
-        batched = len(requests) == 1 and all(r is None for r in image_regions)
-        per_call = max_new_tokens if batched else -(-len(requests) // DEFAULT_GENERATE_BATCH) * max_new_tokens
-        calls = -(-batch // DEFAULT_GENERATE_BATCH) if batched else batch
-        bar = comfy.Progress(calls * per_call, "Sa2VA")
-        predictions = []  # per image, one Prediction per request
+        activations = concurrent_rows(batch, len(lines)) * handle.activation_bytes(height, width, max_new_tokens)
         try:
-            comfy.throw_if_interrupted()
-            # requests generated together add up
-            rows = min(batch if batched else len(requests), DEFAULT_GENERATE_BATCH)
-            handle.prepare(rows * handle.activation_bytes(height, width, max_new_tokens))
-            try:
-                if batched:
-                    found = handle.model.predict_batch(
-                        [to_uint8(rgb[i]) for i in range(batch)], requests[0], max_new_tokens=max_new_tokens,
-                        stopping_criteria=[TokenProgress(bar, 0)], generate_batch_size=DEFAULT_GENERATE_BATCH,
-                        cancelled=comfy.interrupted)
-                    predictions = [[keep_confident(p, min_score)] for p in found]
-                for i in range(0 if batched else batch):
-                    comfy.throw_if_interrupted()
-                    extra = {} if image_regions[i] is None else {"regions": image_regions[i]}
-                    progress = [TokenProgress(bar, i * per_call)]
-                    if prompt_per_line:
-                        found = handle.model.predict_prompts(to_uint8(rgb[i]), requests,
-                                                             max_new_tokens=max_new_tokens,
-                                                             stopping_criteria=progress,
-                                                             generate_batch_size=DEFAULT_GENERATE_BATCH,
-                                                             cancelled=comfy.interrupted, **extra)
-                    else:
-                        found = [handle.model.predict(to_uint8(rgb[i]), requests[0], max_new_tokens=max_new_tokens,
-                                                      stopping_criteria=progress, cancelled=comfy.interrupted,
-                                                      **extra)]
-                    predictions.append([keep_confident(p, min_score) for p in found])
-                    bar.set((i + 1) * per_call)
-            except Cancelled:
-                comfy.throw_if_interrupted()
-                raise
-            comfy.throw_if_interrupted()
-            bar.set(calls * per_call)
-            refined = refine_batch(rgb, [torch.cat([p.masks for p in found]) for found in predictions], settings)
+            with engine_run(handle, activations, "Sa2VA") as monitor:
+                found = handle.model.segment([to_uint8(rgb[i]) for i in range(batch)], [lines] * batch,
+                                             regions=image_regions, max_new_tokens=max_new_tokens, monitor=monitor)
+                predictions = [[keep_confident(p, min_score) for p in per_image] for per_image in found]
+                refined = refine_batch(rgb, [torch.cat([p.masks for p in per_image]) for per_image in predictions],
+                                       settings)
         finally:
-            bar.close()
             if clean_vram_after:
                 MATTER_SLOT.release()
                 release(model, handle)
-        groups = []
-        for i, (found, chosen) in enumerate(zip(predictions, refined)):
-            start = 0
-            for pred, request in zip(found, requests):
-                count = pred.masks.shape[0]
-                groups.append(Group(i, chosen[start:start + count], pred.phrases, pred.scores, pred.iou_scores,
-                                    pred.object_scores, request_phrase(request)))
-                start += count
-        # boxes at the threshold in use: the binary masks' 1s, or the soft masks' pixels at or above mask_threshold
-        box_threshold = 0.5 if settings.apply_mask_threshold else settings.mask_threshold
-        rows = object_rows(groups, batch, height, width, box_threshold, placeholder_per_group=prompt_per_line)
-        overlays = []
-        for i in range(batch):
-            comfy.throw_if_interrupted()
-            overlays.append(draw_labels(overlay(rgb[i], rows.image_masks[i], threshold=0.5), rows.image_masks[i],
-                                        rows.image_labels[i]))
-        merged = [m.amax(0) if m.shape[0] else torch.zeros(height, width) for m in rows.image_masks]
-        texts = ["\n".join(p.text for p in found) for found in predictions]
+        outputs = segmentation_outputs(rgb, predictions, refined, lines, settings, prompt_per_line,
+                                       check=comfy.throw_if_interrupted)
         out = comfy.output_device()
-        all_masks = rows.masks.to(out)
-        return comfy.node_output(all_masks, torch.stack(merged).to(out),
-                                 all_masks.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous(),
-                                 torch.stack(overlays).to(out), "\n\n".join(texts), rows.phrases, rows.scores,
-                                 comfy.boxes_output(rows.boxes))
+        return comfy.node_output(outputs.masks.to(out), outputs.merged.to(out), outputs.mask_images.to(out),
+                                 outputs.overlays.to(out), outputs.text, outputs.phrases, outputs.scores,
+                                 comfy.boxes_output(outputs.boxes))

@@ -10,17 +10,16 @@ import logging
 
 import torch
 
+from ..sa2va.errors import InputError
 from ..sa2va.hub import catalog
-from ..sa2va.errors import Cancelled, InputError
 from ..sa2va.inputs import check_prompt
 from ..sa2va.outputs.masks import draw_labels, overlay
+from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
-from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request
-from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, TokenProgress, advanced, model_socket, sanitize,
-                     to_uint8)
+from .common import CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, check_image, model_socket, sanitize, to_uint8
 from .loader import Sa2VAHandle, model_choices
-from .segmentation import handle_for, load_inputs, release
+from .standalone import engine_run, handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
 
@@ -135,36 +134,23 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                 mode: str, offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
                 apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None,
                 dtype: str = "auto", quantization: str = "none"):
-        if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
-            raise InputError(f"Expected a ComfyUI IMAGE batch [T, H, W, 3] holding the frames of one clip, got "
-                             f"{getattr(frames, 'shape', type(frames))}.")
+        check_image(frames, "IMAGE batch [T, H, W, 3] holding the frames of one clip")
         if not 0.0 <= mask_threshold <= 1.0:
             raise InputError(f"mask_threshold must be between 0 and 1, got {mask_threshold}.")
         options = VideoOptions(key_frames=key_frames, key_frame_spacing=key_frame_spacing, mode=mode,
                                offload_frames=offload_frames, offload_state=offload_state,
                                mask_device=comfy.output_device() if offload_frames else None)
         options.validate()
-        request = as_request(prompt or "")
-        check_prompt(request)
+        check_prompt(as_request(prompt or ""))
         handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
                             node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
-        total = int(frames.shape[0])
-        bar = comfy.Progress(max_new_tokens + total, "Sa2VA video")
+        height, width = int(frames.shape[1]), int(frames.shape[2])
+        activations = handle.activation_bytes(height, width, max_new_tokens, images=min(key_frames, len(frames)))
         try:
-            comfy.throw_if_interrupted()
-            handle.prepare(handle.activation_bytes(int(frames.shape[1]), int(frames.shape[2]), max_new_tokens,
-                                                   images=min(key_frames, total)))
-            try:
-                prediction = handle.model.predict_video(
-                    ClipFrames(frames), request, max_new_tokens=max_new_tokens, options=options,
-                    stopping_criteria=[TokenProgress(bar, 0)],
-                    progress=lambda done, _: bar.set(max_new_tokens + done), cancelled=comfy.interrupted)
-            except Cancelled:
-                comfy.throw_if_interrupted()
-                raise
-            comfy.throw_if_interrupted()
+            with engine_run(handle, activations, "Sa2VA video") as monitor:
+                prediction = handle.model.predict_video(ClipFrames(frames), prompt or "", max_new_tokens=max_new_tokens,
+                                                        options=options, monitor=monitor)
         finally:
-            bar.close()
             if clean_vram_after:
                 release(model, handle)
         out = comfy.output_device()
@@ -172,7 +158,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         if apply_mask_threshold:
             with torch.inference_mode():  # the library's masks are inference tensors
                 chosen.ge_(mask_threshold)
-        count, height, width = chosen.shape[0], int(frames.shape[1]), int(frames.shape[2])
+        count, total = chosen.shape[0], int(frames.shape[0])
         overlays = overlay_frames(frames, chosen, prediction.phrases, out)
         merged = chosen.amax(0) if count else torch.zeros(total, height, width, device=out)
         flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width, device=out)

@@ -17,7 +17,7 @@ __all__ = ["load_model", "Sa2VAModel", "Prediction", "VideoPrediction", "VideoOp
            "ModelFolderError", "CheckpointKeyError", "InputError", "DependencyError", "Cancelled"]
 __version__ = "0.1.0"
 
-_LAZY = {"load_model": "model", "Sa2VAModel": "model", "Prediction": "model", "VideoPrediction": "video",
+_LAZY = {"load_model": "loading", "Sa2VAModel": "model", "Prediction": "model", "VideoPrediction": "video",
          "VideoOptions": "video", "Answer": "answer"}
 
 

@@ -32,10 +32,10 @@ logger = logging.getLogger("sa2va")
 
 
 class _DtypeNames:
-    """The names of :data:`sa2va.model.DTYPES` as argparse choices, read on first use (not at start-up)."""
+    """The names of :data:`sa2va.loading.DTYPES` as argparse choices, read on first use (not at start-up)."""
 
     def _names(self) -> list[str]:
-        from .model import DTYPES
+        from .loading import DTYPES
 
         return list(DTYPES)
 
@@ -53,7 +53,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     from .outputs.boxes import mask_boxes
     from .outputs.masks import draw_labels, overlay, to_uint8
-    from .model import load_model
+    from .loading import load_model
 
     folder = _model_folder(args.model, args.models_dir)
     model = load_model(folder, device=args.device, dtype=args.dtype, quantization=args.quantization,
@@ -100,7 +100,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _models_dir(value: str | None) -> Path:
     """--models-dir, else $SA2VA_MODELS_DIR, else ./models/sa2va."""
-    from .model import MODELS_DIR_ENV
+    from .loading import MODELS_DIR_ENV
 
     return Path(value or os.environ.get(MODELS_DIR_ENV) or os.path.join("models", "sa2va"))
 

@@ -152,7 +152,7 @@ def check_prediction(device: str = "cpu") -> Check:
         import numpy as np
 
         from . import testing
-        from .model import load_model
+        from .loading import load_model
 
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="sa2va-doctor-") as tmp:

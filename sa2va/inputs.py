@@ -1,6 +1,6 @@
 """What the engine accepts: images, frame sequences and requests, checked and converted in one place.
 
-Every entry point (``predict``, ``predict_batch``, ``predict_video``, the ``answer`` seam, the nodes) validates with
+Every entry point (``segment``, ``predict``, ``predict_video``, the ``answer`` seam, the nodes) validates with
 these functions, so a bad input gives the same one-line :class:`~sa2va.errors.InputError` wherever it comes in.
 """
 from __future__ import annotations

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +41,7 @@ from PIL import Image
 
 from .errors import Cancelled, InputError
 from .inputs import FrameSource
+from .monitor import Monitor, TokenMonitor
 from .grounding.sam2 import sam2_pixels, upsample_logits
 from .grounding.memory import MemoryBank, encode_memory
 
@@ -114,21 +114,19 @@ def key_frame_indices(num_frames: int, count: int = DEFAULT_KEY_FRAMES, spacing:
 
 
 class _Steps:
-    """Per-frame progress and cancel."""
+    """Per-frame progress and cancel, after the answer's ``offset`` units (:class:`~sa2va.monitor.Monitor`)."""
 
-    def __init__(self, total: int, progress: Callable[[int, int], None] | None,
-                 cancelled: Callable[[], bool] | None) -> None:
+    def __init__(self, total: int, monitor: Monitor, offset: int) -> None:
         self.total, self.done = total, 0
-        self.progress, self.cancelled = progress, cancelled
+        self.monitor, self.offset = monitor, offset
 
     def check(self) -> None:
-        if self.cancelled is not None and self.cancelled():
+        if self.monitor.is_cancelled():
             raise Cancelled(f"Video segmentation was cancelled after {self.done} of {self.total} frames.")
 
     def step(self) -> None:
         self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+        self.monitor.report(self.offset + self.done, self.offset + self.total)
 
 
 class _MaskWriter:
@@ -206,20 +204,24 @@ def _decode_each_frame(head, source: FrameSource, key_images: dict[int, Image.Im
 
 
 def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions, max_new_tokens: int,
-                 logits_processor=None, stopping_criteria=None, progress: Callable[[int, int], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> VideoPrediction:
+                 logits_processor=None, stopping_criteria=None, monitor: Monitor | None = None) -> VideoPrediction:
     """The engine behind :meth:`Sa2VAModel.predict_video` (see there for the arguments), on the model's public seams.
 
-    model: a :class:`~sa2va.model.Sa2VAModel`; options: validated :class:`VideoOptions`."""
+    model: a :class:`~sa2va.model.Sa2VAModel`; options: validated :class:`VideoOptions`; monitor: progress in units
+    of ``max_new_tokens`` (one per generated token) then one per frame, and Cancel (polled after every token and
+    before every frame)."""
+    monitor = monitor or Monitor()
     total = len(source)
     if total == 0:
         raise InputError("The clip has no frames; pass at least one frame.")
     keys = key_frame_indices(total, options.key_frames, options.key_frame_spacing)
-    steps = _Steps(total, progress, cancelled)
+    steps = _Steps(total, monitor, max_new_tokens)
     key_images = {frame: source.pil(frame) for frame in keys}
     width, height = (key_images[0] if 0 in key_images else source.pil(0)).size
-    answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, stopping_criteria)
+    criteria = [*(stopping_criteria or []), TokenMonitor(monitor, 0, max_new_tokens + total)]
+    answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, criteria)
     steps.check()
+    monitor.report(max_new_tokens, max_new_tokens + total)
     head = model.grounding
     if options.mask_device is not None:
         out_device = torch.device(options.mask_device)
@@ -234,8 +236,8 @@ def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions,
             logger.debug("memory bank peak: %.1f MB", peak / 2**20)
         else:
             _decode_each_frame(head, source, key_images, embeddings, writer, steps)
-    elif progress is not None:
-        progress(total, total)
+    else:
+        monitor.report(max_new_tokens + total, max_new_tokens + total)
     masks = writer.masks.cpu()
     return VideoPrediction(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
                            phrases=answer.phrases, key_frames=keys)

@@ -63,3 +63,24 @@ def segment_video(frames, prompt, model=None, **given):
 def refine_mask(image, mask, **given):
     """Sa2VA Refine Mask."""
     return run(pack_module("nodes.refine").Sa2VARefineMask, image=image, mask=mask, **given)
+
+
+def force_answers(model, monkeypatch, answer_ids: list[int]) -> None:
+    """Make ``model.segment`` (the nodes' engine call) answer ``answer_ids`` to every request, batched or not: the
+    forcing follows each row's own prompt length (:class:`sa2va.testing.ForceByPromptLength`)."""
+    from sa2va.engine import image_list, requests_per_image
+    from sa2va.requests import as_request
+    from sa2va.testing import ForceByPromptLength
+
+    original = model.segment
+
+    def forced(images, requests, regions=None, **kwargs):
+        pils = image_list(images)
+        per_image = requests_per_image(requests, len(pils))
+        lengths = {model.prompt_inputs([pil], as_request(request), regions=region)["input_ids"].shape[1]
+                   for pil, requests_of, region in zip(pils, per_image, regions or [None] * len(pils))
+                   for request in requests_of}
+        processor = ForceByPromptLength({n: answer_ids for n in lengths}, model.pad_id)
+        return original(images, requests, regions=regions, logits_processor=[processor], **kwargs)
+
+    monkeypatch.setattr(model, "segment", forced)

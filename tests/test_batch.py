@@ -1,4 +1,4 @@
-"""predict_batch / answer_batch: batched generation and one SAM2 encoder call for the images of a batch, with the
+"""segment (one request per image) / answer_batch: batched generation and one SAM2 encoder call for the images of a batch, with the
 same results as predict image by image."""
 import numpy as np
 import pytest
@@ -56,7 +56,7 @@ def _encoder_batches(model):
 
 
 @pytest.mark.parametrize("encode_batch_size", [None, 1])
-def test_predict_batch_equals_predict_per_image(model_factory, family, image, encode_batch_size):
+def test_segment_equals_predict_per_image(model_factory, family, image, encode_batch_size):
     model = model_factory(family)
     images = _images(image)
     prompt = "<image>Please segment the person."
@@ -67,7 +67,8 @@ def test_predict_batch_equals_predict_per_image(model_factory, family, image, en
     singles = [model.predict(img, text, logits_processor=[forcing]) for img, text in zip(images, prompts)]
     seen, handle = _encoder_batches(model)
     try:
-        batch = model.predict_batch(images, prompt, logits_processor=[forcing], encode_batch_size=encode_batch_size)
+        batch = [p[0] for p in model.segment(images, prompt, logits_processor=[forcing],
+                                              encode_batch_size=encode_batch_size)]
     finally:
         handle.remove()
     # the image without [SEG] is never encoded; the two others share one pass unless the batch size is 1
@@ -80,12 +81,12 @@ def test_predict_batch_equals_predict_per_image(model_factory, family, image, en
         assert torch.allclose(one.masks, many.masks, atol=1e-5, rtol=0)
 
 
-def test_predict_batch_takes_a_bhwc_array_and_runs_one_encoder_pass(model_factory, image):
+def test_segment_takes_a_bhwc_array_and_runs_one_encoder_pass(model_factory, image):
     model = model_factory("qwen3_vl")
     stack = np.stack([image, image[::-1].copy(), np.ascontiguousarray(image[:, ::-1])])
     seen, handle = _encoder_batches(model)
     try:
-        batch = model.predict_batch(stack, "Please segment the person.", max_new_tokens=16)
+        batch = [p[0] for p in model.segment(stack, "Please segment the person.", max_new_tokens=16)]
     finally:
         handle.remove()
     assert len(batch) == 3 and all(p.masks.shape == (1, 480, 640) for p in batch)
@@ -94,17 +95,17 @@ def test_predict_batch_takes_a_bhwc_array_and_runs_one_encoder_pass(model_factor
     assert torch.allclose(single.masks, batch[1].masks, atol=1e-5, rtol=0)
 
 
-def test_predict_batch_rejects_single_images_and_bad_group_sizes(model_factory, image):
+def test_segment_rejects_single_images_and_bad_group_sizes(model_factory, image):
     model = model_factory("qwen3_vl")
     with pytest.raises(sa2va.InputError, match="list of images"):
-        model.predict_batch(image, "Segment it.")
+        model.segment(image, "Segment it.")
     with pytest.raises(sa2va.InputError, match="list of images"):
-        model.predict_batch(Image.fromarray(image), "Segment it.")
+        model.segment(Image.fromarray(image), "Segment it.")
     with pytest.raises(sa2va.InputError, match="encode_batch_size"):
-        model.predict_batch([image], "Segment it.", encode_batch_size=0)
+        model.segment([image], "Segment it.", encode_batch_size=0)
     with pytest.raises(sa2va.InputError, match="prompt is empty"):
-        model.predict_batch([image], " <image> ")
-    assert model.predict_batch([], "Segment it.") == []
+        model.segment([image], " <image> ")
+    assert model.segment([], "Segment it.") == []
 
 
 class RowCounter:
@@ -162,7 +163,7 @@ def test_answer_batch_bounds_the_rows_per_generate_call(model_factory, image):
         model.answer_batch(images, ["a", "b"])
 
 
-def test_predict_batch_takes_one_prompt_per_image_and_encodes_each_image_once(model_factory, image):
+def test_segment_takes_one_prompt_per_image_and_encodes_each_image_once(model_factory, image):
     model = model_factory("qwen3_vl")
     images = [image, image, _images(image)[1]]
     prompts = ["Please segment the person.", "Please segment the red box and the green disc in this picture now.",
@@ -171,7 +172,7 @@ def test_predict_batch_takes_one_prompt_per_image_and_encodes_each_image_once(mo
     singles = [model.predict(img, text, logits_processor=[forcing]) for img, text in zip(images, prompts)]
     seen, handle = _encoder_batches(model)
     try:
-        batch = model.predict_batch(images, prompts, logits_processor=[forcing], generate_batch_size=3)
+        batch = [p[0] for p in model.segment(images, prompts, logits_processor=[forcing], generate_batch_size=3)]
     finally:
         handle.remove()
     assert seen == [2]  # the image shown twice is encoded once

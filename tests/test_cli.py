@@ -103,13 +103,13 @@ def test_a_missing_optional_package_warns_but_passes(monkeypatch, capsys):
 
 
 def test_a_failing_prediction_fails_the_doctor(monkeypatch):
-    from sa2va import doctor, model
+    from sa2va import doctor, loading
     from sa2va.errors import ModelFolderError
 
     def broken(*args, **kwargs):
         raise ModelFolderError("No weights in /tmp/x")
 
-    monkeypatch.setattr(model, "load_model", broken)
+    monkeypatch.setattr(loading, "load_model", broken)
     check = doctor.check_prediction()
     assert (check.ok, check.status) == (False, "FAIL")
     assert check.detail == "ModelFolderError: No weights in /tmp/x"

@@ -146,7 +146,7 @@ def test_cancel_during_generation_never_starts_sam2(handle, monkeypatch):
 
     monkeypatch.setattr(head, "encode", never)
     monkeypatch.setattr(head, "image_logits", never)
-    monkeypatch.setattr(handle.model, "masks_for_batch", never)
+    monkeypatch.setattr(handle.model.decoder, "decode_groups", never)
     start = time.monotonic()
     with pytest.raises(comfy.Interrupted):
         segment(torch.rand(2, 24, 24, 3), "person", handle, max_new_tokens=200)
@@ -493,9 +493,9 @@ def slot(models_dir, monkeypatch):
     common = pack_module("nodes.common")
     common.MODEL_SLOT.release()
     loads = []
-    segmentation = pack_module("nodes.segmentation")
-    real = segmentation.load_handle
-    monkeypatch.setattr(segmentation, "load_handle", lambda **options: loads.append(options) or real(**options))
+    standalone = pack_module("nodes.standalone")
+    real = standalone.load_handle
+    monkeypatch.setattr(standalone, "load_handle", lambda **options: loads.append(options) or real(**options))
     yield common.MODEL_SLOT, loads
     common.MODEL_SLOT.release()
 

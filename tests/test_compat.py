@@ -8,7 +8,7 @@ import torch
 import sa2va
 from sa2va import compat
 from sa2va.errors import DependencyError
-from sa2va.model import default_dtype
+from sa2va.loading import default_dtype
 from sa2va.quantization import quantization_config
 
 

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ids
 from fakehub import FakeHub
-from nodetools import refine_mask, segment
+from nodetools import force_answers, refine_mask, segment
 from nodetools import schema as node_schema
 from pack import load_pack, pack_module
 
@@ -37,30 +37,10 @@ def handle(models_dir):
     return loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
 
 
-def _force(handle, monkeypatch, text_ids):
-    """Make the handle's model answer ``text_ids`` for every image."""
-    model = handle.model
-    original = model.predict
-
-    def predict(image, prompt, **kwargs):
-        inputs = model.prompt_inputs([image], prompt)
-        processor = synthetic.ForceTokens(inputs["input_ids"].shape[1], text_ids)
-        return original(image, prompt, logits_processor=[processor], **kwargs)
-
-    def predict_batch(images, prompt, **kwargs):
-        lengths = {model.prompt_inputs([image], prompt)["input_ids"].shape[1] for image in images}
-        processor = synthetic.ForceByPromptLength({n: text_ids for n in lengths}, model.pad_id)
-        return original_batch(images, prompt, logits_processor=[processor], **kwargs)
-
-    original_batch = model.predict_batch
-    monkeypatch.setattr(model, "predict", predict)
-    monkeypatch.setattr(model, "predict_batch", predict_batch)
-
-
 def test_batch_outputs_are_aligned(handle, monkeypatch):
     tok = handle.model.tokenizer
     seg, end = tok.convert_tokens_to_ids("[SEG]"), tok.convert_tokens_to_ids("<|im_end|>")
-    _force(handle, monkeypatch, ids(handle.model, "<p>cat</p>") + [seg] + ids(handle.model, " <p>dog</p>") + [seg, end])
+    force_answers(handle.model, monkeypatch, ids(handle.model, "<p>cat</p>") + [seg] + ids(handle.model, " <p>dog</p>") + [seg, end])
     images = torch.rand(3, 48, 64, 3)
     r = segment(images, "cats and dogs", handle, max_new_tokens=16)
     assert r.masks.shape == (6, 48, 64) and r.masks.dtype == torch.float32
@@ -87,7 +67,7 @@ def test_threshold_semantics(handle):
 
 def test_answer_without_seg_gives_empty_masks_and_text(handle, monkeypatch):
     end = handle.model.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    _force(handle, monkeypatch, ids(handle.model, "It is a dog.") + [end])
+    force_answers(handle.model, monkeypatch, ids(handle.model, "It is a dog.") + [end])
     r = segment(torch.rand(2, 30, 40, 3), "What is this?", handle, max_new_tokens=16)
     assert r.masks.shape == (2, 30, 40) and float(r.masks.abs().sum()) == 0
     assert r.merged_mask.shape == (2, 30, 40)
@@ -128,8 +108,8 @@ def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
     monkeypatch.setattr(comfy, "interrupted", interrupted)
     monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
     batches = []
-    original = handle.model.answer_batch
-    monkeypatch.setattr(handle.model, "answer_batch",
+    original = handle.model.generator.answer_rows
+    monkeypatch.setattr(handle.model.generator, "answer_rows",
                         lambda *a, **k: batches.append(original(*a, **k)) or batches[-1])
     with pytest.raises(comfy.Interrupted):
         segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)

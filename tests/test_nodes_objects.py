@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ids
-from nodetools import segment
+from nodetools import force_answers, segment
 from pack import pack_module
 
 loader = pack_module("nodes.loader")
@@ -45,32 +45,10 @@ def handle(models_dir):
     return loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
 
 
-def force_answer(handle, monkeypatch, answer_ids):
-    """Make the handle's model answer ``answer_ids`` for every image, one by one (predict) or batched
-    (predict_batch, the node's path for one request per image)."""
-    from sa2va.testing import ForceByPromptLength, ForceTokens
-
-    model = handle.model
-    original, original_batch = model.predict, model.predict_batch
-
-    def predict(image, prompt, **kwargs):
-        inputs = model.prompt_inputs([image], prompt)
-        return original(image, prompt, logits_processor=[ForceTokens(inputs["input_ids"].shape[1], answer_ids)],
-                        **kwargs)
-
-    def predict_batch(images, prompt, **kwargs):
-        lengths = {model.prompt_inputs([image], prompt)["input_ids"].shape[1] for image in images}
-        processor = ForceByPromptLength({n: answer_ids for n in lengths}, model.pad_id)
-        return original_batch(images, prompt, logits_processor=[processor], **kwargs)
-
-    monkeypatch.setattr(model, "predict", predict)
-    monkeypatch.setattr(model, "predict_batch", predict_batch)
-
-
 def test_labels_scores_and_boxes_line_up_with_the_masks(handle, monkeypatch):
     tok = handle.model.tokenizer
     seg, end = tok.convert_tokens_to_ids("[SEG]"), tok.convert_tokens_to_ids("<|im_end|>")
-    force_answer(handle, monkeypatch, ids(handle.model, "Sure, it is") + [seg] + ids(handle.model, " and") + [seg, end])
+    force_answers(handle.model, monkeypatch, ids(handle.model, "Sure, it is") + [seg] + ids(handle.model, " and") + [seg, end])
     r = segment(torch.rand(2, 40, 48, 3), "Please segment the cat and the dog.", handle, max_new_tokens=16,
                 mask_threshold=0.5)
     records_per_image = boxes_of(r)
@@ -169,21 +147,7 @@ def test_one_prompt_per_line_equals_the_lines_run_one_by_one(handle):
 def test_a_line_that_finds_nothing_keeps_its_place(handle, monkeypatch):
     tok = handle.model.tokenizer
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    model = handle.model
-    original = model.predict_prompts
-    forced_ids = ids(model, "It is not here.") + [end]
-
-    def predict_prompts(image, prompts, **kwargs):
-        from sa2va.testing import ForceTokens
-
-        out = []
-        for prompt in prompts:  # force every line's answer to have no [SEG]
-            inputs = model.prompt_inputs([image], prompt)
-            out += original(image, [prompt], logits_processor=[ForceTokens(inputs["input_ids"].shape[1], forced_ids)],
-                            **kwargs)
-        return out
-
-    monkeypatch.setattr(model, "predict_prompts", predict_prompts)
+    force_answers(handle.model, monkeypatch, ids(handle.model, "It is not here.") + [end])
     r = segment(torch.rand(1, 20, 24, 3), "the cat\nthe dog", handle, prompt_per_line=True, max_new_tokens=8)
     assert r.masks.shape == (2, 20, 24) and float(r.masks.abs().sum()) == 0
     assert r.phrases.splitlines() == ["0: (none) cat", "0: (none) dog"]

@@ -91,17 +91,17 @@ def _answer(model, count):
 def test_scores_equal_the_decoders(model_factory, family, image):
     model = model_factory(family)
     captured = {}
-    original = model.decode_groups
+    original = model.decoder.decode_groups
 
     def spy(images, groups, *args, **kwargs):
         captured["states"] = torch.stack(groups[0][0])
         return original(images, groups, *args, **kwargs)
 
-    model.decode_groups = spy
+    model.decoder.decode_groups = spy
     try:
         pred = forced(model, image, "Please segment the cat.", _answer(model, 2))
     finally:
-        del model.decode_groups
+        del model.decoder.decode_groups
     head = model.grounding
     with torch.inference_mode():
         features = head.encode(sam2_pixels([Image.fromarray(image)], head.image_size))
@@ -183,9 +183,8 @@ def test_several_prompts_equal_the_prompts_run_one_by_one(model_factory, family,
     patch_embed = model.grounding.model.vision_encoder.backbone.patch_embed
     hook = patch_embed.register_forward_hook(lambda *a: calls.append(1))
     try:
-        together = model.predict_prompts(image, prompts, max_new_tokens=32,
-                                         logits_processor=[lambda input_ids, scores: rows.append(len(input_ids))
-                                                           or scores])
+        together = model.segment([image], [prompts], max_new_tokens=32,
+                                 logits_processor=[lambda input_ids, scores: rows.append(len(input_ids)) or scores])[0]
     finally:
         hook.remove()
     one_by_one = [model.predict(image, p, max_new_tokens=32) for p in prompts]
@@ -200,11 +199,11 @@ def test_several_prompts_equal_the_prompts_run_one_by_one(model_factory, family,
     assert together[0].phrases == ["person"]
     import sa2va
 
-    with pytest.raises(sa2va.InputError, match="non-empty list of prompts"):
-        model.predict_prompts(image, "Please segment the person.")
+    with pytest.raises(sa2va.InputError, match="non-empty list of requests per image"):
+        model.segment([image], [[]])
     rows.clear()
-    model.predict_prompts(image, prompts, max_new_tokens=4, generate_batch_size=2,
-                          logits_processor=[lambda input_ids, scores: rows.append(len(input_ids)) or scores])
+    model.segment([image], [prompts], max_new_tokens=4, generate_batch_size=2,
+                  logits_processor=[lambda input_ids, scores: rows.append(len(input_ids)) or scores])
     assert set(rows) == {1, 2}, "generate_batch_size bounds the rows of each generate call"
 
 
@@ -219,9 +218,8 @@ def test_several_region_prompts_are_batched_and_equal_the_prompts_run_one_by_one
         model.prompt_inputs([small], prompts[0])["input_ids"].shape[1]
     assert start > 0  # the region block is in the prompt
     rows = []
-    together = model.predict_prompts(small, prompts, max_new_tokens=16, regions=regions,
-                                     logits_processor=[lambda input_ids, scores: rows.append(len(input_ids))
-                                                       or scores])
+    together = model.segment([small], [prompts], max_new_tokens=16, regions=[regions],
+                             logits_processor=[lambda input_ids, scores: rows.append(len(input_ids)) or scores])[0]
     assert set(rows) == {3}
     for prompt, got in zip(prompts, together):
         alone = model.predict(small, prompt, max_new_tokens=16, regions=regions)

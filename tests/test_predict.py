@@ -44,17 +44,17 @@ def test_batched_decode_equals_per_seg_reference(model_factory, family, image):
     model = model_factory(family)
     pil = Image.fromarray(image)
     captured = {}
-    original = model.objects_for
+    original = model.decoder.decode_groups
 
-    def spy(image, states, **kwargs):
-        captured["states"] = [s.clone() for s in states]
-        return original(image, states, **kwargs)
+    def spy(images, groups, *args, **kwargs):
+        captured["states"] = [s.clone() for s in groups[0][0]]
+        return original(images, groups, *args, **kwargs)
 
-    model.objects_for = spy
+    model.decoder.decode_groups = spy
     try:
         pred = forced(model, image, "Segment it.", _answer_with_segs(model, 3))
     finally:
-        del model.objects_for
+        del model.decoder.decode_groups
     with torch.inference_mode():
         reference = _reference_masks(model, pil, captured["states"]).sigmoid()
     assert pred.masks.shape == reference.shape == (3, 480, 640)

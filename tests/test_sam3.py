@@ -247,7 +247,7 @@ def test_cli_info_names_the_sam3_grounding_encoder(sam3_folder, capsys):
 
 @needs_sam3
 def test_activation_estimate_counts_sam3s_larger_encoder(sam3_model, model_factory):
-    from sa2va.model import SAM2_ENCODER_BYTES_FP32, SAM3_ENCODER_BYTES_FP32
+    from sa2va.activations import SAM2_ENCODER_BYTES_FP32, SAM3_ENCODER_BYTES_FP32
 
     sam3 = sam3_model.memory_profile()
     sam2 = model_factory("qwen3_vl").memory_profile()

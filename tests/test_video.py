@@ -15,7 +15,9 @@ from sa2va.grounding.sam2 import GroundingHead, sam2_config
 from sa2va.grounding.memory import MemoryBank, encode_memory
 from sa2va.testing import TINY_SAM2, ForceTokens
 from sa2va.inputs import FrameSource
-from sa2va.video import key_frame_indices
+from sa2va.monitor import Monitor
+from sa2va.requests import as_request
+from sa2va.video import VideoOptions, key_frame_indices
 
 HEIGHT, WIDTH = 48, 64
 
@@ -37,14 +39,25 @@ def model(model_factory):
     return model_factory("qwen3_vl")
 
 
-def forced(model, frames, answer: str, key_frames: int = 5, spacing: str = "first", **kwargs):
-    """predict_video with decoding forced to ``answer`` (prompt length taken from the key frames' prompt)."""
+ANSWER_TOKENS = 32
+
+
+def forced(model, frames, answer: str, key_frames: int = 5, spacing: str = "first", progress=None, cancelled=None,
+           **kwargs):
+    """predict_video with decoding forced to ``answer`` (prompt length taken from the key frames' prompt).
+    ``progress(done, total)`` sees the frames only (the monitor's units after the answer's ``ANSWER_TOKENS``)."""
     keys = key_frame_indices(len(frames), key_frames, spacing)
     inputs = model.prompt_inputs([frames[k] for k in keys], "Segment the boxes.")
     answer_ids = ids(model, answer) + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     processor = ForceTokens(inputs["input_ids"].shape[1], answer_ids)
-    return model.predict_video(frames, "<image>Segment the boxes.", max_new_tokens=32, key_frames=key_frames,
-                               key_frame_spacing=spacing, logits_processor=[processor], **kwargs)
+
+    def frame_progress(done: int, total: int) -> None:
+        if progress is not None and done > ANSWER_TOKENS:
+            progress(done - ANSWER_TOKENS, total - ANSWER_TOKENS)
+
+    return model.predict_video(frames, "<image>Segment the boxes.", max_new_tokens=ANSWER_TOKENS,
+                               key_frames=key_frames, key_frame_spacing=spacing, logits_processor=[processor],
+                               monitor=Monitor(frame_progress, cancelled), **kwargs)
 
 
 def test_shapes_text_and_phrases(model):
@@ -290,8 +303,10 @@ def _force_video(handle, monkeypatch, answer: str):
     original = model.predict_video
 
     def predict_video(frames, prompt, **kwargs):
-        keys = key_frame_indices(len(frames), kwargs.get("key_frames", 5), kwargs.get("key_frame_spacing", "first"))
-        inputs = model.prompt_inputs([frames[k] for k in keys], prompt)
+        options = kwargs.get("options") or VideoOptions(**{k: v for k, v in kwargs.items()
+                                                            if k in ("key_frames", "key_frame_spacing")})
+        keys = key_frame_indices(len(frames), options.key_frames, options.key_frame_spacing)
+        inputs = model.prompt_inputs([frames[k] for k in keys], as_request(prompt))
         answer_ids = ids(model, answer) + [model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
         processor = node_synthetic.ForceTokens(inputs["input_ids"].shape[1], answer_ids)
         return original(frames, prompt, logits_processor=[processor], **kwargs)

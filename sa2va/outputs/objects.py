@@ -32,7 +32,7 @@ def object_score(iou_scores: torch.Tensor, object_scores: torch.Tensor) -> torch
 
 
 def keep_confident(prediction, min_score: float):
-    """A copy of a :class:`~sa2va.model.Prediction` without the objects whose score is below ``min_score`` (masks,
+    """A copy of a :class:`~sa2va.results.Prediction` without the objects whose score is below ``min_score`` (masks,
     phrases and scores stay aligned; text and token ids are unchanged). ``min_score`` 0 keeps every object."""
     if not 0.0 <= min_score <= 1.0:
         raise InputError(f"min_score must be between 0 and 1, got {min_score}.")

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fakehub import FakeHub
-from sa2va.hub import download
+from sa2va.hub import download, plan, session
 from sa2va.hub.download import DownloadCancelled, DownloadError
 
 REPO = "ByteDance/Sa2VA-Tiny"
@@ -29,7 +29,7 @@ def _release(folder):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(session, "BACKOFF_S", 0.01)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     import huggingface_hub.constants
@@ -193,7 +193,7 @@ def test_endless_503_gives_up_after_bounded_retries_keeping_parts(hub, tmp_path)
     hub.retry_after = None
     with pytest.raises(DownloadError, match=r"failed 6 times \(HTTP 503\).*run the download again to resume"):
         download.download(REPO, target, connections=1)
-    assert 1000 - len(hub.fail_statuses) == download.RETRIES + 1
+    assert 1000 - len(hub.fail_statuses) == session.RETRIES + 1
     hub.fail_statuses = []
     download.download(REPO, target)
     assert download.is_complete(target)
@@ -306,7 +306,7 @@ def test_stored_login_token_is_used(hub, tmp_path, monkeypatch):
 
 
 def test_parallel_transfers_use_several_connections_and_ranges(hub, hub_repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "SEGMENT_MIN", 2**20)
+    monkeypatch.setattr(plan, "SEGMENT_MIN", 2**20)
     target = tmp_path / "Sa2VA-Tiny"
     hub.delay_per_chunk = 0.005
     download.download(REPO, target, connections=6)

@@ -1,17 +1,21 @@
 """Downloading a release from a fake hub that behaves like the real one (tests/fakehub.py): plain files, byte
 progress, a pinned commit, sha256 checks, the token kept on the hub's host, retries, prompt cancel, resume,
 parallel transfers."""
+import errno
 import hashlib
 import json
+import os
+import re
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from fakehub import FakeHub
-from sa2va.hub import download, plan, session
+from sa2va.hub import download, plan, session, transfer
 from sa2va.hub.download import DownloadCancelled, DownloadError
 
 REPO = "ByteDance/Sa2VA-Tiny"
@@ -364,3 +368,64 @@ def test_concurrent_downloads_of_one_model_do_not_corrupt_it(hub, hub_repo, tmp_
         t.join(120)
     assert not failures
     assert _digest(target) == _release(hub_repo)
+
+
+# ------------------------------------------------------------------------------ file-system failures (issue 27)
+def test_models_path_under_a_regular_file_is_a_disk_error_naming_it(hub, tmp_path):
+    blocker = tmp_path / "models"
+    blocker.write_text("not a folder")
+    with pytest.raises(download.DiskError, match=rf"A file is in the way of .*: {blocker} is a regular file, not a "
+                                                  rf"folder; move it away or choose another models folder"):
+        download.download(REPO, blocker / "sa2va" / "Sa2VA-Tiny")
+    assert blocker.read_text() == "not a folder" and not hub.requests, "nothing fetched, the file untouched"
+
+
+@pytest.mark.parametrize("code, words", [(errno.EACCES, "No permission to write"),
+                                         (errno.EROFS, "Read-only file system at")])
+def test_unwritable_models_folder_is_a_disk_error_naming_the_path(hub, tmp_path, monkeypatch, code, words):
+    """A folder the user may not write, or a read-only mount (faked: the tests may run as root, who may write
+    anywhere), fails when the download creates its folder, before anything is fetched."""
+    models = tmp_path / "models"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == models or models in self.parents:
+            raise OSError(code, os.strerror(code), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(download.DiskError, match=rf"{words} {models}.*then run the download again") as info:
+        download.download(REPO, models / "Sa2VA-Tiny")
+    assert isinstance(info.value, download.DownloadError) and not hub.requests
+
+
+def test_full_disk_stops_at_once_saying_the_space_needed_and_keeps_the_parts(hub, hub_repo, tmp_path, monkeypatch):
+    target = tmp_path / "Sa2VA-Tiny"
+    written = {"bytes": 0, "full": 0}
+    real_write_all = transfer.write_all
+
+    def write_all(out, data):
+        if written["bytes"] + len(data) > 5 * 2**20:
+            written["full"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written["bytes"] += len(data)
+        real_write_all(out, data)
+
+    monkeypatch.setattr(transfer, "write_all", write_all)
+    with pytest.raises(download.DiskError, match=r"The disk holding .*\.part is full: free some space "
+                                                  r"\(needed: (\d+\.\d+) GB, free: \d+\.\d+ GB\)") as info:
+        download.download(REPO, target, connections=1)
+    total = sum((hub_repo / name).stat().st_size for name in _release(hub_repo))
+    needed = float(re.search(r"needed: (\d+\.\d+) GB", str(info.value)).group(1)) * 1e9
+    assert abs(needed - (total - written["bytes"])) < 0.01e9, "needed: the bytes still to fetch"
+    assert written["full"] == 1, "a full disk is not retried"
+    placed = {p.name: p.stat().st_mtime_ns for p in target.iterdir() if p.suffix in (".json", ".txt") and
+              not p.name.startswith(".") and not p.name.endswith(".part.json")}
+    assert "config.json" in placed, "the small files were verified and placed before the disk filled"
+    assert list(target.glob("*.part")) and not download.is_complete(target), "partial files are kept"
+    monkeypatch.setattr(transfer, "write_all", real_write_all)
+    first = len(hub.requests)
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+    assert {k: (target / k).stat().st_mtime_ns for k in placed} == placed, "verified files were not touched"
+    assert not any(r[0].split("?")[0].endswith(tuple(placed)) for r in hub.requests[first:])

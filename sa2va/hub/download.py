@@ -38,16 +38,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import INDEX_FILE
-from .local_folder import (LOCK_SUFFIX, REQUIRED_FILES, STATE_FILE, folder_lock, is_complete, missing_files,
-                           pinned_commit, read_json, required_files, write_json)
+from .local_folder import (LOCK_SUFFIX, REQUIRED_FILES, STATE_FILE, DiskError, folder_lock, is_complete,
+                           missing_files, pinned_commit, raise_disk_error, read_json, required_files, write_json)
 from .plan import SKIPPED_SUFFIXES, RemoteFile, list_remote, pin, resolve_commit
 from .session import (CancelCallback, DownloadCancelled, DownloadError, HubStatusError, ProgressCallback, Session,
                       endpoint, offline, token)
 from .transfer import CONNECTIONS, Download
 from ..errors import Sa2VAError
 
-__all__ = ["CONNECTIONS", "LOCK_SUFFIX", "REQUIRED_FILES", "SKIPPED_SUFFIXES", "STATE_FILE",
-           "CancelCallback", "DownloadCancelled", "DownloadError", "HubStatusError", "ProgressCallback", "RemoteFile",
+__all__ = ["CONNECTIONS", "LOCK_SUFFIX", "REQUIRED_FILES", "SKIPPED_SUFFIXES", "STATE_FILE", "CancelCallback",
+           "DiskError", "DownloadCancelled", "DownloadError", "HubStatusError", "ProgressCallback", "RemoteFile",
            "download", "endpoint", "folder_lock", "is_complete", "list_remote", "missing_files", "offline",
            "pinned_commit", "required_files", "resolve_commit", "token"]
 
@@ -91,9 +91,8 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
                 write_json(folder / STATE_FILE, state)
             state.setdefault("files", {})
             run = Download(repo_id, folder, commit, remote, state, session, connections)
-        except OSError as exc:  # a read-only folder, a full disk
-            raise DownloadError(f"Download of {repo_id} into {folder} failed ({exc}); run the loader again to "
-                                f"resume.") from exc
+        except OSError as exc:  # no permission, a read-only disk, a full disk
+            raise_disk_error(exc, folder, _bytes_missing(folder, remote))
         run.run(connections, progress, cancelled, poll_s)
         if run.bad:
             raise DownloadError(f"{', '.join(run.bad)} of {repo_id} failed the integrity check (the bytes received "
@@ -103,6 +102,12 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
     if left:
         raise DownloadError(f"{folder} is still incomplete after downloading {repo_id}: {', '.join(left)}.")
     return folder
+
+
+def _bytes_missing(folder: Path, remote: list[RemoteFile]) -> int:
+    """Bytes of ``remote`` not yet in ``folder`` under their final names."""
+    return sum(f.size for f in remote
+               if not ((folder / f.path).is_file() and (folder / f.path).stat().st_size == f.size))
 
 
 def _in_thread(fn: Callable[[], object], session: Session, cancelled: CancelCallback | None, poll_s: float,

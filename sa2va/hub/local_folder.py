@@ -4,16 +4,19 @@ the hashes that verify a file (the hub's sha256 for weights, the git blob id for
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from .checkpoint import INDEX_FILE, read_safetensors_header
-from .session import CancelCallback, DownloadCancelled
+from .session import CancelCallback, DownloadCancelled, DownloadError
 from ..errors import ModelFolderError
 
 STATE_FILE = ".sa2va-download.json"
@@ -21,6 +24,55 @@ LOCK_SUFFIX = ".sa2va-download.lock"
 #: files every release folder needs besides the shards listed in the index (the Qwen releases also ship
 #: preprocessor_config.json: see :func:`required_files`)
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+#: errnos of a full disk (EDQUOT: a quota; absent on Windows)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskError(DownloadError):
+    """A file-system failure while downloading (no permission, a read-only disk, a path under a regular file, a
+    full disk); ``path`` is where it happened. Partial files are kept; verified files are not touched."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f}" if n >= 1e9 else f"{n / 1e9:.2f}"
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def raise_disk_error(exc: OSError, path: Path, needed: int | None = None) -> NoReturn:
+    """Raise the :class:`DiskError` for ``exc``, a file-system failure at ``path`` (the file ``exc`` names, when it
+    names one): what went wrong there and the fix. ``needed``: bytes the download still has to write (a full disk
+    says how much space to free)."""
+    path = Path(exc.filename) if exc.filename else Path(path)
+    if exc.errno in _FULL:
+        free = shutil.disk_usage(_existing(path)).free
+        if needed is None:
+            raise DiskError(f"The disk holding {path} is full: free some space (free: {_gb(free)} GB), then run "
+                            f"the download again to resume; the partial files are kept.", path) from exc
+        raise DiskError(f"The disk holding {path} is full: free some space (needed: {_gb(needed)} GB, free: "
+                        f"{_gb(free)} GB), then run the download again to resume; the partial files are kept.",
+                        path) from exc
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        raise DiskError(f"No permission to write {path}: give your user write access there or choose another "
+                        f"models folder, then run the download again.", path) from exc
+    if exc.errno == errno.EROFS:
+        raise DiskError(f"Read-only file system at {path}: choose a models folder on a writable disk, then run the "
+                        f"download again.", path) from exc
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:
+        raise DiskError(f"A file is in the way of {path}: {blocker} is a regular file, not a folder; move it away "
+                        f"or choose another models folder, then run the download again.", path) from exc
+    raise DiskError(f"The download could not write {path} ({exc.strerror or exc}); check the disk and the folder's "
+                    f"permissions, then run the download again to resume.", path) from exc
 
 
 def required_files(family: str, tokenizer: str = "tokenizer.json") -> tuple[str, ...]:
@@ -72,8 +124,12 @@ def folder_lock(folder: Path, cancelled: CancelCallback | None = None) -> Iterat
     """An exclusive lock on ``folder`` across processes (fcntl) and threads; waits, checking ``cancelled``.
 
     The lock file sits beside the folder (``.<name>.sa2va-download.lock``), so nothing is created inside it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(folder.parent / f".{folder.name}{LOCK_SUFFIX}", "a+")
+    lock = folder.parent / f".{folder.name}{LOCK_SUFFIX}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    except OSError as exc:  # no permission, a read-only disk, a path under a regular file, a full disk
+        raise_disk_error(exc, lock)
     try:
         try:
             import fcntl

@@ -13,9 +13,10 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from .checkpoint import read_safetensors_header
-from .local_folder import STATE_FILE, hash_file, write_json
+from .local_folder import STATE_FILE, hash_file, raise_disk_error, write_json
 from .plan import SHA256, FileJob, RemoteFile, Segment, plan
 from .session import (CancelCallback, DownloadCancelled, DownloadError, ProgressCallback, Session, TransientError,
                       backoff, endpoint, out_of_retries, raise_for_status)
@@ -40,22 +41,26 @@ def write_all(out, data: bytes) -> None:
 
 class WriteGate:
     """The one door of every disk write of a download: :meth:`Session.abort` takes the same lock to set the stop
-    flag, so once it returns no write passes."""
+    flag, so once it returns no write passes. A failed write raises :class:`DiskError` (never retried: a full disk
+    stops the download at once, saying how much space it needs)."""
 
-    def __init__(self, session: Session, repo_id: str, folder: Path) -> None:
-        self.session, self.repo_id, self.folder = session, repo_id, folder
+    def __init__(self, session: Session, folder: Path, needed: Callable[[], int]) -> None:
+        self.session, self.folder, self.needed = session, folder, needed
 
-    def write(self, action: Callable[[], object]) -> bool:
-        """Run a disk write unless stopped; False when stopped (nothing written)."""
+    def write(self, action: Callable[[], object], path: Path | None = None) -> bool:
+        """Run a disk write (of ``path``) unless stopped; False when stopped (nothing written)."""
         with self.session.gate:
             if self.session.stop.is_set():
                 return False
             try:
                 action()
             except OSError as exc:
-                raise DownloadError(f"Download of {self.repo_id} into {self.folder} failed ({exc}); run the loader "
-                                    f"again to resume.") from exc
+                self.fail(exc, path)
             return True
+
+    def fail(self, exc: OSError, path: Path | None = None) -> NoReturn:
+        """Raise the :class:`DiskError` for ``exc``, a file-system failure at ``path`` (default: the folder)."""
+        raise_disk_error(exc, path or self.folder, max(self.needed(), 0))
 
 
 class RangeFetcher:
@@ -123,14 +128,21 @@ class RangeFetcher:
                 content_range = resp.getheader("Content-Range", "")
                 if not content_range.startswith(f"bytes {offset}-"):
                     raise TransientError(reason=f"unexpected Content-Range {content_range!r}")
-            with open(job.part, "r+b", buffering=0) as out:
+            try:
+                out = open(job.part, "r+b", buffering=0)
+            except FileNotFoundError:
+                raise DownloadError(f"{name}.part disappeared during the download; run the download "
+                                    f"again.") from None
+            except OSError as exc:  # a file-system failure: not retried like a dropped connection
+                self.gate.fail(exc, job.part)
+            with out:
                 out.seek(offset)
                 since_save = 0
                 while seg.done < seg.length:
                     data = resp.read1(min(CHUNK, seg.length - seg.done))
                     if not data:
                         raise TransientError(reason="connection closed early")
-                    if not self.gate.write(lambda: write_all(out, data)):
+                    if not self.gate.write(lambda: write_all(out, data), job.part):
                         return
                     seg.done += len(data)
                     self.count(len(data))
@@ -139,7 +151,7 @@ class RangeFetcher:
                     since_save += len(data)
                     if since_save >= SAVE_EVERY:
                         since_save = 0
-                        self.gate.write(job.save)
+                        self.gate.write(job.save, job.sidecar)
 
 
 class Download:
@@ -151,7 +163,7 @@ class Download:
         self.repo_id, self.folder, self.commit, self.session = repo_id, folder, commit, session
         self.state = state
         self.state_lock = threading.Lock()
-        self.gate = WriteGate(session, repo_id, folder)
+        self.gate = WriteGate(session, folder, lambda: self.total - self.done_bytes())
         self.fetcher = RangeFetcher(session, self.gate, repo_id, commit, self._count)
         self.total = sum(f.size for f in remote)
         self.jobs: list[FileJob] = []
@@ -178,7 +190,7 @@ class Download:
             else:
                 self.queue.extend(("range", job, s) for s in job.segments if s.done < s.length)
         self.queue_lock = threading.Lock()
-        self.fatal: list[BaseException] = []
+        self.fatal: list[DownloadError] = []
         self.bad: list[str] = []  # files that failed their check (deleted)
 
     def done_bytes(self) -> int:
@@ -196,17 +208,23 @@ class Download:
                     return
                 kind, item, segment = self.queue.pop(0)
             try:
-                if kind == "verify":
-                    self._verify_existing(item)
-                elif kind == "range":
-                    self._fetch_range(item, segment)
-                else:
-                    self._finish(item)
-            except (DownloadError, OSError) as exc:
+                self._do(kind, item, segment)
+            except DownloadError as exc:
                 if not self.session.stop.is_set():
                     self.fatal.append(exc)
                     self.session.abort()
                 return
+
+    def _do(self, kind: str, item: object, segment: Segment | None) -> None:
+        try:
+            if kind == "verify":
+                self._verify_existing(item)
+            elif kind == "range":
+                self._fetch_range(item, segment)
+            else:
+                self._finish(item)
+        except OSError as exc:  # reading a file to verify it; writes fail inside the gate
+            self.gate.fail(exc)
 
     def _fetch_range(self, job: FileJob, seg: Segment) -> None:
         """Fetch ``seg``; the worker that completes a file's last range verifies and places the file."""
@@ -254,7 +272,7 @@ class Download:
                 job.ended = True
             self._record(remote)
 
-        self.gate.write(place)
+        self.gate.write(place, job.target)
 
     def _discard(self, job: FileJob) -> None:
         def delete() -> None:
@@ -264,7 +282,7 @@ class Download:
                 job.ended = True
             self._count(-job.done())
 
-        self.gate.write(delete)
+        self.gate.write(delete, job.part)
 
     def _verify_existing(self, remote: RemoteFile) -> None:
         """A complete file of unknown origin (placed by hand, or from before pinning): keep it when it matches."""
@@ -273,7 +291,7 @@ class Download:
         if digest is None:
             return
         if digest == remote.check.split(":", 1)[1]:
-            self.gate.write(lambda: self._record(remote))
+            self.gate.write(lambda: self._record(remote), self.folder / STATE_FILE)
             self._count(remote.size)
             return
         logger.info("%s differs from %s at the pinned commit; fetching it again", remote.path, self.repo_id)
@@ -312,10 +330,6 @@ class Download:
                     with contextlib.suppress(OSError):
                         job.save()
         if self.fatal:
-            exc = self.fatal[0]
-            if isinstance(exc, DownloadError):
-                raise exc
-            raise DownloadError(f"Download of {self.repo_id} into {self.folder} failed ({exc}); run the loader "
-                                f"again to resume.") from exc
+            raise self.fatal[0]
         if progress is not None:
             progress(min(self.done_bytes(), self.total), self.total)

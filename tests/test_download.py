@@ -130,9 +130,26 @@ def test_cancel_mid_file_is_prompt_and_resume_completes(hub, hub_repo, tmp_path)
     assert _digest(target) == _release(hub_repo)
 
 
-def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_after(hub, tmp_path):
+def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_after(hub, hub_repo, tmp_path,
+                                                                                    monkeypatch):
     target = tmp_path / "Sa2VA-Tiny"
     hub.delay_per_chunk = 0.01
+    # a file of unknown origin that fails verification, its hash finished just as Cancel stops the download: the
+    # re-fetch it plans (delete the stale .part, create a new one, save its progress) must not touch the disk
+    target.mkdir()
+    foreign = target / "tokenizer_config.json"
+    foreign.write_bytes(bytes(b ^ 1 for b in (hub_repo / foreign.name).read_bytes()))
+    real_hash_file = transfer.hash_file
+    verified = threading.Event()
+
+    def hash_file(path, check, size, stop):
+        digest = real_hash_file(path, check, size, threading.Event())
+        if path == foreign:
+            stop.wait(30)  # returns once Cancel has stopped the download
+            verified.set()
+        return digest
+
+    monkeypatch.setattr(transfer, "hash_file", hash_file)
     flag = threading.Event()
     marks = {}
 
@@ -154,6 +171,8 @@ def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_aft
     snapshot = {p.name: p.read_bytes() for p in target.iterdir()}
     time.sleep(1.0)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == snapshot, "a thread wrote after the return"
+    assert verified.is_set() and not (target / "tokenizer_config.json.part").exists(), "re-fetch planned after Cancel"
+    assert foreign.read_bytes() == bytes(b ^ 1 for b in (hub_repo / foreign.name).read_bytes())
     assert not [t for t in threading.enumerate() if t.name.startswith("sa2va-download") and t.is_alive()]
     with download.folder_lock(target):  # released: taken at once
         assert time.monotonic() - returned < 2.0

@@ -116,6 +116,7 @@ class FileJob:
     lock: threading.Lock = field(default_factory=threading.Lock)
     finishing: bool = False  # one worker verifies and places the file
     ended: bool = False  # renamed into place or deleted: no state to save
+    fresh: bool = False  # planned afresh, not yet created on disk (see create())
 
     @property
     def part(self) -> Path:
@@ -128,6 +129,16 @@ class FileJob:
     def done(self) -> int:
         return sum(s.done for s in self.segments)
 
+    def create(self) -> None:
+        """Start a fresh job on disk: delete any stale ``.part``/``.part.json``, create the ``.part`` at full size
+        (every range worker opens it ``r+b``) and save the empty progress. A disk write: run it through the gate."""
+        for stale in (self.part, self.sidecar):
+            stale.unlink(missing_ok=True)
+        with open(self.part, "wb") as handle:
+            handle.truncate(self.remote.size)
+        self.save()
+        self.fresh = False
+
     def save(self) -> None:
         with self.lock:
             if not self.ended:
@@ -136,7 +147,9 @@ class FileJob:
 
 
 def plan(remote: RemoteFile, target: Path, connections: int) -> FileJob:
-    """Resume ``target.part`` when its recorded state belongs to the same remote file, else start it afresh."""
+    """Resume ``target.part`` when its recorded state belongs to the same remote file, else plan it afresh: then
+    ``job.fresh`` is True and nothing is on disk until :meth:`FileJob.create` runs (through the write gate). Reads
+    only."""
     job = FileJob(remote, target, [])
     state = read_json(job.sidecar)
     if job.part.is_file() and state.get("size") == remote.size and state.get("check") == remote.check and \
@@ -148,14 +161,10 @@ def plan(remote: RemoteFile, target: Path, connections: int) -> FileJob:
             job.segments = []
         if job.segments and job.segments[0].start == 0 and job.segments[-1].end == remote.size:
             return job
-    # no usable state: bytes of unknown origin are never joined to new ones
-    for stale in (job.part, job.sidecar):
-        stale.unlink(missing_ok=True)
+    # no usable state: bytes of unknown origin are never joined to new ones (create() deletes them)
     pieces = 1 if remote.size < 2 * SEGMENT_MIN else min(connections, math.ceil(remote.size / SEGMENT_MIN))
     step = math.ceil(remote.size / pieces) if remote.size else 0
     job.segments = [Segment(i * step, min((i + 1) * step, remote.size)) for i in range(pieces)]
     job.hasher = hasher(remote.check, remote.size) if pieces == 1 else None
-    with open(job.part, "wb") as handle:  # every range worker opens it "r+b": created once, at full size
-        handle.truncate(remote.size)
-    job.save()
+    job.fresh = True
     return job

@@ -166,23 +166,24 @@ class Download:
         self.gate = WriteGate(session, folder, lambda: self.total - self.done_bytes())
         self.fetcher = RangeFetcher(session, self.gate, repo_id, commit, self._count)
         self.total = sum(f.size for f in remote)
+        self.base_done = 0  # bytes on disk before this run
+        self.moved = 0  # bytes counted by workers since the start (under progress_lock)
+        self.progress_lock = threading.Lock()
         self.jobs: list[FileJob] = []
         self.verify: list[RemoteFile] = []  # complete files of unknown origin: hashed once before they count
-        done = 0
         for item in remote:
             target = folder / item.path
             if target.is_file() and target.stat().st_size == item.size:
                 if state["files"].get(item.path) == item.check or item.check is None:
-                    done += item.size
+                    self.base_done += item.size
                     continue
                 self.verify.append(item)
                 continue
             job = plan(item, target, connections)
-            done += job.done()
+            if job.fresh:
+                self.gate.write(job.create, job.part)
+            self.base_done += job.done()
             self.jobs.append(job)
-        self.base_done = done
-        self.moved = 0  # bytes counted by workers since the start (under progress_lock)
-        self.progress_lock = threading.Lock()
         self.queue: list[tuple[str, object, object]] = [("verify", item, None) for item in self.verify]
         for job in self.jobs:
             if all(s.done >= s.length for s in job.segments):
@@ -296,6 +297,8 @@ class Download:
             return
         logger.info("%s differs from %s at the pinned commit; fetching it again", remote.path, self.repo_id)
         job = plan(remote, target, 1)
+        if not self.gate.write(job.create, job.part):  # stopped meanwhile: nothing written, nothing queued
+            return
         with self.queue_lock:
             self.jobs.append(job)
             self.queue.append(("range", job, job.segments[0]) if remote.size else ("finish", job, None))

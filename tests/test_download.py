@@ -199,9 +199,10 @@ def test_dropped_connection_is_retried_and_resumes_from_disk(hub, hub_repo, tmp_
     assert resumed, "the retry asks for the bytes after those on disk"
 
 
-def test_503_is_retried_honouring_retry_after(hub, hub_repo, tmp_path):
+@pytest.mark.parametrize("status", [503, 429])
+def test_503_and_429_are_retried_honouring_retry_after(hub, hub_repo, tmp_path, status):
     target = tmp_path / "Sa2VA-Tiny"
-    hub.fail_statuses = [503, 503]
+    hub.fail_statuses = [status, status]
     hub.retry_after = 0.3
     start = time.monotonic()
     download.download(REPO, target, connections=1)
@@ -222,7 +223,8 @@ def test_endless_503_gives_up_after_bounded_retries_keeping_parts(hub, tmp_path)
     assert download.is_complete(target)
 
 
-@pytest.mark.parametrize("status, words", [(403, "needs a login or access"), (404, "check the model name")])
+@pytest.mark.parametrize("status, words", [(401, "needs a login or access"), (403, "needs a login or access"),
+                                           (404, "check the model name")])
 def test_permanent_errors_are_not_retried_and_say_what_to_do(hub, tmp_path, status, words):
     target = tmp_path / "Sa2VA-Tiny"
     hub.fail_statuses = [status] * 10
@@ -448,3 +450,111 @@ def test_full_disk_stops_at_once_saying_the_space_needed_and_keeps_the_parts(hub
     assert _digest(target) == _release(hub_repo)
     assert {k: (target / k).stat().st_mtime_ns for k in placed} == placed, "verified files were not touched"
     assert not any(r[0].split("?")[0].endswith(tuple(placed)) for r in hub.requests[first:])
+
+
+# ------------------------------------------------------------------- faults of the hub and the link (issue 27)
+def test_401_says_what_403_says(hub, tmp_path):
+    messages = {}
+    for status in (401, 403):
+        hub.fail_statuses = [status]
+        with pytest.raises(download.HubStatusError) as info:
+            download.download(REPO, tmp_path / f"t{status}", connections=1)
+        messages[status] = str(info.value).replace(str(status), "<status>")
+    assert messages[401] == messages[403]
+
+
+@pytest.mark.parametrize("statuses", [[503, 503], [429, 429], [500, 502, 503]])
+def test_api_host_errors_are_retried_like_the_storage_hosts(hub, hub_repo, tmp_path, statuses):
+    hub.hub_fail_statuses = list(statuses)
+    hub.retry_after = 0.2
+    start = time.monotonic()
+    download.download(REPO, tmp_path / "t", connections=1)
+    assert time.monotonic() - start >= 0.2 * len(statuses), "Retry-After was honoured on the API host"
+    assert not hub.hub_fail_statuses and _digest(tmp_path / "t") == _release(hub_repo)
+
+
+def test_endless_api_host_errors_give_up_after_bounded_retries(hub, tmp_path):
+    hub.hub_fail_statuses = [503] * 1000
+    hub.retry_after = None
+    with pytest.raises(DownloadError, match=r"Cannot reach the model hub at .*\(HTTP 503, 6 attempts\)"):
+        download.download(REPO, tmp_path / "t")
+    assert 1000 - len(hub.hub_fail_statuses) == session.RETRIES + 1
+
+
+@pytest.mark.parametrize("status, words", [(401, "needs a login or access"), (403, "needs a login or access"),
+                                           (404, "check the model name")])
+def test_api_host_permanent_errors_are_explained_like_the_storage_hosts(hub, tmp_path, status, words):
+    hub.hub_fail_statuses = [status] * 10
+    with pytest.raises(download.HubStatusError, match=rf"The hub answered {status} for {REPO} .*{words}") as info:
+        download.download(REPO, tmp_path / "t")
+    assert info.value.status == status and len(hub.hub_fail_statuses) == 9, "asked once, not retried"
+
+
+def _first_shard_split_in_ranges(monkeypatch, hub_repo):
+    monkeypatch.setattr(plan, "SEGMENT_MIN", 2**20)
+    shard = _shards(hub_repo)[0]
+    assert (hub_repo / shard).stat().st_size >= 2 * plan.SEGMENT_MIN, "the shard is fetched as several ranges"
+    return shard
+
+
+def test_corruption_in_a_multi_range_file_is_rejected_by_the_whole_file_hash(hub, hub_repo, tmp_path, monkeypatch):
+    shard = _first_shard_split_in_ranges(monkeypatch, hub_repo)
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.corrupt = {shard}
+    with pytest.raises(DownloadError, match=rf"{shard} of {REPO} failed the integrity check"):
+        download.download(REPO, target, connections=4)
+    ranges = {r[1] for r in hub.requests if r[3] == "cdn" and r[0].split("?")[0].endswith(shard)}
+    assert len(ranges) >= 2 and None not in ranges, "fetched as several ranges (no hash while writing)"
+    assert not (target / shard).exists() and not list(target.glob(f"{shard}.part*")), "the bad bytes are deleted"
+    download.download(REPO, target, connections=4)
+    assert _digest(target) == _release(hub_repo)
+
+
+def test_corruption_in_a_resumed_file_is_rejected_by_the_whole_file_hash(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.delay_per_chunk = 0.01
+    progress, cancelled = _cancel_after(2**20)
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, target, progress=progress, cancelled=cancelled, connections=1)
+    hub.delay_per_chunk = 0.0
+    resumed = [p.name.removesuffix(".part.json") for p in target.glob("*.safetensors.part.json")
+               if sum(s[2] for s in json.loads(p.read_text())["segments"])]
+    assert len(resumed) == 1, "one shard was begun before Cancel (every .part exists, at full size)"
+    hub.corrupt = {resumed[0]}
+    first = len(hub.requests)
+    with pytest.raises(DownloadError, match=rf"{resumed[0]} of {REPO} failed the integrity check"):
+        download.download(REPO, target, connections=1)
+    assert any(r[1] and not r[1].startswith("bytes=0-") for r in hub.requests[first:] if r[0].split("?")[0]
+               .endswith(resumed[0])), "the corrupted transfer was a resumed range"
+    assert not (target / resumed[0]).exists() and not list(target.glob(f"{resumed[0]}.part*"))
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+
+
+def test_branch_moving_between_listing_and_transfer_never_mixes_versions(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    v1 = hub.heads[REPO]
+    v2 = _new_version(hub_repo, tmp_path)
+    hub.after_listing = lambda: hub.publish(REPO, v2)  # a push right after the file list was made
+    download.download(REPO, target)
+    assert hub.heads[REPO] != v1 and download.pinned_commit(target) == v1
+    assert _digest(target) == _release(hub_repo), "every file of the commit that was listed"
+
+
+@pytest.mark.parametrize("knob, words", [("linked_etag", "The hub served another version of"),
+                                         ("repo_commit", "The hub served .* from commit .*, not the pinned")])
+def test_another_version_served_after_listing_is_refused_before_any_byte(hub, hub_repo, tmp_path, knob, words):
+    """A proxy or mirror that serves another version of a file than the listed commit's (its etag or commit changed
+    between the listing and the transfer) is refused before a byte is written; the next run finishes the pinned
+    version."""
+    target = tmp_path / "Sa2VA-Tiny"
+    shard = _shards(hub_repo)[0]
+    getattr(hub, knob)[shard] = "ab" * 32 if knob == "linked_etag" else "cd" * 20
+    with pytest.raises(DownloadError, match=words):
+        download.download(REPO, target, connections=1)
+    assert not (target / shard).exists()
+    part = target / f"{shard}.part.json"
+    assert not part.exists() or not sum(s[2] for s in json.loads(part.read_text())["segments"]), "no byte written"
+    getattr(hub, knob).clear()
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)

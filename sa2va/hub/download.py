@@ -78,6 +78,8 @@ def download(repo_id: str, folder: str | os.PathLike, *, revision: str = "main",
         try:
             commit, remote = _in_thread(lambda: pin(repo_id, revision, state, session), session, cancelled,
                                         poll_s, repo_id, folder)
+        except HubStatusError as exc:  # keeps its class and status, as a status from the storage host does
+            raise HubStatusError(f"{exc} {_by_hand(repo_id, folder)}", exc.status) from exc
         except DownloadError as exc:
             raise DownloadError(f"{exc} {_by_hand(repo_id, folder)}") from exc
         if not any(f.path == "config.json" for f in remote):

@@ -59,6 +59,13 @@ def hub(hub_repo, monkeypatch):
         yield server
 
 
+def info_of(call):
+    """The DownloadError ``call()`` raises."""
+    with pytest.raises(DownloadError) as info:
+        call()
+    return info.value
+
+
 def _shards(folder):
     return sorted(p.name for p in folder.glob("model-*.safetensors"))
 
@@ -228,9 +235,10 @@ def test_endless_503_gives_up_after_bounded_retries_keeping_parts(hub, tmp_path)
 def test_permanent_errors_are_not_retried_and_say_what_to_do(hub, tmp_path, status, words):
     target = tmp_path / "Sa2VA-Tiny"
     hub.fail_statuses = [status] * 10
-    with pytest.raises(download.HubStatusError, match=words):
+    with pytest.raises(download.HubStatusError, match=words) as info:
         download.download(REPO, target, connections=1)
     assert len(hub.fail_statuses) == 9, "asked once, not retried"
+    assert f"({hub.url}" in str(info.value), "the message names the endpoint in use (a mirror)"
 
 
 def test_missing_repository_is_a_clear_error(hub, tmp_path):
@@ -344,17 +352,23 @@ def test_parallel_transfers_use_several_connections_and_ranges(hub, hub_repo, tm
 
 def test_offline_error_names_folder_and_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     target = tmp_path / "Sa2VA-Qwen3-VL-4B"
     with pytest.raises(DownloadError, match=r"HF_HUB_OFFLINE is set.*Sa2VA-Qwen3-VL-4B.*config\.json"):
         download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target)
+    assert "place these files from https://huggingface.co/ByteDance/Sa2VA-Qwen3-VL-4B in" in str(info_of(
+        lambda: download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target)))
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example/")
+    assert "place these files from https://hf-mirror.example/ByteDance/Sa2VA-Qwen3-VL-4B in" in str(info_of(
+        lambda: download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target))), "a mirror user is sent to the mirror"
     assert not target.exists(), "nothing is created when nothing is downloaded"
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(DownloadError, match=r"Cannot reach the model hub.*place these files from "
-                                             r"https://huggingface.co/ByteDance/Sa2VA-Tiny in .*x by hand"):
+    with pytest.raises(DownloadError, match=r"Cannot reach the model hub at http://127.0.0.1:9 .*place these files "
+                                             r"from http://127.0.0.1:9/ByteDance/Sa2VA-Tiny in .*x by hand"):
         download.download(REPO, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
@@ -488,6 +502,7 @@ def test_api_host_permanent_errors_are_explained_like_the_storage_hosts(hub, tmp
     with pytest.raises(download.HubStatusError, match=rf"The hub answered {status} for {REPO} .*{words}") as info:
         download.download(REPO, tmp_path / "t")
     assert info.value.status == status and len(hub.hub_fail_statuses) == 9, "asked once, not retried"
+    assert f"place these files from {hub.url}/{REPO} in" in str(info.value), "the endpoint in use, not huggingface.co"
 
 
 def _first_shard_split_in_ranges(monkeypatch, hub_repo):

@@ -143,5 +143,5 @@ def _in_thread(fn: Callable[[], object], session: Session, cancelled: CancelCall
 def _by_hand(repo_id: str, folder: Path) -> str:
     files = ", ".join(missing_files(folder)) if folder.is_dir() else "config.json, " + INDEX_FILE + \
         " and every shard it lists, the tokenizer and processor files"
-    return f"Or place these files from https://huggingface.co/{repo_id} in {folder} by hand: {files}."
+    return f"Or place these files from {endpoint()}/{repo_id} in {folder} by hand: {files}."
 

@@ -143,7 +143,8 @@ class Session:
                 with self._live_lock:
                     self._live.discard(conn)
                 conn.close()
-        raise DownloadError(f"The hub redirected {url} more than {MAX_REDIRECTS} times; check HF_ENDPOINT.")
+        raise DownloadError(f"The hub redirected {url} more than {MAX_REDIRECTS} times; check HF_ENDPOINT (now "
+                            f"{endpoint()}) and the proxy settings.")
 
     def abort(self) -> None:
         """Stop: after this returns no write passes the gate, and every live socket is shut down."""
@@ -207,10 +208,11 @@ def raise_for_status(resp: http.client.HTTPResponse, what: str) -> None:
         raise TransientError(reason=f"HTTP {resp.status}", wait_s=retry_after(resp))
     if resp.status in (401, 403):
         raise HubStatusError(f"The hub answered {resp.status} for {what}: the repository needs a login or access "
-                             f"was not granted; accept its terms on the hub and set HF_TOKEN (or run "
+                             f"was not granted; accept its terms on the hub ({endpoint()}) and set HF_TOKEN (or run "
                              f"`hf auth login`).", resp.status)
-    raise HubStatusError(f"The hub answered {resp.status} for {what}; check the model name (and HF_ENDPOINT), or "
-                         f"set HF_TOKEN if the repository needs a login.", resp.status)
+    raise HubStatusError(f"The hub answered {resp.status} for {what}; check the model name and the endpoint in use "
+                         f"({endpoint()}; HF_ENDPOINT sets it), or set HF_TOKEN if the repository needs a login.",
+                         resp.status)
 
 
 def out_of_retries(failures: int, attempts: int = 0) -> bool:

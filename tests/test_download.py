@@ -573,3 +573,23 @@ def test_another_version_served_after_listing_is_refused_before_any_byte(hub, hu
     getattr(hub, knob).clear()
     download.download(REPO, target)
     assert _digest(target) == _release(hub_repo)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_loader_checks_bitsandbytes_before_any_download_or_eviction(hub, tmp_path, monkeypatch, quantization):
+    """8-bit/4-bit without bitsandbytes: the install-command error comes before the Loader downloads the model or
+    asks ComfyUI to evict other models for it."""
+    import sys
+
+    from pack import pack_module
+
+    loader = pack_module("nodes.loader")
+    comfy = pack_module("nodes.comfy")
+    errors = pack_module("sa2va.errors")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not importable
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(tmp_path / "models"))
+    evictions = []
+    monkeypatch.setattr(comfy, "free_memory", lambda *args: evictions.append(args))
+    with pytest.raises(errors.DependencyError, match=rf"bitsandbytes is required for quantization='{quantization}'"):
+        loader.load_handle(model="Sa2VA-Qwen3-VL-4B", quantization=quantization, device="cpu")
+    assert not hub.requests and not evictions and not (tmp_path / "models").exists()

@@ -14,7 +14,9 @@ verify and place) and ``local_folder`` (completeness, lock, state file, hashes))
 - **Private.** The token (``HF_TOKEN``, else the one ``hf auth login`` stored, found by huggingface_hub's own
   ``get_token()``) is sent to the hub's host only, never to a redirect target on another host (the storage CDN).
 - **Robust.** 429/5xx answers and dropped connections are retried with exponential backoff (``Retry-After`` is
-  honoured), resuming from the bytes on disk; 401/403/404 are not retried and say what to do.
+  honoured), resuming from the bytes on disk; 401/403/404 are not retried and say what to do. A file-system failure
+  (no permission, a read-only disk, a path under a regular file, a full disk) is a :class:`DiskError` naming the
+  path and the fix, never retried.
 - **Resumable and safe on disk.** Bytes go to ``<file>.part`` (progress of each range in ``<file>.part.json``) and
   a file is renamed to its final name only when whole and verified: a folder never holds a bad file under its final
   name. A lock beside the folder keeps two downloads of one model apart.
@@ -23,12 +25,10 @@ verify and place) and ``local_folder`` (completeness, lock, state file, hashes))
 - **Parallel.** Up to ``connections`` (default 8) transfers at once: several files, and large files split into
   ranges.
 
-The repository's ``.py`` files are never fetched (no remote code runs). ``HF_ENDPOINT`` selects a mirror; with
-``HF_HUB_OFFLINE=1`` nothing is fetched and the error says which files to place by hand. A complete folder is used
-without any network access.
+The repository's ``.py`` files are never fetched (no remote code runs). ``HF_ENDPOINT`` selects a mirror (and the
+messages name it); with ``HF_HUB_OFFLINE=1`` nothing is fetched and the error says which files to place by hand. A
+complete folder is used without any network access.
 """
-from __future__ import annotations
-
 from __future__ import annotations
 
 import logging

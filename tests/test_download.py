@@ -434,6 +434,26 @@ def test_unwritable_models_folder_is_a_disk_error_naming_the_path(hub, tmp_path,
     assert isinstance(info.value, download.DownloadError) and not hub.requests
 
 
+def test_unwritable_part_file_is_a_disk_error_not_retried_like_a_dropped_connection(hub, tmp_path, monkeypatch):
+    target = tmp_path / "Sa2VA-Tiny"
+    refused = []
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if mode == "r+b":
+            refused.append(path)
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "open", fake_open, raising=False)
+    with pytest.raises(download.DiskError, match=r"No permission to write .*\.part: give your user write access"):
+        download.download(REPO, target, connections=1)
+    assert len(refused) == 1, "not retried"
+    monkeypatch.delattr(transfer, "open")
+    assert list(target.glob("*.part")) and not download.is_complete(target)
+    download.download(REPO, target)
+    assert download.is_complete(target)
+
+
 def test_full_disk_stops_at_once_saying_the_space_needed_and_keeps_the_parts(hub, hub_repo, tmp_path, monkeypatch):
     target = tmp_path / "Sa2VA-Tiny"
     written = {"bytes": 0, "full": 0}

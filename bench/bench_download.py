@@ -7,7 +7,7 @@ The hub is tests/fakehub.py on 127.0.0.1: the tree and revision APIs, small file
 302 to a second server (another port), with ``Range``; every connection is throttled to ``--kib-per-s`` (a sleep
 after each 64 KiB chunk), as a link that limits each TCP stream (a far-away CDN, per-connection shaping). The
 repository is a synthetic release (sa2va.testing, fp32, one ~30 MB shard plus the small files), cached under
-bench/results/checkpoints/. ``--segment-mb`` sets the range size (``sa2va.hub.download.SEGMENT_MIN``) so that the
+bench/results/checkpoints/. ``--segment-mb`` sets the range size (``sa2va.hub.plan.SEGMENT_MIN``) so that the
 ~30 MB shard splits as a 5 GB shard of a real release does (into up to 8 ranges). Each round downloads into a fresh
 folder; the time includes the API calls, the sha256 checks and the renames.
 """
@@ -27,7 +27,7 @@ import common  # noqa: E402
 sys.path.insert(0, str(common.ROOT / "tests"))
 from fakehub import FakeHub  # noqa: E402
 
-from sa2va.hub import download  # noqa: E402
+from sa2va.hub import download, plan  # noqa: E402
 
 REPO = "ByteDance/Sa2VA-Bench"
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     folder = common.checkpoint("qwen3_vl", "download-bench", max_shard_bytes=256 * 2**20)
-    download.SEGMENT_MIN = int(args.segment_mb * 2**20)
+    plan.SEGMENT_MIN = int(args.segment_mb * 2**20)
     os.environ.pop("HF_HUB_OFFLINE", None)
     results = {}
     with FakeHub({REPO: folder}) as hub:

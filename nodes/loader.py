@@ -22,7 +22,7 @@ from ..sa2va.hub.checkpoint import read_index
 from ..sa2va.activations import MemoryProfile
 from ..sa2va.loading import DEVICE_MAPS, DTYPES, load_model, resolve_dtype
 from ..sa2va.model import Sa2VAModel
-from ..sa2va.quantization import estimated_bytes
+from ..sa2va.quantization import estimated_bytes, require_bitsandbytes
 from . import comfy
 from .common import MODEL_TOOLTIP, advanced, model_socket
 
@@ -229,6 +229,8 @@ def load_handle(*, model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quan
     split = None if gpu_split == "off" else gpu_split
     if quant and run_device.type not in ("cuda", "cpu"):
         raise InputError(f"{quantization} quantization needs a CUDA device or the CPU, got {run_device}.")
+    if quant:
+        require_bitsandbytes(quant)  # before any download or eviction, not after
     folder = ensure_model_folder(model)
     comfy.throw_if_interrupted()
     if quant or split:

@@ -14,8 +14,12 @@ reachable by sha unless ``forget=True``, as after a force-push).
 Knobs (all bounded): ``delay_per_chunk`` (seconds per 64 KiB chunk, per connection: a throttled link),
 ``fail_once_after`` (drop the connection of the next transfer longer than that after that many bytes),
 ``fail_statuses`` (statuses, e.g. ``[503, 503]``, answered to the next CDN requests, with ``retry_after``),
-``corrupt`` (file names whose bytes the CDN flips once: corrupted in transit, same size), ``stall`` (a transfer
-sends its headers then nothing for that many seconds), ``api_stall`` (the API answers after that many seconds).
+``hub_fail_statuses`` (the same for the next requests to the hub's own host: the revision and tree API, small
+files), ``corrupt`` (file names whose bytes the CDN flips once: corrupted in transit, same size), ``stall`` (a
+transfer sends its headers then nothing for that many seconds), ``api_stall`` (the API answers after that many
+seconds), ``after_listing`` (called once after a tree listing is made: e.g. a push between listing and transfer),
+``linked_etag`` / ``repo_commit`` (name -> value sent as that file's ``X-Linked-Etag`` / ``X-Repo-Commit`` instead of
+the true one: a proxy or mirror serving another version).
 ``requests`` records ``(path, range, authorization, server)`` with server ``"hub"`` or ``"cdn"``; ``cdn_bytes``
 counts the bytes the CDN sent; ``max_active`` the most transfers at once."""
 from __future__ import annotations
@@ -58,6 +62,10 @@ class FakeHub:
         self.chunk = 64 * 1024
         self.fail_once_after: int | None = None
         self.fail_statuses: list[int] = []
+        self.hub_fail_statuses: list[int] = []
+        self.after_listing = None
+        self.linked_etag: dict[str, str] = {}
+        self.repo_commit: dict[str, str] = {}
         self.retry_after: float | None = 0
         self.corrupt: set[str] = set()
         self.stall = 0.0
@@ -100,6 +108,10 @@ class FakeHub:
                 parts = self.path.split("?")[0].strip("/").split("/")
                 if role == "cdn":
                     return self._cdn(parts)
+                with hub._lock:
+                    status = hub.hub_fail_statuses.pop(0) if hub.hub_fail_statuses else None
+                if status is not None:
+                    return self._empty(status, {} if hub.retry_after is None else {"Retry-After": str(hub.retry_after)})
                 if parts[:2] == ["api", "models"] and "tree" in parts:
                     i = parts.index("tree")
                     return self._tree("/".join(parts[2:i]), parts[i + 1])
@@ -142,6 +154,9 @@ class FakeHub:
                         entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
                                         "pointerSize": 134}
                     entries.append(entry)
+                hook, hub.after_listing = hub.after_listing, None
+                if hook is not None:
+                    hook()
                 self._json(entries)
 
             def _resolve(self, repo: str, rev: str, name: str) -> None:
@@ -153,9 +168,11 @@ class FakeHub:
                     host, port = hub.cdn.server_address[:2]
                     return self._empty(302, {
                         "Location": f"http://{host}:{port}/cdn/{repo}/{commit.sha}/{name}?X-Amz-Signature=x",
-                        "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Linked-Size": str(len(data)),
-                        "X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_oid(data)}"'})
-                self._send(data, name, {"X-Repo-Commit": commit.sha, "ETag": f'"{git_blob_oid(data)}"'})
+                        "X-Linked-Etag": f'"{hub.linked_etag.get(name, hashlib.sha256(data).hexdigest())}"',
+                        "X-Linked-Size": str(len(data)), "X-Repo-Commit": hub.repo_commit.get(name, commit.sha),
+                        "ETag": f'"{git_blob_oid(data)}"'})
+                self._send(data, name, {"X-Repo-Commit": hub.repo_commit.get(name, commit.sha),
+                                        "ETag": f'"{git_blob_oid(data)}"'})
 
             def _cdn(self, parts: list[str]) -> None:
                 # /cdn/<owner>/<repo>/<commit>/<name>

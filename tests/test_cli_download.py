@@ -112,3 +112,13 @@ def test_segment_alone_downloads_and_runs_the_default_model(hub, image, tmp_path
     assert download.is_complete(tmp_path / "models" / "sa2va" / "Sa2VA-Qwen3-VL-4B")
     assert (tmp_path / "sa2va-out" / "answer.txt").read_text().strip() == "Sure, it is."
     assert np.asarray(Image.open(tmp_path / "sa2va-out" / "mask_0.png")).shape == (480, 640)
+
+
+def test_download_command_into_an_unusable_folder_exits_2_with_one_line(hub, tmp_path, capsys):
+    blocker = tmp_path / "models"
+    blocker.write_text("not a folder")
+    assert main(["download", "Sa2VA-Qwen3-VL-4B", "--models-dir", str(blocker / "sa2va")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # the rest: tqdm's empty bar
+    assert len(errors) == 1 and "Traceback" not in err, "one line, no traceback"
+    assert errors[0].startswith("error: A file is in the way of") and f"{blocker} is a regular file" in errors[0]

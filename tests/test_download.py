@@ -1,17 +1,21 @@
 """Downloading a release from a fake hub that behaves like the real one (tests/fakehub.py): plain files, byte
 progress, a pinned commit, sha256 checks, the token kept on the hub's host, retries, prompt cancel, resume,
 parallel transfers."""
+import errno
 import hashlib
 import json
+import os
+import re
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from fakehub import FakeHub
-from sa2va.hub import download
+from sa2va.hub import download, plan, session, transfer
 from sa2va.hub.download import DownloadCancelled, DownloadError
 
 REPO = "ByteDance/Sa2VA-Tiny"
@@ -29,7 +33,7 @@ def _release(folder):
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(download, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(session, "BACKOFF_S", 0.01)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     import huggingface_hub.constants
@@ -53,6 +57,13 @@ def hub(hub_repo, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield server
+
+
+def info_of(call):
+    """The DownloadError ``call()`` raises."""
+    with pytest.raises(DownloadError) as info:
+        call()
+    return info.value
 
 
 def _shards(folder):
@@ -126,9 +137,26 @@ def test_cancel_mid_file_is_prompt_and_resume_completes(hub, hub_repo, tmp_path)
     assert _digest(target) == _release(hub_repo)
 
 
-def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_after(hub, tmp_path):
+def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_after(hub, hub_repo, tmp_path,
+                                                                                    monkeypatch):
     target = tmp_path / "Sa2VA-Tiny"
     hub.delay_per_chunk = 0.01
+    # a file of unknown origin that fails verification, its hash finished just as Cancel stops the download: the
+    # re-fetch it plans (delete the stale .part, create a new one, save its progress) must not touch the disk
+    target.mkdir()
+    foreign = target / "tokenizer_config.json"
+    foreign.write_bytes(bytes(b ^ 1 for b in (hub_repo / foreign.name).read_bytes()))
+    real_hash_file = transfer.hash_file
+    verified = threading.Event()
+
+    def hash_file(path, check, size, stop):
+        digest = real_hash_file(path, check, size, threading.Event())
+        if path == foreign:
+            stop.wait(30)  # returns once Cancel has stopped the download
+            verified.set()
+        return digest
+
+    monkeypatch.setattr(transfer, "hash_file", hash_file)
     flag = threading.Event()
     marks = {}
 
@@ -150,6 +178,8 @@ def test_cancel_on_a_stalled_link_returns_within_a_second_and_nothing_writes_aft
     snapshot = {p.name: p.read_bytes() for p in target.iterdir()}
     time.sleep(1.0)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == snapshot, "a thread wrote after the return"
+    assert verified.is_set() and not (target / "tokenizer_config.json.part").exists(), "re-fetch planned after Cancel"
+    assert foreign.read_bytes() == bytes(b ^ 1 for b in (hub_repo / foreign.name).read_bytes())
     assert not [t for t in threading.enumerate() if t.name.startswith("sa2va-download") and t.is_alive()]
     with download.folder_lock(target):  # released: taken at once
         assert time.monotonic() - returned < 2.0
@@ -176,9 +206,10 @@ def test_dropped_connection_is_retried_and_resumes_from_disk(hub, hub_repo, tmp_
     assert resumed, "the retry asks for the bytes after those on disk"
 
 
-def test_503_is_retried_honouring_retry_after(hub, hub_repo, tmp_path):
+@pytest.mark.parametrize("status", [503, 429])
+def test_503_and_429_are_retried_honouring_retry_after(hub, hub_repo, tmp_path, status):
     target = tmp_path / "Sa2VA-Tiny"
-    hub.fail_statuses = [503, 503]
+    hub.fail_statuses = [status, status]
     hub.retry_after = 0.3
     start = time.monotonic()
     download.download(REPO, target, connections=1)
@@ -193,19 +224,21 @@ def test_endless_503_gives_up_after_bounded_retries_keeping_parts(hub, tmp_path)
     hub.retry_after = None
     with pytest.raises(DownloadError, match=r"failed 6 times \(HTTP 503\).*run the download again to resume"):
         download.download(REPO, target, connections=1)
-    assert 1000 - len(hub.fail_statuses) == download.RETRIES + 1
+    assert 1000 - len(hub.fail_statuses) == session.RETRIES + 1
     hub.fail_statuses = []
     download.download(REPO, target)
     assert download.is_complete(target)
 
 
-@pytest.mark.parametrize("status, words", [(403, "needs a login or access"), (404, "check the model name")])
+@pytest.mark.parametrize("status, words", [(401, "needs a login or access"), (403, "needs a login or access"),
+                                           (404, "check the model name")])
 def test_permanent_errors_are_not_retried_and_say_what_to_do(hub, tmp_path, status, words):
     target = tmp_path / "Sa2VA-Tiny"
     hub.fail_statuses = [status] * 10
-    with pytest.raises(download.HubStatusError, match=words):
+    with pytest.raises(download.HubStatusError, match=words) as info:
         download.download(REPO, target, connections=1)
     assert len(hub.fail_statuses) == 9, "asked once, not retried"
+    assert f"({hub.url}" in str(info.value), "the message names the endpoint in use (a mirror)"
 
 
 def test_missing_repository_is_a_clear_error(hub, tmp_path):
@@ -306,7 +339,7 @@ def test_stored_login_token_is_used(hub, tmp_path, monkeypatch):
 
 
 def test_parallel_transfers_use_several_connections_and_ranges(hub, hub_repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "SEGMENT_MIN", 2**20)
+    monkeypatch.setattr(plan, "SEGMENT_MIN", 2**20)
     target = tmp_path / "Sa2VA-Tiny"
     hub.delay_per_chunk = 0.005
     download.download(REPO, target, connections=6)
@@ -319,17 +352,23 @@ def test_parallel_transfers_use_several_connections_and_ranges(hub, hub_repo, tm
 
 def test_offline_error_names_folder_and_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     target = tmp_path / "Sa2VA-Qwen3-VL-4B"
     with pytest.raises(DownloadError, match=r"HF_HUB_OFFLINE is set.*Sa2VA-Qwen3-VL-4B.*config\.json"):
         download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target)
+    assert "place these files from https://huggingface.co/ByteDance/Sa2VA-Qwen3-VL-4B in" in str(info_of(
+        lambda: download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target)))
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example/")
+    assert "place these files from https://hf-mirror.example/ByteDance/Sa2VA-Qwen3-VL-4B in" in str(info_of(
+        lambda: download.download("ByteDance/Sa2VA-Qwen3-VL-4B", target))), "a mirror user is sent to the mirror"
     assert not target.exists(), "nothing is created when nothing is downloaded"
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(DownloadError, match=r"Cannot reach the model hub.*place these files from "
-                                             r"https://huggingface.co/ByteDance/Sa2VA-Tiny in .*x by hand"):
+    with pytest.raises(DownloadError, match=r"Cannot reach the model hub at http://127.0.0.1:9 .*place these files "
+                                             r"from http://127.0.0.1:9/ByteDance/Sa2VA-Tiny in .*x by hand"):
         download.download(REPO, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
@@ -364,3 +403,213 @@ def test_concurrent_downloads_of_one_model_do_not_corrupt_it(hub, hub_repo, tmp_
         t.join(120)
     assert not failures
     assert _digest(target) == _release(hub_repo)
+
+
+# ------------------------------------------------------------------------------ file-system failures (issue 27)
+def test_models_path_under_a_regular_file_is_a_disk_error_naming_it(hub, tmp_path):
+    blocker = tmp_path / "models"
+    blocker.write_text("not a folder")
+    with pytest.raises(download.DiskError, match=rf"A file is in the way of .*: {blocker} is a regular file, not a "
+                                                  rf"folder; move it away or choose another models folder"):
+        download.download(REPO, blocker / "sa2va" / "Sa2VA-Tiny")
+    assert blocker.read_text() == "not a folder" and not hub.requests, "nothing fetched, the file untouched"
+
+
+@pytest.mark.parametrize("code, words", [(errno.EACCES, "No permission to write"),
+                                         (errno.EROFS, "Read-only file system at")])
+def test_unwritable_models_folder_is_a_disk_error_naming_the_path(hub, tmp_path, monkeypatch, code, words):
+    """A folder the user may not write, or a read-only mount (faked: the tests may run as root, who may write
+    anywhere), fails when the download creates its folder, before anything is fetched."""
+    models = tmp_path / "models"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == models or models in self.parents:
+            raise OSError(code, os.strerror(code), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(download.DiskError, match=rf"{words} {models}.*then run the download again") as info:
+        download.download(REPO, models / "Sa2VA-Tiny")
+    assert isinstance(info.value, download.DownloadError) and not hub.requests
+
+
+def test_unwritable_part_file_is_a_disk_error_not_retried_like_a_dropped_connection(hub, tmp_path, monkeypatch):
+    target = tmp_path / "Sa2VA-Tiny"
+    refused = []
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if mode == "r+b":
+            refused.append(path)
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "open", fake_open, raising=False)
+    with pytest.raises(download.DiskError, match=r"No permission to write .*\.part: give your user write access"):
+        download.download(REPO, target, connections=1)
+    assert len(refused) == 1, "not retried"
+    monkeypatch.delattr(transfer, "open")
+    assert list(target.glob("*.part")) and not download.is_complete(target)
+    download.download(REPO, target)
+    assert download.is_complete(target)
+
+
+def test_full_disk_stops_at_once_saying_the_space_needed_and_keeps_the_parts(hub, hub_repo, tmp_path, monkeypatch):
+    target = tmp_path / "Sa2VA-Tiny"
+    written = {"bytes": 0, "full": 0}
+    real_write_all = transfer.write_all
+
+    def write_all(out, data):
+        if written["bytes"] + len(data) > 5 * 2**20:
+            written["full"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written["bytes"] += len(data)
+        real_write_all(out, data)
+
+    monkeypatch.setattr(transfer, "write_all", write_all)
+    with pytest.raises(download.DiskError, match=r"The disk holding .*\.part is full: free some space "
+                                                  r"\(needed: (\d+\.\d+) GB, free: \d+\.\d+ GB\)") as info:
+        download.download(REPO, target, connections=1)
+    total = sum((hub_repo / name).stat().st_size for name in _release(hub_repo))
+    needed = float(re.search(r"needed: (\d+\.\d+) GB", str(info.value)).group(1)) * 1e9
+    assert abs(needed - (total - written["bytes"])) < 0.01e9, "needed: the bytes still to fetch"
+    assert written["full"] == 1, "a full disk is not retried"
+    placed = {p.name: p.stat().st_mtime_ns for p in target.iterdir() if p.suffix in (".json", ".txt") and
+              not p.name.startswith(".") and not p.name.endswith(".part.json")}
+    assert "config.json" in placed, "the small files were verified and placed before the disk filled"
+    assert list(target.glob("*.part")) and not download.is_complete(target), "partial files are kept"
+    monkeypatch.setattr(transfer, "write_all", real_write_all)
+    first = len(hub.requests)
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+    assert {k: (target / k).stat().st_mtime_ns for k in placed} == placed, "verified files were not touched"
+    assert not any(r[0].split("?")[0].endswith(tuple(placed)) for r in hub.requests[first:])
+
+
+# ------------------------------------------------------------------- faults of the hub and the link (issue 27)
+def test_401_says_what_403_says(hub, tmp_path):
+    messages = {}
+    for status in (401, 403):
+        hub.fail_statuses = [status]
+        with pytest.raises(download.HubStatusError) as info:
+            download.download(REPO, tmp_path / f"t{status}", connections=1)
+        messages[status] = str(info.value).replace(str(status), "<status>")
+    assert messages[401] == messages[403]
+
+
+@pytest.mark.parametrize("statuses", [[503, 503], [429, 429], [500, 502, 503]])
+def test_api_host_errors_are_retried_like_the_storage_hosts(hub, hub_repo, tmp_path, statuses):
+    hub.hub_fail_statuses = list(statuses)
+    hub.retry_after = 0.2
+    start = time.monotonic()
+    download.download(REPO, tmp_path / "t", connections=1)
+    assert time.monotonic() - start >= 0.2 * len(statuses), "Retry-After was honoured on the API host"
+    assert not hub.hub_fail_statuses and _digest(tmp_path / "t") == _release(hub_repo)
+
+
+def test_endless_api_host_errors_give_up_after_bounded_retries(hub, tmp_path):
+    hub.hub_fail_statuses = [503] * 1000
+    hub.retry_after = None
+    with pytest.raises(DownloadError, match=r"Cannot reach the model hub at .*\(HTTP 503, 6 attempts\)"):
+        download.download(REPO, tmp_path / "t")
+    assert 1000 - len(hub.hub_fail_statuses) == session.RETRIES + 1
+
+
+@pytest.mark.parametrize("status, words", [(401, "needs a login or access"), (403, "needs a login or access"),
+                                           (404, "check the model name")])
+def test_api_host_permanent_errors_are_explained_like_the_storage_hosts(hub, tmp_path, status, words):
+    hub.hub_fail_statuses = [status] * 10
+    with pytest.raises(download.HubStatusError, match=rf"The hub answered {status} for {REPO} .*{words}") as info:
+        download.download(REPO, tmp_path / "t")
+    assert info.value.status == status and len(hub.hub_fail_statuses) == 9, "asked once, not retried"
+    assert f"place these files from {hub.url}/{REPO} in" in str(info.value), "the endpoint in use, not huggingface.co"
+
+
+def _first_shard_split_in_ranges(monkeypatch, hub_repo):
+    monkeypatch.setattr(plan, "SEGMENT_MIN", 2**20)
+    shard = _shards(hub_repo)[0]
+    assert (hub_repo / shard).stat().st_size >= 2 * plan.SEGMENT_MIN, "the shard is fetched as several ranges"
+    return shard
+
+
+def test_corruption_in_a_multi_range_file_is_rejected_by_the_whole_file_hash(hub, hub_repo, tmp_path, monkeypatch):
+    shard = _first_shard_split_in_ranges(monkeypatch, hub_repo)
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.corrupt = {shard}
+    with pytest.raises(DownloadError, match=rf"{shard} of {REPO} failed the integrity check"):
+        download.download(REPO, target, connections=4)
+    ranges = {r[1] for r in hub.requests if r[3] == "cdn" and r[0].split("?")[0].endswith(shard)}
+    assert len(ranges) >= 2 and None not in ranges, "fetched as several ranges (no hash while writing)"
+    assert not (target / shard).exists() and not list(target.glob(f"{shard}.part*")), "the bad bytes are deleted"
+    download.download(REPO, target, connections=4)
+    assert _digest(target) == _release(hub_repo)
+
+
+def test_corruption_in_a_resumed_file_is_rejected_by_the_whole_file_hash(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    hub.delay_per_chunk = 0.01
+    progress, cancelled = _cancel_after(2**20)
+    with pytest.raises(DownloadCancelled):
+        download.download(REPO, target, progress=progress, cancelled=cancelled, connections=1)
+    hub.delay_per_chunk = 0.0
+    resumed = [p.name.removesuffix(".part.json") for p in target.glob("*.safetensors.part.json")
+               if sum(s[2] for s in json.loads(p.read_text())["segments"])]
+    assert len(resumed) == 1, "one shard was begun before Cancel (every .part exists, at full size)"
+    hub.corrupt = {resumed[0]}
+    first = len(hub.requests)
+    with pytest.raises(DownloadError, match=rf"{resumed[0]} of {REPO} failed the integrity check"):
+        download.download(REPO, target, connections=1)
+    assert any(r[1] and not r[1].startswith("bytes=0-") for r in hub.requests[first:] if r[0].split("?")[0]
+               .endswith(resumed[0])), "the corrupted transfer was a resumed range"
+    assert not (target / resumed[0]).exists() and not list(target.glob(f"{resumed[0]}.part*"))
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+
+
+def test_branch_moving_between_listing_and_transfer_never_mixes_versions(hub, hub_repo, tmp_path):
+    target = tmp_path / "Sa2VA-Tiny"
+    v1 = hub.heads[REPO]
+    v2 = _new_version(hub_repo, tmp_path)
+    hub.after_listing = lambda: hub.publish(REPO, v2)  # a push right after the file list was made
+    download.download(REPO, target)
+    assert hub.heads[REPO] != v1 and download.pinned_commit(target) == v1
+    assert _digest(target) == _release(hub_repo), "every file of the commit that was listed"
+
+
+@pytest.mark.parametrize("knob, words", [("linked_etag", "The hub served another version of"),
+                                         ("repo_commit", "The hub served .* from commit .*, not the pinned")])
+def test_another_version_served_after_listing_is_refused_before_any_byte(hub, hub_repo, tmp_path, knob, words):
+    """A proxy or mirror that serves another version of a file than the listed commit's (its etag or commit changed
+    between the listing and the transfer) is refused before a byte is written; the next run finishes the pinned
+    version."""
+    target = tmp_path / "Sa2VA-Tiny"
+    shard = _shards(hub_repo)[0]
+    getattr(hub, knob)[shard] = "ab" * 32 if knob == "linked_etag" else "cd" * 20
+    with pytest.raises(DownloadError, match=words):
+        download.download(REPO, target, connections=1)
+    assert not (target / shard).exists()
+    part = target / f"{shard}.part.json"
+    assert not part.exists() or not sum(s[2] for s in json.loads(part.read_text())["segments"]), "no byte written"
+    getattr(hub, knob).clear()
+    download.download(REPO, target)
+    assert _digest(target) == _release(hub_repo)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_loader_checks_bitsandbytes_before_any_download_or_eviction(hub, tmp_path, monkeypatch, quantization):
+    """8-bit/4-bit without bitsandbytes: the install-command error comes before the Loader downloads the model or
+    asks ComfyUI to evict other models for it."""
+    import sys
+
+    from pack import pack_module
+
+    loader = pack_module("nodes.loader")
+    comfy = pack_module("nodes.comfy")
+    errors = pack_module("sa2va.errors")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not importable
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(tmp_path / "models"))
+    evictions = []
+    monkeypatch.setattr(comfy, "free_memory", lambda *args: evictions.append(args))
+    with pytest.raises(errors.DependencyError, match=rf"bitsandbytes is required for quantization='{quantization}'"):
+        loader.load_handle(model="Sa2VA-Qwen3-VL-4B", quantization=quantization, device="cpu")
+    assert not hub.requests and not evictions and not (tmp_path / "models").exists()

@@ -189,13 +189,16 @@ def sentence_object(sentence: str) -> str | None:
             break
     if not read:
         return None
-    return _tidy(" ".join(_strip_tails(words[start:], where)))
+    words = words[start:]
+    if len(words) > 1 and keys[start] in WORD_CLASSES["ARTICLE"]:  # "the" of "the ... in this image" goes too
+        words = words[1:]
+    return _tidy(" ".join(_strip_tails(words, where)))
 
 
 def _tidy(phrase: str) -> str:
     """A phrase without outer punctuation, its tails, a leading article, or a name of nothing ("it", "a mask")."""
     words = _strip_tails(re.sub(r"\s+", " ", phrase).strip(" ,;:.!?\"'").split(), where=False)
-    if words and _key(words[0]) in WORD_CLASSES["ARTICLE"]:
+    if len(words) > 1 and _key(words[0]) in WORD_CLASSES["ARTICLE"]:
         words = words[1:]
     phrase = " ".join(words).strip(" ,;:.!?\"'")
     keys = [_key(w) for w in words]

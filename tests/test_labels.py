@@ -27,6 +27,8 @@ REQUESTS = [
     ("Track the white van in this video.", "white van"),
     ("Please identify and segment the person in this image.", "person"),
     ("Pick out the ripe tomatoes.", "ripe tomatoes"),
+    ("Please find and segment the bird.", "bird"),
+    ("Locate and highlight the fire hydrant in this picture.", "fire hydrant"),
     # politeness, before and after
     ("please segment the cat please", "cat"),
     ("Could you please outline the lamp for me?", "lamp"),
@@ -40,6 +42,7 @@ REQUESTS = [
     ("Where is the cat?", "cat"),
     ("Where are the scissors in this picture?", "scissors"),
     ("Where is the cat located in this image?", "cat"),
+    ("Where exactly is the cat?", "cat"),
     ("Which is the tallest tree?", "tallest tree"),
     ("Which one is the teacher?", "teacher"),
     ("What is the cup on the left? Please respond with segmentation mask.", "cup on the left"),
@@ -200,6 +203,8 @@ def handle(tmp_path, monkeypatch, checkpoint_factory):
 @pytest.mark.parametrize("text", ["the tall man", "red car on the left", "Where's the cat?",
                                   "a dog running on the beach at dusk", "Show me where the bicycle is."])
 def test_library_and_node_build_the_same_request_and_label(handle, monkeypatch, image, text):
+    """The node sends ``as_request(text)``; the library labels the text as typed and the request built from it (as
+    its engine call builds it) alike, and as the node does."""
     model = handle.model
     sent = []
     original = model.prompt_inputs

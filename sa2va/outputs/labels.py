@@ -42,7 +42,7 @@ WORD_CLASSES: dict[str, tuple[str, ...]] = {
     "QUESTION": ("which is", "which one is", "which are", "which ones are", "what is", "what's", "whats", "what are",
                  "who is", "who's", "who are", "is there", "is there any", "are there", "are there any",
                  "do you see", "can you see", "where can i find", "where can i see", "where do you see"),
-    "WHERE_QUESTION": ("where is", "where's", "wheres", "where are"),
+    "WHERE_QUESTION": ("where is", "where's", "wheres", "where are", "where exactly is", "where exactly are"),
     # verbs whose object is the thing to segment
     "VERB": ("segment", "segment out", "identify and segment", "outline", "highlight", "isolate", "cut out",
              "select", "mask", "mask out", "find", "locate", "detect", "identify", "extract", "track", "show",
@@ -99,6 +99,7 @@ RULES: tuple[Rule, ...] = (
     Rule("show where", "SHOW ME? where", where=True),         # "show me where", "tell me where"
     Rule("mask making", "MAKE ME? MASK_OF"),                  # "draw a mask around", "give me a mask of"
     Rule("mask", "MASK_OF"),                                  # "(I'd like) a mask of"
+    Rule("two verbs", "VERB and VERB ME? MASK_OF?"),          # "find and segment", "locate and highlight"
     Rule("verb", "VERB ME? MASK_OF?"),                        # "segment", "find me", "outline the mask of"
     Rule("making", "MAKE ME?"),                               # "give me"
     Rule("format", "RESPOND"),                                # "respond (with segmentation mask)"
@@ -162,20 +163,28 @@ def _prefix(rule: Rule, keys: list[str], start: int) -> int | None:
     return next((end for end in _ends(rule.slots.split(), keys, start) if end > start), None)
 
 
+def _tail_start(keys: list[str], where: bool) -> int | None:
+    """Where the shortest tail (:data:`TAILS`; the ``where`` ones only when ``where``) that ends ``keys`` starts."""
+    for start in range(len(keys) - 1, -1, -1):
+        for rule in TAILS:
+            if (where or not rule.where) and len(keys) in _ends(rule.slots.split(), keys, start):
+                return start
+    return None
+
+
 def _strip_tails(words: list[str], where: bool) -> list[str]:
+    """``words`` without the tails that end them, removed one after another."""
     while words:
-        keys = [_key(w) for w in words]
-        cut = next((start for start in range(len(words) - 1, -1, -1) for rule in TAILS if (where or not rule.where)
-                    and len(keys) in _ends(rule.slots.split(), keys, start)), None)
+        cut = _tail_start([_key(w) for w in words], where)
         if cut is None:
-            return words
+            break
         words = words[:cut]
     return words
 
 
 def sentence_object(sentence: str) -> str | None:
-    """The object one sentence of a request names by the grammar (:data:`RULES`, then :data:`TAILS`, then a leading
-    article dropped), "" when it names none ("What is this?"), or None when no rule reads the sentence."""
+    """The object one sentence of a request names by the grammar (:data:`RULES`, then a leading article dropped,
+    then :data:`TAILS`), "" when it names none ("What is this?"), or None when no rule reads the sentence."""
     words = sentence.split()
     keys = [_key(w) for w in words]
     start, where, read = 0, False, False

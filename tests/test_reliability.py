@@ -17,6 +17,7 @@ segmentation = pack_module("nodes.segmentation")
 loader = pack_module("nodes.loader")
 comfy = pack_module("nodes.comfy")
 download = pack_module("sa2va.hub.download")
+transfer = pack_module("sa2va.hub.transfer")
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +150,10 @@ def test_disk_full_gives_a_clear_error_and_a_resumable_state(checkpoint_factory,
     target = tmp_path / "Sa2VA-Tiny"
     with FakeHub({"ByteDance/Sa2VA-Tiny": repo}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setattr(download, "open", fake_open, raising=False)
-        with pytest.raises(download.DownloadError, match="No space left on device.*run the loader again"):
+        monkeypatch.setattr(transfer, "open", fake_open, raising=False)  # where the .part files are opened
+        with pytest.raises(download.DiskError, match="is full: free some space .*partial files are kept"):
             download.download("ByteDance/Sa2VA-Tiny", target)
-        monkeypatch.delattr(download, "open")
+        monkeypatch.delattr(transfer, "open")
         assert list(target.glob("*.part")) and not download.is_complete(target)
         download.download("ByteDance/Sa2VA-Tiny", target)
     assert download.is_complete(target)

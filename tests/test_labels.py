@@ -203,22 +203,22 @@ def handle(tmp_path, monkeypatch, checkpoint_factory):
 @pytest.mark.parametrize("text", ["the tall man", "red car on the left", "Where's the cat?",
                                   "a dog running on the beach at dusk", "Show me where the bicycle is."])
 def test_library_and_node_build_the_same_request_and_label(handle, monkeypatch, image, text):
-    """The node sends ``as_request(text)``; the library labels the text as typed and the request built from it (as
-    its engine call builds it) alike, and as the node does."""
+    """The node and the library (its engine call) both send ``as_request(text)``, and label it alike."""
     model = handle.model
     sent = []
-    original = model.prompt_inputs
+    original = model.generator.prompt_inputs
 
     def spy(images, prompt, **kwargs):
         sent.append(prompt)
         return original(images, prompt, **kwargs)
 
-    monkeypatch.setattr(model, "prompt_inputs", spy)
+    monkeypatch.setattr(model.generator, "prompt_inputs", spy)
     node = segment(torch.from_numpy(image).float()[None] / 255, text, handle, max_new_tokens=16)
     node_requests, sent[:] = list(sent), []
     assert set(node_requests) == {as_request(text)}, "the node sends the request the one rule builds"
     library = model.predict(image, text, max_new_tokens=16)  # the text as the user gave it
-    built = model.predict(image, as_request(text), max_new_tokens=16)  # as the engine call builds it
+    assert sent[-1] == node_requests[0], "the library sends the node's request"
+    built = model.predict(image, as_request(text), max_new_tokens=16)  # the request itself
     assert sent[-1] == node_requests[0]
     label = request_phrase(text)
     assert node.phrases.splitlines() == [f"0: {label}"]

@@ -17,7 +17,8 @@ from ..sa2va.outputs.masks import draw_labels, overlay
 from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
-from .common import CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, check_image, model_socket, sanitize, to_uint8
+from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, check_image, model_socket, sanitize,
+                     to_uint8)
 from .loader import Sa2VAHandle, model_choices
 from .standalone import engine_run, handle_for, load_inputs, release
 

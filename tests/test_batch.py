@@ -1,5 +1,5 @@
-"""segment (one request per image) / answer_batch: batched generation and one SAM2 encoder call for the images of a batch, with the
-same results as predict image by image."""
+"""segment (one request per image) / answer_batch: batched generation and one SAM2 encoder call for the images of a
+batch, with the same results as predict image by image."""
 import numpy as np
 import pytest
 import torch

@@ -40,7 +40,8 @@ def handle(models_dir):
 def test_batch_outputs_are_aligned(handle, monkeypatch):
     tok = handle.model.tokenizer
     seg, end = tok.convert_tokens_to_ids("[SEG]"), tok.convert_tokens_to_ids("<|im_end|>")
-    force_answers(handle.model, monkeypatch, ids(handle.model, "<p>cat</p>") + [seg] + ids(handle.model, " <p>dog</p>") + [seg, end])
+    answer = ids(handle.model, "<p>cat</p>") + [seg] + ids(handle.model, " <p>dog</p>") + [seg, end]
+    force_answers(handle.model, monkeypatch, answer)
     images = torch.rand(3, 48, 64, 3)
     r = segment(images, "cats and dogs", handle, max_new_tokens=16)
     assert r.masks.shape == (6, 48, 64) and r.masks.dtype == torch.float32

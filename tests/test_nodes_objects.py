@@ -48,7 +48,8 @@ def handle(models_dir):
 def test_labels_scores_and_boxes_line_up_with_the_masks(handle, monkeypatch):
     tok = handle.model.tokenizer
     seg, end = tok.convert_tokens_to_ids("[SEG]"), tok.convert_tokens_to_ids("<|im_end|>")
-    force_answers(handle.model, monkeypatch, ids(handle.model, "Sure, it is") + [seg] + ids(handle.model, " and") + [seg, end])
+    answer = ids(handle.model, "Sure, it is") + [seg] + ids(handle.model, " and") + [seg, end]
+    force_answers(handle.model, monkeypatch, answer)
     r = segment(torch.rand(2, 40, 48, 3), "Please segment the cat and the dog.", handle, max_new_tokens=16,
                 mask_threshold=0.5)
     records_per_image = boxes_of(r)

@@ -18,9 +18,16 @@ This module imports only the standard library at import time, so it works withou
 from __future__ import annotations
 
 import importlib.metadata as metadata
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import DependencyError
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
 
 MIN_PYTHON = (3, 10)
 
@@ -152,6 +159,20 @@ def no_init_weights():
     except ImportError:  # transformers 4.57
         from transformers.modeling_utils import no_init_weights as skip
     return skip()
+
+
+def build_uninitialised(build: Callable[[], T], dtype: torch.dtype) -> T:
+    """``build()`` with ``dtype`` as torch's default dtype (restored afterwards) and weight initialisation skipped
+    (:func:`no_init_weights`): a model created in ``dtype``, its parameters left to be filled from a checkpoint."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights():
+            return build()
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def sam2_image_features(model, pixel_values) -> tuple[list, list]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..compat import no_init_weights
+from ..compat import build_uninitialised
 from ..errors import ModelFolderError
 from ..hub import keymap
 from ..hub.checkpoint import ShardIndex, check_keys
@@ -48,13 +48,7 @@ def load_sam2(folder: Path, config: dict, index: ShardIndex, dtype: torch.dtype,
         raise ModelFolderError(f"{folder}: SAM2 tensor {name} has shape {list(got)}, expected {list(want)}; the "
                                f"grounding encoder is not SAM2 Hiera-L v1 as config.json implies. Download the model "
                                f"again.")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with no_init_weights():
-            model = Sam2VideoModel(sam_cfg)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_uninitialised(lambda: Sam2VideoModel(sam_cfg), dtype)
     # Stream every tensor straight into its parameter (cast on copy): no second copy of SAM2 is ever held.
     targets = model.state_dict()
     with torch.no_grad():

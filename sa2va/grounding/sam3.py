@@ -27,7 +27,7 @@ import torch
 
 from ..hub import keymap
 from ..hub.checkpoint import ShardIndex, check_keys, check_shapes
-from ..compat import no_init_weights
+from ..compat import build_uninitialised
 from ..errors import DependencyError
 from .rules import SAM3_RULES
 from .sam2 import GroundingHead
@@ -96,13 +96,7 @@ def load_sam3(folder: str | os.PathLike, config: dict, index: ShardIndex, dtype:
     expected = {keymap.SAM2_PREFIX + k: s for k, s in keymap.sam3_release_shapes(shapes).items()}
     check_keys(set(expected), set(index.names(keymap.SAM2_PREFIX)), folder, "SAM3")
     check_shapes(expected, index, folder, "SAM3")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with no_init_weights():
-            model = model_class(sam_cfg)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_uninitialised(lambda: model_class(sam_cfg), dtype)
     targets = model.state_dict()
     filled: set[str] = set()
     with torch.no_grad():

@@ -82,7 +82,8 @@ class SharedEncodings:
     deterministic on a given machine (same weights, same input, same kernels: the same bits), so a model fed shared
     features computes what it would have computed itself; the parity checkpoints of several families hold the very
     same full-size SAM2 (its weights depend on the seed only) and are fed the same pictures, and one full-size
-    Hiera-L pass costs about 20 s on 2 cores. ``encodes`` counts the passes actually run."""
+    Hiera-L pass costs about 20 s on 2 cores. The weights are hashed when the model is attached: attach only models
+    whose weights no test changes afterwards. ``encodes`` counts the passes actually run."""
 
     def __init__(self) -> None:
         self.features: dict = {}

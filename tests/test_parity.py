@@ -34,10 +34,14 @@ import torch
 from PIL import Image
 
 import sa2va
+from conftest import SharedEncodings
 from sa2va.testing import ForceTokens
 
 DATA = Path(__file__).parent / "data" / "parity"
-FAMILIES = sorted(p.name for p in DATA.iterdir() if (p / "checkpoint.json").is_file()) if DATA.is_dir() else []
+#: qwen3_vl first: tests/test_memory.py leaves that very checkpoint in the session's checkpoint factory, which keeps
+#: one full-size checkpoint at a time
+FAMILIES = sorted((p.name for p in DATA.iterdir() if (p / "checkpoint.json").is_file()),
+                  key=lambda name: (name != "qwen3_vl", name)) if DATA.is_dir() else []
 #: the transformers version upstream's code ran under: 4.57.0, or 4.49.0 for InternLM2 (Sa2VA-8B/26B's format),
 #: whose remote code cannot generate under later versions
 UPSTREAM_TRANSFORMERS = ("4.57.0", "4.49.0")
@@ -89,8 +93,39 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def reuse_sam2_weights():
+    """The checkpoint writers draw the full-size SAM2 (224M values, ~10 s on 2 cores) for every family's checkpoint;
+    its values depend on the seed only, so this module keeps the last one drawn and hands the writers the same
+    tensors (they copy or cast, never change them in place; the shard hashes each case checks would show it)."""
+    from sa2va.testing import common, internvl, llava, qwen
+
+    drawn: dict = {}
+
+    def sam2_release_state(sam2_block, seed):
+        key = (json.dumps(sam2_block, sort_keys=True), seed)
+        if key not in drawn:
+            drawn.clear()
+            drawn[key] = common.sam2_release_state(sam2_block, seed)
+        return dict(drawn[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        for writer in (qwen, internvl, llava):
+            patch.setattr(writer, "sam2_release_state", sam2_release_state)
+        yield
+    drawn.clear()
+
+
+@pytest.fixture(scope="module")
+def shared_encodings():
+    """The image encoder's outputs, shared by this module's models (conftest.SharedEncodings): the families' full-size
+    SAM2 weights are equal where their bytes are (Qwen2.5-VL, Qwen3-VL, LLaVA and the InternLM2 formats in fp32;
+    the InternVL2.5 formats in bf16) and several references use the same pictures and frames."""
+    return SharedEncodings()
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
-def parity_case(request, checkpoint_factory):
+def parity_case(request, checkpoint_factory, shared_encodings):
     family = request.param  # the data folder; checkpoint.json names the family when the folder is not one
     meta = json.loads((DATA / family / "checkpoint.json").read_text())
     if meta["write_checkpoint"].get("grounding") == "sam3":
@@ -104,6 +139,7 @@ def parity_case(request, checkpoint_factory):
         "the synthetic checkpoint no longer reproduces the bytes the reference was made from; regenerate the "
         "reference with the upstream code (see tests/data/parity/README.md)")
     model = sa2va.load_model(folder, dtype=torch.float32, attn_implementation="eager")
+    shared_encodings.attach(model)
     return family, model, json.loads((DATA / family / "reference.json").read_text())
 
 

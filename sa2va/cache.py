@@ -60,6 +60,19 @@ def tensor_bytes(value: object) -> int:
     return 0
 
 
+def tensors_of(value: object) -> list[torch.Tensor]:
+    """The tensors in ``value`` (as :func:`tensor_bytes` walks it)."""
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors_of(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in tensors_of(v)]
+    if hasattr(value, "__dict__"):
+        return [t for v in vars(value).values() for t in tensors_of(v)]
+    return []
+
+
 def _update(digest, part: object) -> None:
     if isinstance(part, Image.Image):
         digest.update(repr(("image", part.mode, part.size)).encode())
@@ -115,6 +128,11 @@ class EncoderCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds now (for memory accounting and tests)."""
+        with self._lock:
+            return [t for value, _ in self._entries.values() for t in tensors_of(value)]
 
     def get(self, key: Hashable) -> object | None:
         """The value stored under ``key`` (now the most recently used), or None."""

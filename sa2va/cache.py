@@ -222,6 +222,11 @@ class EncoderCache:
         with self._lock:
             return [t for value, _ in self._entries.values() for t in tensors_of(value)]
 
+    def entries(self) -> list[tuple[Hashable, object]]:
+        """(key, value) of every entry, least recently used first (a snapshot)."""
+        with self._lock:
+            return [(key, value) for key, (value, _) in self._entries.items()]
+
     def get(self, key: Hashable) -> object | None:
         """The value stored under ``key`` (now the most recently used), or None."""
         with self._lock:

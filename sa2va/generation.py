@@ -70,7 +70,7 @@ class AnswerGenerator:
                                          prompt.replace("<image>", ""), regions=regions)
 
     def preprocessing_key(self) -> str:
-        """The settings of the processor that change the vision tower's input pixels (:data:`PREPROCESSING_SETTINGS`)."""
+        """The processor settings that change the vision tower's input pixels (:data:`PREPROCESSING_SETTINGS`)."""
         parts = [self.adapter.name]
         for owner in (self.processor, getattr(self.processor, "image_processor", None)):
             if owner is not None:

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per dtype")
     parser.add_argument("--full-size", action="store_true",
                         help="a random checkpoint with the released Sa2VA-Qwen3-VL-4B geometry, stored as released "
-                             "(fp32 shards, ~18 GB; written once by gpu_check.write_full_checkpoint)")
+                             "(fp32 shards, ~18 GB; written once by gpu_checkpoint.write_full_checkpoint)")
     parser.add_argument("--full-size-folder", default=str(common.RESULTS / "checkpoints" / "qwen3_vl-4b-full"),
                         help="where --full-size writes and reuses that checkpoint")
     parser.add_argument("--prefill", action="store_true",
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.full_size:
-        from gpu_check import write_full_checkpoint
+        from gpu_checkpoint import write_full_checkpoint
 
         folder = write_full_checkpoint(Path(args.full_size_folder), torch.device("cpu"))
     else:

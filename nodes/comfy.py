@@ -232,22 +232,44 @@ class _Holder(torch.nn.Module):
         self.parts = torch.nn.ModuleDict(modules)
 
 
-def make_patcher(modules: dict[str, torch.nn.Module], load_device: torch.device,
-                 offload: torch.device):
-    """A ModelPatcher registering ``modules`` with ComfyUI's memory manager (None outside ComfyUI)."""
+def make_patcher(modules: dict[str, torch.nn.Module], load_device: torch.device, offload: torch.device,
+                 extra_bytes: Callable[[], int] = lambda: 0, on_offload: Callable[[], None] = lambda: None):
+    """A ModelPatcher registering ``modules`` with ComfyUI's memory manager (None outside ComfyUI).
+
+    ``extra_bytes()``: memory the model holds on ``load_device`` outside its modules (the encoder cache), counted in
+    the size and loaded size ComfyUI sees; ``on_offload()`` lets go of it, and is called whenever ComfyUI moves any
+    part of the model off ``load_device`` (eviction for another model, "Unload Models", ``unload_patcher``)."""
     if not IN_COMFY:
         return None
-    return _patcher.ModelPatcher(_Holder(modules), load_device=load_device, offload_device=offload)
+
+    class Sa2VAModelPatcher(_patcher.ModelPatcher):
+        def model_size(self) -> int:
+            return super().model_size() + extra_bytes()
+
+        def loaded_size(self) -> int:
+            return super().loaded_size() + extra_bytes()
+
+        def partially_unload(self, device_to, memory_to_free=0, *args, **kwargs) -> int:
+            held = extra_bytes()
+            on_offload()
+            return super().partially_unload(device_to, memory_to_free, *args, **kwargs) + held
+
+        def detach(self, unpatch_all=True):
+            on_offload()
+            return super().detach(unpatch_all)
+
+    return Sa2VAModelPatcher(_Holder(modules), load_device=load_device, offload_device=offload)
 
 
 def make_resident_patcher(size_bytes: int, drop: Callable[[], None], load_device: torch.device,
-                          offload: torch.device):
+                          offload: torch.device, extra_bytes: Callable[[], int] = lambda: 0):
     """A ModelPatcher standing for a model that cannot move (bitsandbytes 8/4-bit weights stay where they were
     loaded), so that ComfyUI's memory manager still knows it (None outside ComfyUI).
 
     ComfyUI counts ``size_bytes`` (the model's actual weight bytes) as loaded on ``load_device``; when it unloads
     the model ("Unload Models", or evicting it to make room for another model) ``drop()`` is called, which lets go
-    of the weights: the owner loads them again before its next use. Nothing is ever moved."""
+    of the weights (and ``extra_bytes()``, the encoder cache counted with them): the owner loads them again before its
+    next use. Nothing is ever moved."""
     if not IN_COMFY:
         return None
 
@@ -257,10 +279,10 @@ def make_resident_patcher(size_bytes: int, drop: Callable[[], None], load_device
             self.resident = True
 
         def model_size(self) -> int:
-            return size_bytes
+            return size_bytes + extra_bytes()
 
         def loaded_size(self) -> int:
-            return size_bytes if self.resident else 0
+            return self.model_size() if self.resident else 0
 
         def current_loaded_device(self) -> torch.device:
             return self.load_device if self.resident else self.offload_device

@@ -179,6 +179,11 @@ class Sa2VAHandle:
             if self.patcher is not None:
                 comfy.load_patcher(self.patcher, activation_bytes)  # resident again in ComfyUI's list
 
+    def cache_bytes(self) -> int:
+        """Bytes held by the model's encoder cache (sa2va/cache.py), on the run device: ComfyUI counts them with the
+        model, and they go when the model is offloaded or dropped."""
+        return self.model.encoder_cache.nbytes if self.model is not None else 0
+
     def drop(self) -> None:
         """Let go of a resident model's weights (they cannot move off the GPU); :meth:`prepare` reloads them."""
         if self.model is None or self.reload is None:
@@ -237,16 +242,17 @@ def load_handle(*, model: str = catalog.DEFAULT_MODEL, dtype: str = "auto", quan
         return _resident_handle(folder, model, quant, run_device, dtype, attention, split)
     offload = comfy.offload_device() if comfy.IN_COMFY else run_device
     loaded = load_model(folder, device=offload, dtype=resolve_dtype(dtype, run_device), attn_implementation=attention)
+    cache = loaded.encoder_cache  # counted with the model and emptied whenever ComfyUI moves it off the GPU
     patcher = comfy.make_patcher({"vlm": loaded.vlm, "projection": loaded.projection,
-                                  "sam2": loaded.grounding.model}, run_device, offload)
+                                  "sam2": loaded.grounding.model}, run_device, offload,
+                                 extra_bytes=lambda: cache.nbytes, on_offload=cache.clear)
     return Sa2VAHandle(loaded, model, None, run_device, patcher, {"dtype": dtype, "attention": attention},
                        size_bytes=loaded.memory_bytes(), profile=loaded.memory_profile())
 
 
-def _call(method: weakref.WeakMethod) -> None:
+def _call(method: weakref.WeakMethod) -> object:
     bound = method()
-    if bound is not None:
-        bound()
+    return bound() if bound is not None else None
 
 
 def _resident_handle(folder: Path, name: str, quant: str | None, run_device: torch.device, dtype: str,
@@ -267,8 +273,9 @@ def _resident_handle(folder: Path, name: str, quant: str | None, run_device: tor
                          {"dtype": dtype, "attention": attention, "gpu_split": split or "off"},
                          size_bytes=loaded.memory_bytes(), profile=loaded.memory_profile(), reload=load, split=split)
     drop = weakref.WeakMethod(handle.drop)  # the stand-in must not keep the handle alive
+    cached = weakref.WeakMethod(handle.cache_bytes)
     handle.patcher = comfy.make_resident_patcher(handle.size_bytes, lambda: _call(drop), run_device,
-                                                 comfy.offload_device())
+                                                 comfy.offload_device(), extra_bytes=lambda: _call(cached) or 0)
     return handle
 
 

@@ -10,7 +10,7 @@
         exit 0 when complete, 130 on Ctrl-C (partial files kept, the next run resumes), 2 on an error
     python -m sa2va models [--models-dir DIR]
         lists the catalog with download sizes and which models are present in DIR
-    python -m sa2va doctor [--quick] [--device cuda]
+    python -m sa2va doctor [--quick] [--device auto|cpu|cuda]
         checks the installation (versions, GPUs, bitsandbytes, one prediction on a tiny model); exit 1 on a failure
 
 torch and the model code are imported only by the commands that need them, so ``doctor`` can report a missing or
@@ -55,8 +55,12 @@ def _segment(args: argparse.Namespace) -> int:
     from .outputs.masks import draw_labels, overlay, to_uint8
     from .loading import load_model
 
+    from .doctor import device_line, resolve_device
+
+    device = resolve_device(args.device)
+    print(device_line(args.device, device), flush=True)
     folder = _model_folder(args.model, args.models_dir)
-    model = load_model(folder, device=args.device, dtype=args.dtype, quantization=args.quantization,
+    model = load_model(folder, device=device, dtype=args.dtype, quantization=args.quantization,
                        attn_implementation=args.attn)
     image = Image.open(args.image).convert("RGB")
     pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)
@@ -178,9 +182,11 @@ def _add_download_commands(sub) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .doctor import exit_code, format_check, run_checks
+    from .doctor import device_line, exit_code, format_check, resolve_device, run_checks
 
-    checks = run_checks(predict=not args.quick, device=args.device,
+    device = resolve_device(args.device)
+    print(device_line(args.device, device), flush=True)
+    checks = run_checks(predict=not args.quick, device=device,
                         report=lambda check: print(format_check(check), flush=True))
     failed = [c.name for c in checks if c.required and not c.ok]
     print(f"\n{len(failed)} required check(s) failed: {', '.join(failed)}" if failed else
@@ -191,7 +197,9 @@ def _doctor(args: argparse.Namespace) -> int:
 def _add_doctor(sub: argparse._SubParsersAction) -> None:
     doctor = sub.add_parser("doctor", help="check the installation and print what to fix")
     doctor.add_argument("--quick", action="store_true", help="skip the prediction on a tiny synthetic model")
-    doctor.add_argument("--device", default="cpu", help="device of the tiny model's prediction (default: cpu)")
+    doctor.add_argument("--device", default="auto",
+                        help="device of the tiny model's prediction: auto (CUDA when available, else cpu; the "
+                             "default), cpu, cuda, cuda:1, ...")
     doctor.set_defaults(func=_doctor)
 
 
@@ -206,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--image", required=True, help="input image file")
     seg.add_argument("--prompt", required=True, help='e.g. "Please segment the person."')
     seg.add_argument("--out", default="sa2va-out", help="output folder (default: ./sa2va-out)")
-    seg.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    seg.add_argument("--device", default="auto",
+                     help="auto (CUDA when available, else cpu; the default), cpu, cuda, cuda:1, ...")
     seg.add_argument("--dtype", choices=_DtypeNames(), default="auto",
                      help="auto = bf16 on CUDA when supported, fp16 on older GPUs, fp32 on CPU")
     seg.add_argument("--quantization", choices=["8bit", "4bit"], default=None, help="bitsandbytes quantisation")

@@ -3,13 +3,16 @@
 A :class:`EncoderCache` lives on each loaded model (``Sa2VAModel.encoder_cache``) and goes with it. It holds the SAM2
 image features and the vision tower's image embeddings of the most recently used images, least recently used first
 out, within a byte limit (:data:`DEFAULT_CACHE_MB`, the ``SA2VA_ENCODER_CACHE_MB`` environment variable or
-``load_model(encoder_cache_mb=...)``; 0 turns it off). Keys are hashes of the encoder's input content (pixel bytes,
-shape, dtype and the preprocessing that produced them) plus the weights' device and dtype, so equal images hit and
-anything else misses, whichever node or queued run asks. A cached value is what the encoder returned for that image
+``load_model(encoder_cache_mb=...)``; 0 turns it off). Keys are made on the CPU from the source image (a hash of
+its uint8 pixels, :func:`image_digest`, taken once per image and call) and every setting that changes the numbers
+(the preprocessing, the weights' device and dtype, the encoder's kernels), before anything moves to the device, so a
+miss costs about a millisecond per image and no copy from the device; equal images hit and anything else misses,
+whichever node or queued run asks. A cached value is what the encoder returned for that image
 alone, so results with and without the cache are the same numbers.
 
-The cache assumes the weights do not change while the model is loaded; :meth:`EncoderCache.clear` empties it (the
-nodes do when they release the model's memory).
+The cache assumes the weights do not change while the model is loaded; :meth:`EncoderCache.clear` empties it. In
+ComfyUI its bytes are counted with the model's, and it is emptied whenever the model leaves the GPU (offload,
+eviction, "Unload Models", ``clean_vram_after``; nodes/loader.py, docs/performance.md).
 """
 from __future__ import annotations
 
@@ -17,8 +20,11 @@ import hashlib
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,6 +66,19 @@ def tensor_bytes(value: object) -> int:
     return 0
 
 
+def tensors_of(value: object) -> list[torch.Tensor]:
+    """The tensors in ``value`` (as :func:`tensor_bytes` walks it)."""
+    if torch.is_tensor(value):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in tensors_of(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in tensors_of(v)]
+    if hasattr(value, "__dict__"):
+        return [t for v in vars(value).values() for t in tensors_of(v)]
+    return []
+
+
 def _update(digest, part: object) -> None:
     if isinstance(part, Image.Image):
         digest.update(repr(("image", part.mode, part.size)).encode())
@@ -74,6 +93,71 @@ def _update(digest, part: object) -> None:
     else:
         digest.update(repr(part).encode())
     digest.update(b"\0")
+
+
+#: 64-bit words per block of :func:`pixel_digest` and its two lanes of odd multipliers (fixed: keys stay comparable)
+_BLOCK_WORDS = 1 << 16
+_MULTIPLIERS = np.frombuffer(np.random.default_rng(0x5A2FA).bytes(2 * _BLOCK_WORDS * 8),
+                             dtype=np.uint64).reshape(2, _BLOCK_WORDS) | np.uint64(1)
+#: digests of live images made by keyed_image, by id (PIL images are not hashable); dropped with the image
+_DIGESTS: dict[int, str] = {}
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """A 160-bit hash of a uint8 image array's bytes and shape, read in place (no copy of a C-contiguous array).
+
+    Two lanes of a multilinear hash over 64-bit words (a sum of products with fixed random odd multipliers, modulo
+    2**64) per block of 512 KiB, then blake2b over the block hashes, the tail bytes and the shape: about 1 ms for a
+    1024x1024 RGB image where blake2b over the bytes takes 5-10 ms (bench/bench_cache_key.py)."""
+    flat = np.ascontiguousarray(pixels).reshape(-1).view(np.uint8)
+    whole = flat.size // 8 * 8
+    words = flat[:whole].view(np.uint64)
+    digest = hashlib.blake2b(repr(("pixels", tuple(pixels.shape), str(pixels.dtype))).encode(), digest_size=20)
+    for start in range(0, words.size, _BLOCK_WORDS):
+        block = words[start:start + _BLOCK_WORDS]
+        lanes = (block * _MULTIPLIERS[:, :block.size]).sum(axis=1, dtype=np.uint64)
+        digest.update(lanes.tobytes())
+    digest.update(flat[whole:].tobytes())
+    return digest.hexdigest()
+
+
+def image_digest(image: Image.Image | np.ndarray) -> str:
+    """The content hash of an image as the models see it (its RGB uint8 pixels, :func:`pixel_digest`), on the CPU.
+
+    A PIL image made by :func:`keyed_image` answers from memory; an HxWx3 uint8 array is hashed in place; anything
+    else is converted (:func:`~sa2va.inputs.to_pil`) and its bytes hashed."""
+    if isinstance(image, Image.Image):
+        known = _DIGESTS.get(id(image))
+        if known is not None:
+            return known
+        if image.mode == "RGB":
+            return pixel_digest(np.asarray(image))
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        return pixel_digest(image)
+    from .inputs import to_pil
+
+    return pixel_digest(np.asarray(to_pil(image)))
+
+
+def keyed_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """``image`` as an RGB PIL image (:func:`~sa2va.inputs.to_pil`) whose :func:`image_digest` was taken from the
+    source (in place for a uint8 array) and is remembered, so every key of this call costs one hash per image."""
+    from .inputs import to_pil
+
+    pil = to_pil(image)
+    _DIGESTS[id(pil)] = image_digest(image)
+    weakref.finalize(pil, _DIGESTS.pop, id(pil), None)
+    return pil
+
+
+@dataclass(frozen=True)
+class UnitKeys:
+    """The cache keys of the vision units (images or tiles) of one language-model call, in the order of its pixel
+    inputs, made on the CPU from the source images before anything moves to the device; ``sizes``: each unit's row
+    count in ``pixel_values`` where units are row ranges (Qwen's patches), else None."""
+
+    keys: tuple[str, ...]
+    sizes: tuple[int, ...] | None = None
 
 
 def content_key(*parts: object) -> str:
@@ -98,6 +182,23 @@ class EncoderCache:
         self._device: torch.device | None = None
         self.hits = 0
         self.misses = 0
+        self._serving = threading.local()
+
+    @contextmanager
+    def serving(self, units: UnitKeys | None) -> Iterator[None]:
+        """Within this block (this thread only) the vision tower's cache wrapper keys its units by ``units``; outside
+        it, or with None, the tower runs uncached (nothing is ever hashed from the device)."""
+        previous = getattr(self._serving, "units", None)
+        self._serving.units = units
+        try:
+            yield
+        finally:
+            self._serving.units = previous
+
+    def unit_keys(self, count: int) -> UnitKeys | None:
+        """The :class:`UnitKeys` being served when they name ``count`` units, else None (run uncached)."""
+        units = getattr(self._serving, "units", None)
+        return units if units is not None and len(units.keys) == count else None
 
     @property
     def limit_bytes(self) -> int:
@@ -115,6 +216,16 @@ class EncoderCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds now (for memory accounting and tests)."""
+        with self._lock:
+            return [t for value, _ in self._entries.values() for t in tensors_of(value)]
+
+    def entries(self) -> list[tuple[Hashable, object]]:
+        """(key, value) of every entry, least recently used first (a snapshot)."""
+        with self._lock:
+            return [(key, value) for key, (value, _) in self._entries.items()]
 
     def get(self, key: Hashable) -> object | None:
         """The value stored under ``key`` (now the most recently used), or None."""
@@ -164,17 +275,21 @@ class EncoderCache:
 def cached_per_unit(cache: EncoderCache, keys: list[Hashable],
                     compute: Callable[[list[int]], list[object]]) -> tuple[list[object], bool]:
     """Encoder outputs for units (images, tiles) with content ``keys``: hits from ``cache``, the rest from one
-    ``compute(indices)`` call that returns one value per index, in order; those are stored (cloned when they are
-    views of a larger batch, so every entry owns just its memory). Returns (values, True when every unit was
-    computed now, i.e. the caller's own output of that call can be returned unchanged)."""
+    ``compute(indices)`` call that returns one value per index, in order, for the first unit of each distinct key
+    missing (identical units of a batch are encoded once); those are stored (cloned when they are views of a larger
+    batch, so every entry owns just its memory). Returns (values, True when every unit was computed now, i.e. the
+    caller's own output of that call can be returned unchanged)."""
     found = [cache.get(key) for key in keys]
-    missing = [i for i, value in enumerate(found) if value is None]
+    first: dict[Hashable, int] = {}
+    for i, value in enumerate(found):
+        if value is None:
+            first.setdefault(keys[i], i)
+    missing = list(first.values())
     if missing:
-        computed = compute(missing)
-        for i, value in zip(missing, computed):
-            stored = _clone(value) if len(missing) > 1 else value
-            cache.put(keys[i], stored)
-            found[i] = value
+        computed = dict(zip(missing, compute(missing)))
+        for i, value in computed.items():
+            cache.put(keys[i], _clone(value) if len(missing) > 1 else value)
+        found = [computed[first[keys[i]]] if value is None else value for i, value in enumerate(found)]
     return found, len(missing) == len(keys)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
-from .cache import EncoderCache, content_key
+from .cache import EncoderCache, content_key, image_digest
 from .errors import Cancelled
 from .grounding.sam2 import GroundingHead, sam2_pixels, upsample_logits
 from .inputs import to_pil
@@ -44,11 +45,14 @@ class MaskDecoder:
         dtype = next(self.projection.parameters()).dtype
         return self.projection(torch.stack(seg_states).to(device=self.grounding.device, dtype=dtype))
 
-    def image_key(self, image: Image.Image) -> str:
-        """The encoder cache key of an image's SAM2 features: its pixels, mode and size, the encoder's input size, and
-        the weights' device and dtype (and compile backend, which may round differently)."""
+    def image_key(self, image: Image.Image | np.ndarray) -> str:
+        """The encoder cache key of an image's grounding features, made on the CPU: the image's content hash
+        (:func:`~sa2va.cache.image_digest`) and every setting that changes the numbers: the head (SAM2 / SAM 3), its
+        input size, the weights' device and dtype, the encoder path, its CPU kernels and compile backend (which may
+        round differently)."""
         head = self.grounding
-        return content_key("sam2", image, head.image_size, head.device, head.dtype, head.compiled)
+        return content_key("grounding", image_digest(image), head.rules.name, head.image_size, str(head.device),
+                           str(head.dtype), head.fast_encoder, head.cpu_kernels, head.compiled)
 
     def decode_groups(self, images: list, groups: list[list[list[torch.Tensor]]],
                       encode_batch_size: int | None = None, cancelled: Callable[[], bool] | None = None,
@@ -62,12 +66,12 @@ class MaskDecoder:
         :class:`~sa2va.errors.Cancelled`); ``on_image(done)`` is called with the number of images finished so far
         after each image with states. Returns ``[image][group]`` :class:`~sa2va.outputs.objects.ObjectMasks`
         with float32 probabilities ``[N, H, W]`` on the CPU at each image's size."""
+        keys = {i: self.image_key(image) for i, (image, group) in enumerate(zip(images, groups)) if any(group)}
         images = [to_pil(image) for image in images]
         head = self.grounding
         empty = torch.zeros(0, dtype=torch.float32)
         out = [[ObjectMasks(torch.zeros(0, im.height, im.width, dtype=torch.float32), empty, empty) for _ in group]
                for im, group in zip(images, groups)]
-        keys = {i: self.image_key(images[i]) for i, group in enumerate(groups) if any(group)}
         distinct = list(dict.fromkeys(keys.values()))
         first = {key: next(i for i in keys if keys[i] == key) for key in distinct}
         cache = self.encoder_cache

@@ -89,6 +89,21 @@ def _torch():
         return None
 
 
+def resolve_device(name: str = "auto") -> str:
+    """The device a command runs on: ``auto`` is CUDA when torch sees a GPU, else the CPU (also when torch does not
+    import: the checks then say why); any other name is returned as given."""
+    if name != "auto":
+        return name
+    torch = _torch()
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
+def device_line(name: str, resolved: str) -> str:
+    """The first line the CLI prints: the device it runs on, and why when it was chosen."""
+    return f"device: {resolved}" + (" (auto: " + ("a CUDA GPU is available)" if resolved == "cuda" else
+                                                  "no CUDA GPU available)") if name == "auto" else "")
+
+
 def check_cuda() -> list[Check]:
     """CUDA availability, then one check per GPU: name, compute capability and native bf16 (capability >= 8.0)."""
     torch = _torch()

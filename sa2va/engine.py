@@ -26,7 +26,8 @@ from PIL import Image
 from .decoding import MaskDecoder, stop_if_cancelled
 from .errors import Cancelled, InputError
 from .generation import DEFAULT_GENERATE_BATCH, AnswerGenerator, Row
-from .inputs import check_request, to_pil
+from .cache import keyed_image
+from .inputs import check_request
 from .monitor import Monitor, TokenMonitor
 from .requests import DEFAULT_MAX_NEW_TOKENS, as_request
 from .results import Prediction
@@ -37,10 +38,11 @@ DEFAULT_ENCODE_BATCH = 8
 
 def image_list(images) -> list[Image.Image]:
     """The images of a batch as RGB PIL images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]``
-    uint8 array."""
+    uint8 array. Each one's content hash is taken here, from the source (:func:`~sa2va.cache.keyed_image`), once for
+    every encoder-cache key of the call."""
     if isinstance(images, (Image.Image, str)) or (isinstance(images, np.ndarray) and images.ndim != 4):
         raise InputError("segment takes a list of images or a [B, H, W, 3] array; use predict for one image.")
-    return [to_pil(image) for image in images]
+    return [keyed_image(image) for image in images]
 
 
 def requests_per_image(requests: str | Sequence, count: int) -> list[list[str]]:

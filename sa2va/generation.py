@@ -13,11 +13,17 @@ from dataclasses import dataclass
 import torch
 
 from .answer import SEG_TOKEN, Answer, SegStateCollector, StopWords, clean_text, strip_stop_words
-from .cache import EncoderCache
+from .cache import EncoderCache, UnitKeys, content_key, image_digest
 from .errors import Cancelled, InputError
 from .families import FamilyAdapter
 from .inputs import to_pil
 from .outputs.labels import object_labels
+
+#: processor and image-processor attributes that change the pixels a vision unit is made of (part of its cache key)
+PREPROCESSING_SETTINGS = ("min_tiles", "max_tiles", "tile_size", "tokens_per_tile", "image_size", "size", "crop_size",
+                          "image_mean", "image_std", "patch_size", "temporal_patch_size", "merge_size", "min_pixels",
+                          "max_pixels", "do_resize", "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
+                          "resample", "do_convert_rgb")
 
 #: requests per batched ``generate`` call (bounds the KV cache and the prefill's activations)
 DEFAULT_GENERATE_BATCH = 4
@@ -63,6 +69,35 @@ class AnswerGenerator:
         return self.adapter.build_inputs(self.processor, [to_pil(image) for image in images],
                                          prompt.replace("<image>", ""), regions=regions)
 
+    def preprocessing_key(self) -> str:
+        """The processor settings that change the vision tower's input pixels (:data:`PREPROCESSING_SETTINGS`)."""
+        parts = [self.adapter.name]
+        for owner in (self.processor, getattr(self.processor, "image_processor", None)):
+            if owner is not None:
+                parts += [(type(owner).__name__, name, repr(getattr(owner, name))) for name in PREPROCESSING_SETTINGS
+                          if hasattr(owner, name)]
+        return repr(parts)
+
+    def unit_keys(self, images: list, inputs: dict) -> UnitKeys | None:
+        """The vision-cache keys of the units in ``inputs`` (the CPU prompt inputs of ``images``): one per image, or one
+        per tile of a single tiled image, from the images' content hashes and :meth:`preprocessing_key`; None when
+        the units cannot be told apart (the tower then runs uncached)."""
+        grid = inputs.get("image_grid_thw")
+        pixels = inputs.get("pixel_values")
+        count = int(grid.shape[0]) if grid is not None else int(pixels.shape[0]) if pixels is not None else 0
+        if count == 0:
+            return UnitKeys(())
+        settings = self.preprocessing_key()
+        digests = [image_digest(image) for image in images]
+        if count == len(images):
+            keys = tuple(content_key("vision", digest, settings, len(images)) for digest in digests)
+        elif len(images) == 1:
+            keys = tuple(content_key("vision", digests[0], settings, "tile", j, count) for j in range(count))
+        else:
+            return None
+        sizes = tuple(int(n) for n in grid.prod(-1).tolist()) if grid is not None else None  # on the CPU here
+        return UnitKeys(keys, sizes)
+
     def answer_rows(self, rows: list[Row], max_new_tokens: int, batch_size: int | None = DEFAULT_GENERATE_BATCH,
                     logits_processor=None, stopping_criteria=None,
                     cancelled: Callable[[], bool] | None = None) -> list[Answer]:
@@ -80,6 +115,7 @@ class AnswerGenerator:
                 raise Cancelled(f"Generation was cancelled after {start} of {len(rows)} requests.")
             chunk = range(start, min(start + step, len(rows)))
             inputs = {i: self.prompt_inputs(rows[i].images, rows[i].prompt, regions=rows[i].regions) for i in chunk}
+            units = {i: self.unit_keys(rows[i].images, inputs[i]) for i in chunk}
             kinds: dict[tuple, list[int]] = {}
             for i in chunk:
                 kinds.setdefault(tuple(sorted(inputs[i])), []).append(i)
@@ -88,14 +124,16 @@ class AnswerGenerator:
                 batch = [inputs[i] for i in members]
                 joined = batch[0] if len(batch) == 1 else left_pad(batch, self.pad_id)
                 found.update(zip(members, self.generate(joined, [rows[i].prompt for i in members], max_new_tokens,
-                                                        logits_processor, stopping_criteria)))
+                                                        logits_processor, stopping_criteria,
+                                                        joined_units([units[i] for i in members]))))
             answers += [found[i] for i in chunk]
         return answers
 
     def generate(self, inputs: dict, prompts: list[str], max_new_tokens: int, logits_processor=None,
-                 stopping_criteria=None) -> list[Answer]:
+                 stopping_criteria=None, units: UnitKeys | None = None) -> list[Answer]:
         """Greedy ``generate`` on prepared (possibly left-padded) inputs of ``len(prompts)`` requests; one answer per
-        row, its labels named from the row's prompt (:func:`~sa2va.outputs.labels.object_labels`)."""
+        row, its labels named from the row's prompt (:func:`~sa2va.outputs.labels.object_labels`). ``units``: the
+        vision-cache keys of the inputs' images (:meth:`unit_keys`); without them the vision tower runs uncached."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         rows = len(prompts)
@@ -116,8 +154,9 @@ class AnswerGenerator:
         if stop is not None:
             criteria.append(stop)
         try:
-            sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
-                                          stopping_criteria=criteria)
+            with self.encoder_cache.serving(units):
+                sequences = self.vlm.generate(**inputs, generation_config=generation, logits_processor=processors,
+                                              stopping_criteria=criteria)
         finally:
             collector.remove()
         generated = sequences[:, prompt_length:].cpu()
@@ -136,6 +175,15 @@ class AnswerGenerator:
             answers.append(Answer(token_ids=ids, raw_text=raw_text, text=text, seg_states=states,
                                   phrases=object_labels(raw_text, len(states), prompts[row].replace("<image>", ""))))
         return answers
+
+
+def joined_units(rows: list[UnitKeys | None]) -> UnitKeys | None:
+    """The unit keys of rows batched by :func:`left_pad` (pixels concatenated in row order); None if any is."""
+    if any(r is None for r in rows):
+        return None
+    sizes = [r.sizes for r in rows if r.keys]
+    return UnitKeys(tuple(k for r in rows for k in r.keys),
+                    tuple(n for s in sizes for n in s) if sizes and all(s is not None for s in sizes) else None)
 
 
 def left_pad(rows: list[dict], pad_id: int) -> dict:

@@ -138,7 +138,8 @@ class Sa2VAModel:
         mask."""
         check_request(prompt, max_new_tokens)
         inputs = self.prompt_inputs(images, prompt, regions=regions)
-        return self.generator.generate(inputs, [prompt], max_new_tokens, logits_processor, stopping_criteria)[0]
+        return self.generator.generate(inputs, [prompt], max_new_tokens, logits_processor, stopping_criteria,
+                                       self.generator.unit_keys(images, inputs))[0]
 
     @torch.inference_mode()
     def answer_batch(self, images: list, prompts: str | list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import ROOT
@@ -148,3 +149,52 @@ def test_install_and_test_sa2va_scripts_use_the_doctor(monkeypatch, caplog):
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[PASS] transformers >= 4.57" in result.stdout and "tiny model" not in result.stdout
+
+
+def test_device_auto_is_cuda_when_available_else_the_cpu(monkeypatch):
+    import torch
+
+    from sa2va import doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert doctor.resolve_device("auto") == "cuda" and doctor.resolve_device("cpu") == "cpu"
+    assert doctor.device_line("auto", "cuda") == "device: cuda (auto: a CUDA GPU is available)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert doctor.resolve_device("auto") == "cpu" and doctor.resolve_device("cuda:1") == "cuda:1"
+    assert doctor.device_line("auto", "cpu") == "device: cpu (auto: no CUDA GPU available)"
+    assert doctor.device_line("cuda:1", "cuda:1") == "device: cuda:1"
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_segment_and_doctor_default_to_auto_and_print_the_device_first(monkeypatch, capsys, available):
+    import torch
+
+    from sa2va import __main__ as cli, doctor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    seen = {}
+    monkeypatch.setattr(doctor, "run_checks", lambda predict, device, report: seen.setdefault("doctor", device) and [])
+    assert cli.main(["doctor", "--quick"]) == 0
+    expected = "cuda" if available else "cpu"
+    assert seen["doctor"] == expected
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"device: {expected} (auto: ")
+
+    class Stop(Exception):
+        pass
+
+    def load_model(folder, device, **kwargs):
+        seen["segment"] = device
+        raise Stop
+
+    monkeypatch.setattr(cli, "_model_folder", lambda model, models_dir: "folder")
+    monkeypatch.setattr(pack_loading(), "load_model", load_model)
+    with pytest.raises(Stop):
+        cli.main(["segment", "--image", "x.png", "--prompt", "x"])
+    assert seen["segment"] == expected
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"device: {expected} (auto: ")
+
+
+def pack_loading():
+    from sa2va import loading
+
+    return loading

@@ -335,8 +335,9 @@ class FakeModelPatcher:
     def model_size(self):
         return self.size or sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
 
-    def loaded_size(self):
-        return self.model_size() if self.model.device == self.load_device else 0
+    def loaded_size(self):  # ComfyUI's counts the weights moved (model_loaded_weight_memory), not model_size()
+        weights = self.size or sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        return weights if self.model.device == self.load_device else 0
 
     def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
         self.model.to(device_to)
@@ -567,3 +568,66 @@ def test_vitmatte_goes_through_comfyuis_memory_manager(fake_comfyui, models_dir,
     refine_mask(torch.rand(1, 32, 32, 3), mask, detail_method="VITMatte", vitmatte_max_megapixels=0.01,
                 clean_vram_after=True)
     assert refine_nodes.MATTER_SLOT.empty and not fake_comfyui.current_loaded_models
+
+
+# ------------------------------------------------------------------ the encoder cache goes where the model goes
+def _held_on_compute_device(mm) -> int:
+    """What ComfyUI counts as loaded on the compute device (the pack's models are its only ones here)."""
+    return sum(loaded.model.loaded_size() for loaded in mm.current_loaded_models)
+
+
+def _cached_tensors(model) -> list:
+    import weakref
+
+    return [weakref.ref(t) for t in model.encoder_cache.tensors()]
+
+
+def test_cached_features_are_counted_with_the_model_and_freed_by_unload_models(fake_comfyui):
+    import gc
+
+    from nodetools import segment
+
+    before = _held_on_compute_device(fake_comfyui)
+    handle = pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+    weights = handle.patcher.model_size()
+    segment(torch.rand(1, 48, 64, 3), "person", handle, max_new_tokens=8)
+    cache = handle.model.encoder_cache
+    assert cache.nbytes > 0 and len(cache) >= 2  # the vision tower's and SAM2's features
+    assert handle.patcher.model_size() == weights + cache.nbytes
+    assert _held_on_compute_device(fake_comfyui) == before + weights + cache.nbytes
+    refs = _cached_tensors(handle.model)
+    fake_comfyui.unload_all_models()  # ComfyUI's "Unload Models"
+    gc.collect()
+    assert _held_on_compute_device(fake_comfyui) == before
+    assert cache.nbytes == 0 and len(cache) == 0 and handle.patcher.model_size() == weights
+    assert refs and all(ref() is None for ref in refs), "a cached tensor outlived the unload"
+
+
+def test_evicting_the_model_for_another_drops_its_cached_features(fake_comfyui):
+    from nodetools import segment
+
+    handle = pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+    segment(torch.rand(1, 48, 64, 3), "person", handle, max_new_tokens=8)
+    cache = handle.model.encoder_cache
+    held = cache.nbytes
+    (loaded,) = fake_comfyui.current_loaded_models
+    assert not loaded.model_unload(memory_to_free=1)  # ComfyUI frees a little: the cache is what goes
+    assert cache.nbytes == 0 and held > 0
+    segment(torch.rand(1, 48, 64, 3), "person", handle, max_new_tokens=8)
+    assert cache.nbytes == held
+    assert loaded.model_unload(memory_to_free=10**12)  # everything: the weights move off, the cache goes
+    assert cache.nbytes == 0
+
+
+def test_clean_vram_after_and_a_quantised_unload_drop_the_cache_too(quantised_handle, fake_comfyui):
+    from nodetools import segment
+
+    segment(torch.rand(1, 24, 24, 3), "person", quantised_handle, max_new_tokens=8)
+    cache = quantised_handle.model.encoder_cache
+    assert quantised_handle.patcher.model_size() == quantised_handle.size_bytes + cache.nbytes > \
+        quantised_handle.size_bytes
+    fake_comfyui.unload_all_models()
+    assert quantised_handle.model is None and quantised_handle.patcher.model_size() == quantised_handle.size_bytes
+    plain = pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+    segment(torch.rand(1, 24, 24, 3), "person", plain, max_new_tokens=8, clean_vram_after=True)
+    assert plain.model.encoder_cache.nbytes == 0 and _held_on_compute_device(fake_comfyui) == 0

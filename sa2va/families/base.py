@@ -119,8 +119,10 @@ def cache_projected_features(inner: torch.nn.Module, cache: EncoderCache, family
                              bypass: Callable[[dict], bool] = lambda kwargs: False) -> None:
     """Make ``inner.get_image_features`` (InternVL's and LLaVA's, whose outputs go through
     ``multi_modal_projector``) serve each unit's projected features (an image or a tile: one row of
-    ``pixel_values``) from ``cache`` (:class:`~sa2va.cache.EncoderCache`), keyed by its pixels and the feature
-    settings; the tower runs on the units it has not seen, alone when all are new (the uncached call, unchanged).
+    ``pixel_values``) from ``cache`` (:class:`~sa2va.cache.EncoderCache`), keyed by the unit keys the generator serves
+    (:meth:`~sa2va.cache.EncoderCache.serving`, made on the CPU from the source images) and the feature settings; the
+    tower runs on the distinct units it has not seen, alone when all are new (the uncached call, unchanged), and
+    uncached when no keys are served.
     ``pack(values)``: the ``pooler_output`` holding the per-unit features; ``bypass(kwargs)``: calls the cache leaves
     to the original."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -128,12 +130,13 @@ def cache_projected_features(inner: torch.nn.Module, cache: EncoderCache, family
     original = inner.get_image_features
 
     def get_image_features(pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
-        if not cache.enabled or bypass(kwargs):
+        units = cache.unit_keys(int(pixel_values.shape[0])) if cache.enabled and not bypass(kwargs) else None
+        if units is None:
             return original(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
                             vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
         weight = inner.multi_modal_projector.linear_1.weight
-        keys = [content_key(family, "vision", unit, vision_feature_layer, vision_feature_select_strategy,
-                            weight.device, weight.dtype) for unit in pixel_values]
+        keys = [content_key(family, unit, vision_feature_layer, vision_feature_select_strategy, str(weight.device),
+                            str(weight.dtype)) for unit in units.keys]
         outputs = []
 
         def compute(indices: list[int]) -> list[torch.Tensor]:

@@ -228,8 +228,9 @@ class QwenVLAdapter:
 
     def cache_image_features(self, vlm: torch.nn.Module, cache: EncoderCache) -> None:
         """Serve the vision tower's per-image outputs (embeddings and, for Qwen3-VL, the deepstack features) from
-        ``cache``, keyed by each image's patch pixels and grid; the tower runs on the images it has not seen, alone
-        when all are new (the uncached call, unchanged). transformers 5.x only
+        ``cache``, keyed by the unit keys the generator serves (made on the CPU from the source images, with the grid
+        sizes: nothing is read back from the device); the tower runs on the distinct images it has not seen, alone
+        when all are new (the uncached call, unchanged), and uncached when no keys are served. transformers 5.x only
         (:func:`~sa2va.compat.vision_cache_supported`)."""
         if not vision_cache_supported():
             return
@@ -238,12 +239,13 @@ class QwenVLAdapter:
         output_class: list[type] = []
 
         def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
-            if not cache.enabled or image_grid_thw is None:
+            units = cache.unit_keys(int(image_grid_thw.shape[0])) if cache.enabled and image_grid_thw is not None \
+                else None
+            if units is None or units.sizes is None:
                 return original(pixel_values, image_grid_thw, **kwargs)
             weight = inner.visual.patch_embed.proj.weight
-            pieces = torch.split(pixel_values, image_grid_thw.prod(-1).tolist())
-            keys = [content_key(self.name, "vision", piece, grid, weight.device, weight.dtype)
-                    for piece, grid in zip(pieces, image_grid_thw.tolist())]
+            pieces = torch.split(pixel_values, list(units.sizes))
+            keys = [content_key(self.name, unit, str(weight.device), str(weight.dtype)) for unit in units.keys]
             outputs = []
 
             def compute(indices: list[int]) -> list[tuple]:

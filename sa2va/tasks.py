@@ -34,6 +34,8 @@ GCG_DETAILED = ("Could you please give me a detailed description of the image? P
                 "segmentation masks for the corresponding parts of the answer.")
 DESCRIBE_IMAGE = "Please describe the image."
 DESCRIBE_VIDEO = "Please describe the video content."
+#: the instructions the describe tasks send: they name no object to label a mask with
+TASK_INSTRUCTIONS = frozenset({GCG_BRIEF, GCG_DETAILED, DESCRIBE_IMAGE, DESCRIBE_VIDEO})
 
 #: releases of upstream's v1 codebase, by catalog name (lower case)
 V1_RELEASES = frozenset({"sa2va-1b", "sa2va-4b", "sa2va-8b", "sa2va-26b"})

@@ -77,6 +77,9 @@ def test_describe_with_masks_sends_the_trained_instruction_and_labels_one_mask_p
     assert pred.masks.shape == (2, 480, 640) and pred.scores.shape == (2,)
     assert pred.phrases == ["A red square", "a green circle"], "the <p> phrases as the model wrote them"
     assert pred.text == "A red square next to a green circle."
+    # a [SEG] without its own <p> phrase is named by the answer's words, never by the instruction
+    bare, _ = _run(model, image, "describe with masks", "", "<p> A cat</p> [SEG] on a sofa [SEG].", monkeypatch)
+    assert bare.phrases == ["A cat", "on a sofa"]
 
 
 def test_describe_never_runs_the_grounding_head(model, image, monkeypatch):

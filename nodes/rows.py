@@ -170,6 +170,14 @@ def segmentation_outputs(rgb: torch.Tensor, predictions: list[list[Prediction]],
 
 
 # ------------------------------------------------------------------------------------------------- video
+def phrase_lines(phrases: list[str], num_frames: int) -> str:
+    """One line per object saying which masks of the flattened output are its track."""
+    if not phrases:
+        return "(none)"
+    return "\n".join(f"{k}: {p or '(no phrase)'} (masks {k * num_frames}-{(k + 1) * num_frames - 1})"
+                     for k, p in enumerate(phrases))
+
+
 def score_lines(scores: torch.Tensor, iou_scores: torch.Tensor, object_scores: torch.Tensor) -> str:
     """One ``index: score (iou, object)`` line per object of a clip, or ``(none)``."""
     if scores.shape[0] == 0:
@@ -190,3 +198,35 @@ def frame_boxes(masks: torch.Tensor, scores: torch.Tensor, labels: list[str], th
                                  mask_index=k * total + t)
                       for k, box in enumerate(found) if box is not None])
     return boxes
+
+
+@dataclass
+class VideoOutputs:
+    """The Video Segmentation node's outputs but the overlay: tracks ``[N, T, H, W]`` (on the output device; binary at
+    the threshold, or soft), masks ``[N*T, H, W]`` object-major (T empty masks when N = 0), merged ``[T, H, W]``, the
+    phrases and scores text, and the box records per frame."""
+
+    tracks: torch.Tensor
+    masks: torch.Tensor
+    merged: torch.Tensor
+    phrases: str
+    scores: str
+    boxes: list[list[dict]]
+
+
+def video_outputs(prediction, total: int, device: torch.device, mask_threshold: float,
+                  apply_threshold: bool) -> VideoOutputs:
+    """The outputs of a :class:`~sa2va.video.VideoPrediction` of ``total`` frames: its masks moved to ``device`` and,
+    with ``apply_threshold``, made binary in place (1 where the probability is at least ``mask_threshold``); boxes at
+    the threshold in use (the binary masks' 1s, or the soft masks' pixels at or above ``mask_threshold``)."""
+    tracks = prediction.masks.to(device)
+    if apply_threshold:
+        with torch.inference_mode():  # the library's masks are inference tensors
+            tracks.ge_(mask_threshold)
+    count, height, width = int(tracks.shape[0]), int(tracks.shape[2]), int(tracks.shape[3])
+    masks = tracks.reshape(count * total, height, width) if count else torch.zeros(total, height, width, device=device)
+    merged = tracks.amax(0) if count else torch.zeros(total, height, width, device=device)
+    return VideoOutputs(tracks, masks, merged, phrase_lines(prediction.phrases, total),
+                        score_lines(prediction.scores, prediction.iou_scores, prediction.object_scores),
+                        frame_boxes(tracks, prediction.scores, prediction.phrases,
+                                    0.5 if apply_threshold else mask_threshold))

@@ -24,10 +24,20 @@ from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOK
 from ..sa2va.tasks import DEFAULT_TASK, task_request
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
-from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, boxes_socket, check_image,
-                     model_socket, sanitize, task_input, to_uint8)
+from .common import (
+    CATEGORY,
+    DEFAULT_MASK_THRESHOLD,
+    MODEL_TOOLTIP,
+    advanced,
+    boxes_socket,
+    check_image,
+    model_socket,
+    sanitize,
+    task_input,
+    to_uint8,
+)
 from .loader import Sa2VAHandle, model_choices
-from .rows import check_min_score, frame_boxes, score_lines
+from .rows import check_min_score, video_outputs
 from .standalone import engine_run, handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
@@ -49,14 +59,6 @@ class ClipFrames:
 
     def __getitem__(self, index: int):
         return to_uint8(sanitize(self.image[index:index + 1])[0])
-
-
-def phrase_lines(phrases: list[str], num_frames: int) -> str:
-    """One line per object saying which masks of the flattened output are its track."""
-    if not phrases:
-        return "(none)"
-    return "\n".join(f"{k}: {p or '(no phrase)'} (masks {k * num_frames}-{(k + 1) * num_frames - 1})"
-                     for k, p in enumerate(phrases))
 
 
 def overlay_frames(frames: torch.Tensor, masks: torch.Tensor, phrases: list[str], device: torch.device) -> torch.Tensor:
@@ -178,16 +180,8 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         finally:
             if clean_vram_after:
                 release(model, handle)
-        out = comfy.output_device()
-        chosen = prediction.masks.to(out)                                   # [N, T, H, W], ours: thresholded in place
-        if apply_mask_threshold:
-            with torch.inference_mode():  # the library's masks are inference tensors
-                chosen.ge_(mask_threshold)
-        count, total = chosen.shape[0], int(frames.shape[0])
-        overlays = overlay_frames(frames, chosen, prediction.phrases, out)
-        merged = chosen.amax(0) if count else torch.zeros(total, height, width, device=out)
-        flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width, device=out)
-        boxes = frame_boxes(chosen, prediction.scores, prediction.phrases, 0.5 if apply_mask_threshold else mask_threshold)
-        return comfy.node_output(flat, merged, overlays, prediction.text, phrase_lines(prediction.phrases, total),
-                                 score_lines(prediction.scores, prediction.iou_scores, prediction.object_scores),
-                                 comfy.boxes_output(boxes))
+        outputs = video_outputs(prediction, int(frames.shape[0]), comfy.output_device(), mask_threshold,
+                                apply_mask_threshold)
+        overlays = overlay_frames(frames, outputs.tracks, prediction.phrases, comfy.output_device())
+        return comfy.node_output(outputs.masks, outputs.merged, overlays, prediction.text, outputs.phrases,
+                                 outputs.scores, comfy.boxes_output(outputs.boxes))

@@ -48,13 +48,13 @@ SEG_OUT = [("masks", "MASK"), ("merged_mask", "MASK"), ("mask_images", "IMAGE"),
 LOAD_OUTPUTS = [("IMAGE", "IMAGE"), ("MASK", "MASK")]
 LOADER_WIDGETS = ["Sa2VA-Qwen3-VL-4B", "auto", "none", "sdpa", "auto"]
 
-def seg_widgets(prompt, model="Sa2VA-Qwen3-VL-4B", prompt_per_line=False, min_score=0.0):
+def seg_widgets(prompt, model="Sa2VA-Qwen3-VL-4B", prompt_per_line=False, min_score=0.0, task="segment"):
     """prompt, model_name, max_new_tokens, mask_threshold, apply_mask_threshold, clean_vram_after, then the
     refinement widgets: process_details, black/white point, detail_method, erode, dilate, radius, eps, megapixels;
-    then the own model's dtype and quantization, prompt_per_line and min_score (each added last when it came, so
-    older workflows keep their widget order)."""
+    then the own model's dtype and quantization, prompt_per_line, min_score and task (each added last when it came,
+    so older workflows keep their widget order)."""
     return [prompt, model, 512, 0.3, True, False, True, 0.05, 0.95, "FastMatte", 0, 0, 8, 0.01, 2.0,
-            "auto", "none", prompt_per_line, min_score]
+            "auto", "none", prompt_per_line, min_score, task]
 
 def previews(wf, seg, x, y):
     p1 = wf.node("PreviewImage", (x, y), [], [("images", "IMAGE")], size=(300, 280), title="Overlay")
@@ -111,12 +111,14 @@ wf.save("sa2va_image_batch")
 
 # 4. a video: Load Video -> frames -> Sa2VA Video Segmentation -> overlay video, merged masks, answer
 VIDEO_OUT = [("masks", "MASK"), ("merged_mask", "MASK"), ("overlay", "IMAGE"), ("text", "STRING"),
-             ("phrases", "STRING")]
+             ("phrases", "STRING"), ("scores", "STRING"), ("boxes", "BOUNDING_BOX")]
 
-def video_widgets(prompt):
+def video_widgets(prompt, min_score=0.0, task="segment"):
     """prompt, model_name, key_frames, key_frame_spacing, mode, offload_frames, offload_state, max_new_tokens,
-    mask_threshold, apply_mask_threshold, clean_vram_after, dtype, quantization."""
-    return [prompt, "Sa2VA-Qwen3-VL-4B", 5, "first", "memory", True, False, 512, 0.3, True, False, "auto", "none"]
+    mask_threshold, apply_mask_threshold, clean_vram_after, dtype, quantization, then min_score and task (added last,
+    so older workflows keep their widget order)."""
+    return [prompt, "Sa2VA-Qwen3-VL-4B", 5, "first", "memory", True, False, 512, 0.3, True, False, "auto", "none",
+            min_score, task]
 
 wf = WF()
 vid = wf.node("LoadVideo", (40, 60), ["example.mp4", "image"], [], [("VIDEO", "VIDEO")], size=(320, 380))
@@ -172,3 +174,15 @@ wf.link(ld, 0, seg, "model")
 previews(wf, seg, 820, 60)
 object_previews(wf, seg, 820, 560)
 wf.save("sa2va_several_prompts")
+
+# 7. describe with masks: the model describes the image, each phrase it grounds with its own labelled mask
+wf = WF()
+img = wf.node("LoadImage", (40, 60), ["example.png", "image"], [], LOAD_OUTPUTS, size=(320, 360))
+ld = wf.node("Sa2VALoader", (40, 480), LOADER_WIDGETS, [], [("model", "SA2VA_MODEL")], size=(320, 180))
+seg = wf.node("Sa2VASegmentation", (400, 60), seg_widgets("", task="describe with masks"), SEG_IN, SEG_OUT,
+              size=(380, 640), title="Sa2VA Segmentation (describe with masks)")
+wf.link(img, 0, seg, "image")
+wf.link(ld, 0, seg, "model")
+previews(wf, seg, 820, 60)
+object_previews(wf, seg, 820, 560)
+wf.save("sa2va_describe_with_masks")

@@ -14,6 +14,7 @@ import torch
 from ..sa2va.errors import InputError
 from ..sa2va.outputs.matting import DEFAULT_MAX_MEGAPIXELS
 from ..sa2va.outputs.refine import DEFAULT_GUIDED_EPS, DEFAULT_GUIDED_RADIUS, DETAIL_METHODS, RefineSettings
+from ..sa2va.tasks import DEFAULT_TASK, TASKS
 from . import comfy
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,16 @@ def boxes_socket(io):
     """ComfyUI's BOUNDING_BOX type where the running version has it (as :func:`.comfy.bounding_box_type` decides for
     the values), else STRING (the boxes as JSON text)."""
     return getattr(io, "BoundingBox", None) or io.String
+
+
+def task_input(io):
+    """The optional ``task`` choice of the Segmentation and Video nodes (:mod:`sa2va.tasks`), last among the inputs
+    so that workflows saved before it keep their widget values."""
+    return io.Combo.Input("task", options=list(TASKS), default=DEFAULT_TASK, optional=True,
+                          tooltip="segment: the prompt says what to segment (default). describe with masks: the "
+                                  "model describes the picture and gives one labelled mask per phrase it grounds "
+                                  "(the prompt is not used). describe: text only, no masks (the prompt is not "
+                                  "used). ask: the prompt as a free question; masks only if the answer has them.")
 
 
 def refine_inputs(io) -> list:

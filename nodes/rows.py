@@ -19,8 +19,18 @@ from ..sa2va.outputs.boxes import box_record, mask_boxes
 from ..sa2va.outputs.labels import request_phrase
 from ..sa2va.outputs.masks import draw_labels, overlay
 from ..sa2va.outputs.refine import RefineSettings
-from ..sa2va.requests import as_request
+from ..sa2va.requests import as_request, prompt_lines
 from ..sa2va.results import Prediction
+from ..sa2va.tasks import check_task, uses_prompt
+
+
+def request_lines(prompt: str, per_line: bool, task: str) -> list[str]:
+    """The requests of one image: each non-empty line of ``prompt`` (one prompt per line), else the whole prompt; one
+    empty request for the describe tasks, whose instruction is the release's own (:func:`sa2va.tasks.task_request`)."""
+    check_task(task)
+    if not uses_prompt(task):
+        return [""]
+    return (prompt_lines(prompt) or [""]) if per_line else [prompt or ""]
 
 
 def check_min_score(min_score: float) -> None:
@@ -157,3 +167,66 @@ def segmentation_outputs(rgb: torch.Tensor, predictions: list[list[Prediction]],
     texts = ["\n".join(p.text for p in found) for found in predictions]
     return SegmentationOutputs(rows.masks, torch.stack(merged), rows.masks.unsqueeze(-1).expand(-1, -1, -1, 3),
                                torch.stack(overlays), "\n\n".join(texts), rows.phrases, rows.scores, rows.boxes)
+
+
+# ------------------------------------------------------------------------------------------------- video
+def phrase_lines(phrases: list[str], num_frames: int) -> str:
+    """One line per object saying which masks of the flattened output are its track."""
+    if not phrases:
+        return "(none)"
+    return "\n".join(f"{k}: {p or '(no phrase)'} (masks {k * num_frames}-{(k + 1) * num_frames - 1})"
+                     for k, p in enumerate(phrases))
+
+
+def score_lines(scores: torch.Tensor, iou_scores: torch.Tensor, object_scores: torch.Tensor) -> str:
+    """One ``index: score (iou, object)`` line per object of a clip, or ``(none)``."""
+    if scores.shape[0] == 0:
+        return "(none)"
+    return "\n".join(f"{k}: {s:.3f} (iou {i:.3f}, object {o:.3f})"
+                     for k, (s, i, o) in enumerate(zip(scores.tolist(), iou_scores.tolist(), object_scores.tolist())))
+
+
+def frame_boxes(masks: torch.Tensor, scores: torch.Tensor, labels: list[str], threshold: float) -> list[list[dict]]:
+    """Per frame, one box record per object present in it (its mask covers a pixel at ``threshold``), in object
+    order: ``{x, y, width, height, score, label, object, mask_index}`` with ``mask_index`` the mask's index in the
+    video node's object-major masks (object k, frame t: ``k * T + t``). masks: ``[N, T, H, W]``; scores: ``[N]``."""
+    count, total = int(masks.shape[0]), int(masks.shape[1])
+    boxes: list[list[dict]] = []
+    for t in range(total):
+        found = mask_boxes(masks[:, t], threshold) if count else []
+        boxes.append([box_record(box, score=round(float(scores[k]), 4), label=labels[k], object=k,
+                                 mask_index=k * total + t)
+                      for k, box in enumerate(found) if box is not None])
+    return boxes
+
+
+@dataclass
+class VideoOutputs:
+    """The Video Segmentation node's outputs but the overlay: tracks ``[N, T, H, W]`` (on the output device; binary at
+    the threshold, or soft), masks ``[N*T, H, W]`` object-major (T empty masks when N = 0), merged ``[T, H, W]``, the
+    phrases and scores text, and the box records per frame."""
+
+    tracks: torch.Tensor
+    masks: torch.Tensor
+    merged: torch.Tensor
+    phrases: str
+    scores: str
+    boxes: list[list[dict]]
+
+
+def video_outputs(prediction, total: int, device: torch.device, mask_threshold: float,
+                  apply_threshold: bool) -> VideoOutputs:
+    """The outputs of a :class:`~sa2va.video.VideoPrediction` of ``total`` frames: its masks moved to ``device`` and,
+    with ``apply_threshold``, made binary in place (1 where the probability is at least ``mask_threshold``); boxes at
+    the threshold in use (the binary masks' 1s, or the soft masks' pixels at or above ``mask_threshold``)."""
+    tracks = prediction.masks.to(device)
+    if apply_threshold:
+        with torch.inference_mode():  # the library's masks are inference tensors
+            tracks.ge_(mask_threshold)
+    count, height, width = int(tracks.shape[0]), int(tracks.shape[2]), int(tracks.shape[3])
+    masks = tracks.reshape(count * total, height, width) if count else torch.zeros(total, height, width, device=device)
+    merged = tracks.amax(0) if count else torch.zeros(total, height, width, device=device)
+    return VideoOutputs(tracks, masks, merged, phrase_lines(prediction.phrases, total),
+                        score_lines(prediction.scores, prediction.iou_scores, prediction.object_scores),
+                        frame_boxes(tracks, prediction.scores, prediction.phrases,
+                                    0.5 if apply_threshold else mask_threshold))

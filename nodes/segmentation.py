@@ -6,7 +6,8 @@ is at least ``mask_threshold`` and 0 otherwise; without it the masks stay soft (
 
 Optional inputs: ``regions`` (region prompts, InternVL3 models; :func:`.objects.regions_per_image`),
 ``prompt_per_line`` (each non-empty line is its own request on every image; outputs grouped by image, then line) and
-``min_score`` (objects whose score, SAM2's predicted IoU x object probability, is below it are dropped).
+``min_score`` (objects whose score, SAM2's predicted IoU x object probability, is below it are dropped) and ``task``
+(:mod:`sa2va.tasks`: segment, describe with masks, describe, ask; the describe tasks do not use the prompt).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import torch
 from ..sa2va.engine import concurrent_rows
 from ..sa2va.hub import catalog
 from ..sa2va.outputs.objects import keep_confident
-from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, prompt_lines
+from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS
+from ..sa2va.tasks import DEFAULT_TASK
 from . import comfy
 from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, boxes_socket, check_image, model_socket,
-                     refine_inputs, refine_settings, sanitize, to_uint8)
+                     refine_inputs, refine_settings, sanitize, task_input, to_uint8)
 from .loader import Sa2VAHandle, model_choices
 from .refine import MATTER_SLOT, refine_batch
-from .rows import check_min_score, regions_per_image, segmentation_outputs
+from .rows import check_min_score, regions_per_image, request_lines, segmentation_outputs
 from .standalone import engine_run, handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class Sa2VASegmentation(comfy.NodeBase):
                 io.Float.Input("min_score", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Drop objects whose score (SAM2's predicted IoU x object probability) is "
                                        "below this. 0 keeps every object, as the reference does."),
+                task_input(io),
             ],
             outputs=[
                 io.Mask.Output(display_name="masks", tooltip="One mask per object per image, in image order; an "
@@ -107,12 +110,12 @@ class Sa2VASegmentation(comfy.NodeBase):
                 mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool,
                 model: Sa2VAHandle | None = None, dtype: str = "auto", quantization: str = "none",
                 regions: torch.Tensor | None = None, prompt_per_line: bool = False, min_score: float = 0.0,
-                **refinement):
+                task: str = DEFAULT_TASK, **refinement):
         check_image(image, "IMAGE [B, H, W, 3]")
         settings = refine_settings(**refinement, mask_threshold=mask_threshold,
                                    apply_mask_threshold=apply_mask_threshold)
         check_min_score(min_score)
-        lines = (prompt_lines(segmentation_prompt) or [""]) if prompt_per_line else [segmentation_prompt or ""]
+        lines = request_lines(segmentation_prompt, prompt_per_line, task)
         batch, height, width = image.shape[0], image.shape[1], image.shape[2]
         image_regions = regions_per_image(regions, batch, height, width)
         handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
@@ -122,7 +125,8 @@ class Sa2VASegmentation(comfy.NodeBase):
         try:
             with engine_run(handle, activations, "Sa2VA") as monitor:
                 found = handle.model.segment([to_uint8(rgb[i]) for i in range(batch)], [lines] * batch,
-                                             regions=image_regions, max_new_tokens=max_new_tokens, monitor=monitor)
+                                             regions=image_regions, max_new_tokens=max_new_tokens, monitor=monitor,
+                                             task=task)
                 predictions = [[keep_confident(p, min_score) for p in per_image] for per_image in found]
                 refined = refine_batch(rgb, [torch.cat([p.masks for p in per_image]) for per_image in predictions],
                                        settings)

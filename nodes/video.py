@@ -1,8 +1,13 @@
-"""Sa2VA Video Segmentation: the frames of one clip -> one mask track per object, merged masks, overlay, text.
+"""Sa2VA Video Segmentation: the frames of one clip -> one mask track per object, merged masks, overlay, text, each
+object's score and the boxes of every frame.
 
 The IMAGE batch is one clip; frames are converted to uint8 one at a time as the library asks for them, so the
 node holds no second copy of the clip. Threshold semantics as the Segmentation node: with ``apply_mask_threshold``
 a pixel is 1 when its probability is at least ``mask_threshold`` and 0 otherwise; without it masks stay soft.
+
+Scores: an object's predicted IoU and object probability from the grounding head on the key frames, those of its
+best key frame (where their product is highest, :class:`sa2va.video.KeyFrameScores`); ``min_score`` drops whole
+tracks whose score is below it. Boxes: per frame, one box per object whose mask covers a pixel in that frame.
 """
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ from ..sa2va.errors import InputError
 from ..sa2va.hub import catalog
 from ..sa2va.inputs import check_prompt
 from ..sa2va.outputs.masks import draw_labels, overlay
-from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS, as_request
+from ..sa2va.outputs.objects import keep_confident
+from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS
+from ..sa2va.tasks import DEFAULT_TASK, task_request
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
 from . import comfy
-from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, check_image, model_socket, sanitize,
-                     to_uint8)
+from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, boxes_socket, check_image,
+                     model_socket, sanitize, task_input, to_uint8)
 from .loader import Sa2VAHandle, model_choices
+from .rows import check_min_score, video_outputs
 from .standalone import engine_run, handle_for, load_inputs, release
 
 logger = logging.getLogger(__name__)
@@ -43,14 +51,6 @@ class ClipFrames:
         return to_uint8(sanitize(self.image[index:index + 1])[0])
 
 
-def phrase_lines(phrases: list[str], num_frames: int) -> str:
-    """One line per object saying which masks of the flattened output are its track."""
-    if not phrases:
-        return "(none)"
-    return "\n".join(f"{k}: {p or '(no phrase)'} (masks {k * num_frames}-{(k + 1) * num_frames - 1})"
-                     for k, p in enumerate(phrases))
-
-
 def overlay_frames(frames: torch.Tensor, masks: torch.Tensor, phrases: list[str], device: torch.device) -> torch.Tensor:
     """The overlay IMAGE ``[T, H, W, 3]`` of a clip ``frames`` (ComfyUI IMAGE ``[T, H, W, C]``) and its masks
     ``[N, T, H, W]``, drawn frame by frame into one output allocated up front on ``device``: the clip is never
@@ -66,7 +66,9 @@ def overlay_frames(frames: torch.Tensor, masks: torch.Tensor, phrases: list[str]
 
 class Sa2VAVideoSegmentation(comfy.NodeBase):
     """Outputs: masks ``[N*T, H, W]`` (object-major: object 0's T frames, then object 1's; T empty masks when
-    N = 0), merged ``[T, H, W]``, overlay ``[T, H, W, 3]`` (float32 0..1), the answer, one line per object."""
+    N = 0), merged ``[T, H, W]``, overlay ``[T, H, W, 3]`` (float32 0..1), the answer, one line per object, one
+    ``index: score (iou, object)`` line per object, and per frame the box records of the objects present in it
+    (:func:`.rows.frame_boxes`)."""
 
     @classmethod
     def define_schema(cls):
@@ -116,6 +118,10 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                 *load_inputs(io),
                 model_socket(io).Input("model", optional=True,
                                        tooltip="A Sa2VA Loader's model; when connected, model_name is ignored."),
+                io.Float.Input("min_score", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Drop objects whose score (the grounding head's predicted IoU x object "
+                                       "probability on its best key frame) is below this. 0 keeps every object."),
+                task_input(io),
             ],
             outputs=[
                 io.Mask.Output(display_name="masks", tooltip="One mask per object per frame, object by object: "
@@ -126,6 +132,14 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                 io.String.Output(display_name="text", tooltip="The model's answer."),
                 io.String.Output(display_name="phrases", tooltip="One line per object: 'index: phrase (masks "
                                                                  "first-last)'."),
+                io.String.Output(display_name="scores", tooltip="One line per object: 'index: score (iou, object)', "
+                                                                "the grounding head's probabilities on the object's "
+                                                                "best key frame; an absent object scores near 0."),
+                boxes_socket(io).Output(display_name="boxes",
+                                        tooltip="Per frame, one pixel box {x, y, width, height, score, label, "
+                                                "object, mask_index} per object present in that frame (at the "
+                                                "threshold in use); JSON text where ComfyUI has no BOUNDING_BOX "
+                                                "type."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
@@ -134,33 +148,30 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
     def execute(cls, *, frames: torch.Tensor, prompt: str, model_name: str, key_frames: int, key_frame_spacing: str,
                 mode: str, offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
                 apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None,
-                dtype: str = "auto", quantization: str = "none"):
+                dtype: str = "auto", quantization: str = "none", min_score: float = 0.0, task: str = DEFAULT_TASK):
         check_image(frames, "IMAGE batch [T, H, W, 3] holding the frames of one clip")
         if not 0.0 <= mask_threshold <= 1.0:
             raise InputError(f"mask_threshold must be between 0 and 1, got {mask_threshold}.")
+        check_min_score(min_score)
         options = VideoOptions(key_frames=key_frames, key_frame_spacing=key_frame_spacing, mode=mode,
                                offload_frames=offload_frames, offload_state=offload_state,
                                mask_device=comfy.output_device() if offload_frames else None)
         options.validate()
-        check_prompt(as_request(prompt or ""))
+        check_prompt(task_request(task, prompt or "", video=True))
         handle = handle_for(model, model_name, dtype=dtype, quantization=quantization,
                             node_id=comfy.hidden(cls, "unique_id"), prompt=comfy.hidden(cls, "prompt"))
         height, width = int(frames.shape[1]), int(frames.shape[2])
         activations = handle.activation_bytes(height, width, max_new_tokens, images=min(key_frames, len(frames)))
         try:
             with engine_run(handle, activations, "Sa2VA video") as monitor:
-                prediction = handle.model.predict_video(ClipFrames(frames), prompt or "", max_new_tokens=max_new_tokens,
-                                                        options=options, monitor=monitor)
+                found = handle.model.predict_video(ClipFrames(frames), prompt or "", max_new_tokens=max_new_tokens,
+                                                   options=options, monitor=monitor, task=task)
+            prediction = keep_confident(found, min_score)
         finally:
             if clean_vram_after:
                 release(model, handle)
-        out = comfy.output_device()
-        chosen = prediction.masks.to(out)                                   # [N, T, H, W], ours: thresholded in place
-        if apply_mask_threshold:
-            with torch.inference_mode():  # the library's masks are inference tensors
-                chosen.ge_(mask_threshold)
-        count, total = chosen.shape[0], int(frames.shape[0])
-        overlays = overlay_frames(frames, chosen, prediction.phrases, out)
-        merged = chosen.amax(0) if count else torch.zeros(total, height, width, device=out)
-        flat = chosen.reshape(count * total, height, width) if count else torch.zeros(total, height, width, device=out)
-        return comfy.node_output(flat, merged, overlays, prediction.text, phrase_lines(prediction.phrases, total))
+        outputs = video_outputs(prediction, int(frames.shape[0]), comfy.output_device(), mask_threshold,
+                                apply_mask_threshold)
+        overlays = overlay_frames(frames, outputs.tracks, prediction.phrases, comfy.output_device())
+        return comfy.node_output(outputs.masks, outputs.merged, overlays, prediction.text, outputs.phrases,
+                                 outputs.scores, comfy.boxes_output(outputs.boxes))

@@ -1,6 +1,6 @@
 """Command line: ``python -m sa2va segment|info|download|models|doctor ...``.
 
-    python -m sa2va segment [--model NAME|DIR] --image IMG --prompt TEXT [--out OUTDIR]
+    python -m sa2va segment [--model NAME|DIR] --image IMG [--prompt TEXT] [--task TASK] [--out OUTDIR]
         writes OUTDIR/answer.txt, OUTDIR/mask_<i>.png (probabilities as 8-bit grey) and OUTDIR/overlay.png;
         a catalog NAME (default Sa2VA-Qwen3-VL-4B) is downloaded first when its folder is incomplete
     python -m sa2va info --model DIR
@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from .requests import DEFAULT_MAX_NEW_TOKENS
+from .tasks import DEFAULT_TASK, TASKS
 
 logger = logging.getLogger("sa2va")
 
@@ -63,7 +64,7 @@ def _segment(args: argparse.Namespace) -> int:
     model = load_model(folder, device=device, dtype=args.dtype, quantization=args.quantization,
                        attn_implementation=args.attn)
     image = Image.open(args.image).convert("RGB")
-    pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens)
+    pred = model.predict(image, args.prompt, max_new_tokens=args.max_new_tokens, task=args.task)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "answer.txt").write_text(pred.text + "\n", encoding="utf-8")
@@ -212,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--models-dir", default=None, help="where catalog models live (default: $SA2VA_MODELS_DIR, "
                                                         "else ./models/sa2va)")
     seg.add_argument("--image", required=True, help="input image file")
-    seg.add_argument("--prompt", required=True, help='e.g. "Please segment the person."')
+    seg.add_argument("--prompt", default="", help='e.g. "Please segment the person." (not used by the describe '
+                     'tasks)')
+    seg.add_argument("--task", choices=TASKS, default=DEFAULT_TASK,
+                     help="segment (default): the prompt says what to segment; describe with masks: a description "
+                          "with one labelled mask per phrase; describe: text only; ask: the prompt as a free question")
     seg.add_argument("--out", default="sa2va-out", help="output folder (default: ./sa2va-out)")
     seg.add_argument("--device", default="auto",
                      help="auto (CUDA when available, else cpu; the default), cpu, cuda, cuda:1, ...")

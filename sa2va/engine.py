@@ -3,13 +3,14 @@
 It takes images, requests (one for every image, one per image, or several per image), optional region masks and
 the options, and plans the work itself:
 
-1. every (image, request) pair is a row; requests go through :func:`sa2va.requests.as_request`, so a bare phrase
-   means the same here as in the nodes and the CLI;
+1. every (image, request) pair is a row; requests go through :func:`sa2va.tasks.task_request` for the task
+   ("segment": :func:`sa2va.requests.as_request`, so a bare phrase means the same here as in the nodes and the CLI;
+   "describe with masks" / "describe": the release's trained instruction; "ask": the text as written);
 2. the rows are answered in batched generation, ``generate_batch_size`` rows per ``generate`` call
    (:class:`~sa2va.generation.AnswerGenerator`; rows with regions and rows without are generated apart);
 3. the grounding image encoder runs once per distinct image (by content: identical images of a batch are encoded
    once), ``encode_batch_size`` images per call, and each row's masks are decoded in one call
-   (:class:`~sa2va.decoding.MaskDecoder`);
+   (:class:`~sa2va.decoding.MaskDecoder`); the "describe" task skips this step (its answers keep no [SEG] state);
 4. the predictions come back grouped per image, then per request.
 
 Progress and Cancel go through one :class:`Monitor`: ``progress(done, total)`` after every generated token, every
@@ -17,6 +18,7 @@ Progress and Cancel go through one :class:`Monitor`: ``progress(done, total)`` a
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,8 +31,9 @@ from .generation import DEFAULT_GENERATE_BATCH, AnswerGenerator, Row
 from .cache import keyed_image
 from .inputs import check_request
 from .monitor import Monitor, TokenMonitor
-from .requests import DEFAULT_MAX_NEW_TOKENS, as_request
+from .requests import DEFAULT_MAX_NEW_TOKENS
 from .results import Prediction
+from .tasks import DEFAULT_TASK, grounds, task_request
 
 #: images per grounding-encoder call (bounds activation memory, ~0.4 GB per image at fp32 on the CPU for SAM2)
 DEFAULT_ENCODE_BATCH = 8
@@ -75,8 +78,12 @@ def segment(generator: AnswerGenerator, decoder: MaskDecoder, images, requests: 
             regions: Sequence | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
             generate_batch_size: int | None = DEFAULT_GENERATE_BATCH,
             encode_batch_size: int | None = DEFAULT_ENCODE_BATCH, logits_processor=None, stopping_criteria=None,
-            monitor: Monitor | None = None) -> list[list[Prediction]]:
+            monitor: Monitor | None = None, task: str = DEFAULT_TASK,
+            release_codebase: str = "v2") -> list[list[Prediction]]:
     """Answer every request about its image and segment every [SEG] of every answer (see the module docstring).
+
+    task: one of :data:`sa2va.tasks.TASKS`; release_codebase: ``"v1"`` or ``"v2"`` (:func:`sa2va.tasks.codebase`),
+    which grounded-caption instruction "describe with masks" sends.
 
     regions: None, or one entry per image, each None or that image's region masks (HxW arrays of the image's size,
     non-zero inside; InternVL3 models), applied to every request of that image. ``logits_processor`` and
@@ -87,7 +94,8 @@ def segment(generator: AnswerGenerator, decoder: MaskDecoder, images, requests: 
     pils = image_list(images)
     if not pils:
         return []
-    per_image = [[as_request(r) for r in rs] for rs in requests_per_image(requests, len(pils))]
+    per_image = [[task_request(task, r, release_codebase) for r in rs]
+                 for rs in requests_per_image(requests, len(pils))]
     for request in (r for rs in per_image for r in rs):
         check_request(request, max_new_tokens)
     regions = [None] * len(pils) if regions is None else list(regions)
@@ -113,6 +121,8 @@ def segment(generator: AnswerGenerator, decoder: MaskDecoder, images, requests: 
         if monitor.is_cancelled():
             raise Cancelled("Generation was cancelled.")
         monitor.report((k + 1) * max_new_tokens, total)
+    if not grounds(task):  # text only: no [SEG] state is kept, so the grounding head never runs
+        answers = [dataclasses.replace(answer, seg_states=[], phrases=[]) for answer in answers]
     groups: list[list[list[torch.Tensor]]] = [[] for _ in pils]
     for (i, _), answer in zip(rows, answers):
         groups[i].append(answer.seg_states)

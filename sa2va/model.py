@@ -37,8 +37,9 @@ from .errors import InputError
 from .inputs import FrameSource, check_request, to_pil
 from .monitor import Monitor
 from .outputs.objects import ObjectMasks
-from .requests import DEFAULT_MAX_NEW_TOKENS, as_request
+from .requests import DEFAULT_MAX_NEW_TOKENS
 from .results import Prediction
+from .tasks import DEFAULT_TASK, codebase, grounds, task_request
 from .video import VideoOptions, VideoPrediction, segment_clip
 
 
@@ -60,6 +61,8 @@ class Sa2VAModel:
         self.generator = AnswerGenerator(adapter, config, vlm, processor, self.encoder_cache)
         self.decoder = MaskDecoder(projection, grounding, self.encoder_cache, lambda: self.generator.device)
         adapter.cache_image_features(vlm, self.encoder_cache)
+        #: which grounded-caption instruction the release was trained with ("v1" or "v2", :func:`sa2va.tasks.codebase`)
+        self.codebase = codebase(Path(folder).name, adapter.name, config)
 
     # the parts, by name
     adapter = property(lambda self: self.generator.adapter)
@@ -190,20 +193,23 @@ class Sa2VAModel:
     def segment(self, images, requests: str | Sequence, regions: Sequence | None = None,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, generate_batch_size: int | None = DEFAULT_GENERATE_BATCH,
                 encode_batch_size: int | None = DEFAULT_ENCODE_BATCH, logits_processor=None, stopping_criteria=None,
-                monitor: Monitor | None = None) -> list[list[Prediction]]:
+                monitor: Monitor | None = None, task: str = DEFAULT_TASK) -> list[list[Prediction]]:
         """Segment ``images`` for ``requests``: the one engine call (:func:`sa2va.engine.segment`).
 
         images: a list of PIL images / HxWx3 uint8 arrays, or a ``[B, H, W, 3]`` uint8 array; requests: one string
         for every image, one string per image, or a list of strings per image; regions: None or one entry per image
-        (None or its region masks; InternVL3 models). Returns ``[image][request]`` predictions."""
+        (None or its region masks; InternVL3 models); task: one of :data:`sa2va.tasks.TASKS` ("describe with masks"
+        and "describe" send the release's trained instruction instead of the requests' text). Returns
+        ``[image][request]`` predictions."""
         return segment(self.generator, self.decoder, images, requests, regions=regions,
                        max_new_tokens=max_new_tokens, generate_batch_size=generate_batch_size,
                        encode_batch_size=encode_batch_size, logits_processor=logits_processor,
-                       stopping_criteria=stopping_criteria, monitor=monitor)
+                       stopping_criteria=stopping_criteria, monitor=monitor, task=task,
+                       release_codebase=self.codebase)
 
     def predict(self, image, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                 logits_processor=None, stopping_criteria=None, regions: list | None = None,
-                cancelled: Callable[[], bool] | None = None) -> Prediction:
+                cancelled: Callable[[], bool] | None = None, task: str = DEFAULT_TASK) -> Prediction:
         """Answer ``prompt`` about one ``image`` and segment every [SEG] of the answer: :meth:`segment` of one image
         and one request.
 
@@ -212,15 +218,15 @@ class Sa2VAModel:
         hidden state and gives no mask; a "[SEG]" typed in the prompt never requests a mask. ``regions``: region
         masks (HxW arrays of the image's size, non-zero inside) that the prompt names as region1, region2, ...
         (InternVL3 models). ``cancelled()``: polled before every stage and after every token (raises
-        :class:`~sa2va.errors.Cancelled`)."""
+        :class:`~sa2va.errors.Cancelled`). ``task``: one of :data:`sa2va.tasks.TASKS` (:meth:`segment`)."""
         return self.segment([to_pil(image)], [prompt], regions=[regions], max_new_tokens=max_new_tokens,
                             logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                            monitor=Monitor(cancelled=cancelled))[0][0]
+                            monitor=Monitor(cancelled=cancelled), task=task)[0][0]
 
     @torch.inference_mode()
     def predict_video(self, frames, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                       options: VideoOptions | None = None, logits_processor=None, stopping_criteria=None,
-                      monitor: Monitor | None = None, **video_options) -> VideoPrediction:
+                      monitor: Monitor | None = None, task: str = DEFAULT_TASK, **video_options) -> VideoPrediction:
         """Answer ``prompt`` about a clip and segment every [SEG] of the answer in every frame (:mod:`sa2va.video`).
 
         frames: a ``[T, H, W, 3]`` uint8 array/tensor, a list of PIL images / HxWx3 uint8 arrays, or any sequence
@@ -228,14 +234,15 @@ class Sa2VAModel:
         :class:`~sa2va.video.VideoOptions`), or its fields as keyword arguments: ``key_frames``, ``key_frame_spacing``
         ("first": 0..K-1 as the reference; "even"), ``mode`` ("memory": SAM2 tracking, the reference; "consistent":
         every frame from the [SEG] embedding alone), ``offload_frames``, ``offload_state``. ``monitor``: progress
-        (after every token and frame) and Cancel. Returns a :class:`~sa2va.video.VideoPrediction` whose masks are
-        float32 ``[N, T, H, W]`` probabilities at the size of frame 0."""
+        (after every token and frame) and Cancel. ``task``: one of :data:`sa2va.tasks.TASKS` ("describe" runs no
+        grounding at all). Returns a :class:`~sa2va.video.VideoPrediction` whose masks are float32 ``[N, T, H, W]``
+        probabilities at the size of frame 0, with each object's scores on its key frames."""
         options = options if options is not None else VideoOptions(**video_options)
-        prompt = as_request(prompt) if isinstance(prompt, str) else prompt
+        prompt = task_request(task, prompt, self.codebase, video=True) if isinstance(prompt, str) else prompt
         check_request(prompt, max_new_tokens)
         options.validate()
         source = frames if isinstance(frames, FrameSource) else FrameSource(frames)
         return segment_clip(self, source, prompt, options, max_new_tokens=max_new_tokens,
                             logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                            monitor=monitor or Monitor())
+                            monitor=monitor or Monitor(), ground=grounds(task))
 

@@ -15,6 +15,11 @@ Reference semantics (``predict_forward(video=...)``, docs/design.md, "Video"):
 4. each frame's 256x256 logits go to the model's image size and then to the size of frame 0 (bilinear both times),
    then through a sigmoid.
 
+Scores, as for one image (:mod:`sa2va.outputs.objects`): on each key frame the decoder gives every object a predicted
+IoU and an object probability. An object's scores are those of its best key frame, the one where IoU x object
+probability is highest (:class:`KeyFrameScores`): an object that is visible on one key frame only still scores as
+visible, and an object absent from every key frame scores near 0.
+
 Sa2VA-Qwen3-VL-4B-SAM3 runs the same steps on SAM 3's tracker (1008 px, 288x288 logits) with its release's rules
 (:class:`~sa2va.grounding.rules.GroundingRules`, :mod:`sa2va.grounding.memory`): the object-score clamp is on, conditioning
 memory is binarised, at most 4 conditioning frames are attended, pointers carry a temporal encoding and absent
@@ -44,6 +49,7 @@ from .inputs import FrameSource
 from .monitor import Monitor, TokenMonitor
 from .grounding.sam2 import sam2_pixels, upsample_logits
 from .grounding.memory import MemoryBank, encode_memory
+from .outputs.objects import object_score
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +65,9 @@ class VideoPrediction:
     text: the answer without special tokens and [SEG] markers; raw_text: the decoded answer with special tokens;
     token_ids: generated ids, 1-D LongTensor; masks: float32 ``[N, T, H, W]`` sigmoid probabilities at the size of
     frame 0, one track per [SEG] that was fed back into the model; phrases: N strings naming what each track shows;
-    key_frames: the indices of the frames the language model saw (SAM2's conditioning frames)."""
+    key_frames: the indices of the frames the language model saw (SAM2's conditioning frames); iou_scores,
+    object_scores: float32 ``[N]`` probabilities of each object on its best key frame (:class:`KeyFrameScores`);
+    ``scores`` is their product."""
 
     text: str
     raw_text: str
@@ -67,6 +75,32 @@ class VideoPrediction:
     masks: torch.Tensor
     phrases: list[str] = field(default_factory=list)
     key_frames: list[int] = field(default_factory=list)
+    iou_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    object_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[N]`` the score of each object: predicted IoU times object probability on its best key frame."""
+        return object_score(self.iou_scores, self.object_scores)
+
+
+class KeyFrameScores:
+    """Each object's predicted IoU and object probability over the key frames: the pair of the key frame where
+    their product is highest is kept (the first such frame on a tie)."""
+
+    def __init__(self, count: int) -> None:
+        self.iou = torch.zeros(count, dtype=torch.float32)
+        self.object = torch.zeros(count, dtype=torch.float32)
+        self.seen = False
+
+    def add(self, iou: torch.Tensor, object_logits: torch.Tensor) -> None:
+        """One key frame's decoder outputs: ``iou`` ``[N]`` probabilities, ``object_logits`` ``[N, 1]`` logits."""
+        iou = iou.detach().float().cpu()
+        probability = object_logits[:, 0].detach().float().sigmoid().cpu()
+        better = iou * probability > self.iou * self.object if self.seen else torch.ones_like(iou, dtype=torch.bool)
+        self.iou = torch.where(better, iou, self.iou)
+        self.object = torch.where(better, probability, self.object)
+        self.seen = True
 
 
 @dataclass(frozen=True)
@@ -151,7 +185,8 @@ def _upsample_to_image(low_res: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def _track_memory(head, source: FrameSource, keys: list[int], key_images: dict[int, Image.Image],
-                  embeddings: torch.Tensor, writer: _MaskWriter, steps: _Steps, storage: torch.device) -> int:
+                  embeddings: torch.Tensor, writer: _MaskWriter, steps: _Steps, storage: torch.device,
+                  scores: KeyFrameScores) -> int:
     """Reference mode: condition the key frames on the embeddings, then track every other frame with memory.
 
     Returns the peak size of the memory bank in bytes."""
@@ -167,6 +202,7 @@ def _track_memory(head, source: FrameSource, keys: list[int], key_images: dict[i
                                          binarize=head.rules.binarize_conditioning_memory,
                                          object_score=out.object_score)
         bank.add_conditioning(frame, memory, out.object_pointer, position)
+        scores.add(out.iou, out.object_score)
         writer.write(frame, out.low_res_logits)
         del features, out, memory
         steps.step()
@@ -192,24 +228,31 @@ def _track_memory(head, source: FrameSource, keys: list[int], key_images: dict[i
 
 
 def _decode_each_frame(head, source: FrameSource, key_images: dict[int, Image.Image], embeddings: torch.Tensor,
-                       writer: _MaskWriter, steps: _Steps) -> None:
-    """Consistent mode: every frame decoded from the [SEG] embeddings alone, as a single image (no memory)."""
+                       writer: _MaskWriter, steps: _Steps, scores: KeyFrameScores) -> None:
+    """Consistent mode: every frame decoded from the [SEG] embeddings alone, as a single image (no memory); the key
+    frames' decoder scores go to ``scores``."""
     for frame in range(len(source)):
         steps.check()
-        image = key_images.pop(frame) if frame in key_images else source.pil(frame)
+        key = frame in key_images
+        image = key_images.pop(frame) if key else source.pil(frame)
         features = head.encode(sam2_pixels([image], head.image_size))
-        writer.write(frame, head.image_logits(features, embeddings))
-        del features
+        out = head.image_decode(features, embeddings)
+        if key:
+            scores.add(out.iou, out.object_score)
+        writer.write(frame, out.low_res_logits)
+        del features, out
         steps.step()
 
 
 def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions, max_new_tokens: int,
-                 logits_processor=None, stopping_criteria=None, monitor: Monitor | None = None) -> VideoPrediction:
+                 logits_processor=None, stopping_criteria=None, monitor: Monitor | None = None,
+                 ground: bool = True) -> VideoPrediction:
     """The engine behind :meth:`Sa2VAModel.predict_video` (see there for the arguments), on the model's public seams.
 
     model: a :class:`~sa2va.model.Sa2VAModel`; options: validated :class:`VideoOptions`; monitor: progress in units
     of ``max_new_tokens`` (one per generated token) then one per frame, and Cancel (polled after every token and
-    before every frame)."""
+    before every frame); ground: False for a text-only answer (the "describe" task: its [SEG] are ignored and the
+    grounding head never runs)."""
     monitor = monitor or Monitor()
     total = len(source)
     if total == 0:
@@ -220,6 +263,7 @@ def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions,
     width, height = (key_images[0] if 0 in key_images else source.pil(0)).size
     criteria = [*(stopping_criteria or []), TokenMonitor(monitor, 0, max_new_tokens + total)]
     answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, criteria)
+    seg_states, phrases = (answer.seg_states, answer.phrases) if ground else ([], [])
     steps.check()
     monitor.report(max_new_tokens, max_new_tokens + total)
     head = model.grounding
@@ -227,17 +271,18 @@ def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions,
         out_device = torch.device(options.mask_device)
     else:
         out_device = torch.device("cpu") if options.offload_frames else head.device
-    writer = _MaskWriter(len(answer.seg_states), total, height, width, head.image_size, out_device)
-    if answer.seg_states:
-        embeddings = model.seg_embeddings(answer.seg_states)
+    writer = _MaskWriter(len(seg_states), total, height, width, head.image_size, out_device)
+    scores = KeyFrameScores(len(seg_states))
+    if seg_states:
+        embeddings = model.seg_embeddings(seg_states)
         if options.mode == "memory":
             storage = torch.device("cpu") if options.offload_state else head.device
-            peak = _track_memory(head, source, keys, key_images, embeddings, writer, steps, storage)
+            peak = _track_memory(head, source, keys, key_images, embeddings, writer, steps, storage, scores)
             logger.debug("memory bank peak: %.1f MB", peak / 2**20)
         else:
-            _decode_each_frame(head, source, key_images, embeddings, writer, steps)
+            _decode_each_frame(head, source, key_images, embeddings, writer, steps, scores)
     else:
         monitor.report(max_new_tokens + total, max_new_tokens + total)
     masks = writer.masks.cpu()
     return VideoPrediction(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
-                           phrases=answer.phrases, key_frames=keys)
+                           phrases=phrases, key_frames=keys, iou_scores=scores.iou, object_scores=scores.object)

@@ -512,6 +512,99 @@ def _video_on(comfy: Comfy, model: str) -> bool:
                   overlay_frames=frames, error=messages.get("execution_error", {}).get("exception_message"))
 
 
+# ------------------------------------------------------------------ issue 24: video objects and tasks
+TASKS = ["segment", "describe with masks", "describe", "ask"]
+
+
+def _last_optional(comfy: Comfy, node: str) -> list[str]:
+    spec = comfy.info[node]
+    order = spec.get("input_order") or {k: list(spec["input"].get(k, {})) for k in ("required", "optional")}
+    return order.get("optional", [])
+
+
+def _video_graph(comfy: Comfy, prompt: str, **options) -> dict:
+    outputs = comfy.info["Sa2VAVideoSegmentation"]["output_name"]
+    graph = {"1": comfy.node("LoadImage", image="photo.png"),
+             "2": comfy.node("RepeatImageBatch", image=["1", 0], amount=6),
+             "3": comfy.node("Sa2VALoader", model="tiny-qwen3", device="cpu", dtype="fp32"),
+             "4": comfy.node("Sa2VAVideoSegmentation", frames=["2", 0], prompt=prompt, model=["3", 0],
+                             max_new_tokens=16, **options)}
+    for node_id, name in (("5", "phrases"), ("6", "scores"), ("7", "boxes"), ("8", "text")):
+        graph[node_id] = comfy.node("PreviewAny", source=["4", outputs.index(name)])
+    return graph
+
+
+def check_video_objects(comfy: Comfy) -> bool:
+    """The video node's scores and per-frame boxes come last among its outputs and agree with its phrases; min_score
+    is an optional input and drops every track at 1.0."""
+    info = comfy.info["Sa2VAVideoSegmentation"]
+    names, types = info["output_name"], info["output"]
+    layout = names[:5] == ["masks", "merged_mask", "overlay", "text", "phrases"] and names[5:] == ["scores", "boxes"]
+    entry = comfy.run(_video_graph(comfy, "Please segment the red box."))
+    status, messages = status_of(entry)
+    phrases = (texts(entry, "5") or [""])[0].splitlines()
+    scores = (texts(entry, "6") or [""])[0].splitlines()
+    boxes_text = (texts(entry, "7") or ["null"])[0]
+    boxes = json.loads(boxes_text)
+    per_frame = isinstance(boxes, list) and len(boxes) == 6
+    objects = {record.get("object") for frame in (boxes if per_frame else []) for record in frame}
+    aligned = per_frame and len(phrases) == len(scores) >= 1 and objects <= set(range(len(scores))) and \
+        all({"x", "y", "width", "height", "score", "label"} <= set(r) for f in boxes for r in f)
+    dropped = comfy.run(_video_graph(comfy, "Please segment the red box.", min_score=1.0))
+    none = texts(dropped, "5") == ["(none)"] and texts(dropped, "6") == ["(none)"] and \
+        json.loads((texts(dropped, "7") or ["null"])[0]) == [[]] * 6
+    ok = layout and "min_score" in _last_optional(comfy, "Sa2VAVideoSegmentation") and status == "success" and \
+        per_frame and aligned and none and status_of(dropped)[0] == "success"
+    return report("video node: scores and per-frame boxes last, min_score", ok, status=status, outputs=names,
+                  boxes_type=types[names.index("boxes")], scores=scores, boxes_per_frame=[len(f) for f in boxes]
+                  if per_frame else boxes_text[:200], min_score_1=texts(dropped, "6"),
+                  error=messages.get("execution_error", {}).get("exception_message"))
+
+
+def check_tasks(comfy: Comfy) -> bool:
+    """The task choice is the last optional input of both nodes, and every task runs on both (tiny model): describe
+    gives text and no mask, the others succeed."""
+    offered = {}
+    for node in ("Sa2VASegmentation", "Sa2VAVideoSegmentation"):
+        entry = comfy.info[node]["input"].get("optional", {}).get("task")
+        options = entry[0] if entry and isinstance(entry[0], list) else (entry[1].get("options") if entry else None)
+        offered[node] = options == TASKS and _last_optional(comfy, node)[-1] == "task" and \
+            entry[1].get("default") == "segment"
+    results, ok = {}, all(offered.values())
+    for task in TASKS:
+        image = comfy.run(segment_graph(comfy, "tiny-qwen3", "red box", task=task))
+        video = comfy.run(_video_graph(comfy, "red box", task=task))
+        image_status, video_status = status_of(image)[0], status_of(video)[0]
+        results[task] = {"image": image_status, "image_phrases": texts(image, "8"), "video": video_status,
+                         "video_phrases": texts(video, "5")}
+        ok = ok and image_status == video_status == "success"
+        if task == "describe":
+            ok = ok and texts(image, "8") == ["0: (none)"] and texts(video, "5") == ["(none)"] and \
+                bool((texts(image, "9") or [""])[0].strip())
+    return report("task choice on both nodes: offered last, each task runs", ok, offered=offered, **results)
+
+
+def check_describe_with_masks_workflow(comfy: Comfy) -> bool:
+    """example_workflows/sa2va_describe_with_masks.json as the user opens it (tiny model): the task widget reaches the
+    node, and the Labels preview has one line per object the Scores preview lists."""
+    workflow = json.loads((ROOT / "example_workflows" / "sa2va_describe_with_masks.json").read_text())
+    prompt = api_prompt(comfy, workflow)
+    seg = next(k for k, n in prompt.items() if n["class_type"] == "Sa2VASegmentation")
+    for node in prompt.values():
+        if isinstance(node["inputs"].get("model"), str):
+            node["inputs"]["model"] = "tiny-qwen3"
+    prompt[seg]["inputs"]["max_new_tokens"] = 16
+    entry = comfy.run(prompt)
+    status, messages = status_of(entry)
+    titles = {str(n["id"]): n.get("title") for n in workflow["nodes"]}
+    shown = {titles[k]: texts(entry, k) for k in titles if titles[k] in ("Labels", "Scores", "Answer")}
+    ok = status == "success" and prompt[seg]["inputs"].get("task") == "describe with masks" and \
+        len((shown.get("Labels") or [""])[0].splitlines()) == len((shown.get("Scores") or [""])[0].splitlines())
+    return report("example workflow sa2va_describe_with_masks runs", ok, status=status,
+                  task=prompt[seg]["inputs"].get("task"), **shown,
+                  error=messages.get("execution_error", {}).get("exception_message"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout (its main.py)")
@@ -530,7 +623,8 @@ def main() -> int:
         comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
         try:
             for check in (check_import, check_templates, check_example_workflows, check_formats, check_batch, check_prompt_per_line, check_regions,
-                          check_cancel_generation, check_free, check_video):
+                          check_cancel_generation, check_free, check_video, check_video_objects, check_tasks,
+                          check_describe_with_masks_workflow):
                 results.append(check(comfy))
             results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))
         finally:

@@ -211,7 +211,7 @@ def test_v3_schema_with_a_test_double():
     assert seg_schema["outputs"][-1].kind == "String", "no BOUNDING_BOX type in this ComfyUI: boxes as JSON text"
     # new inputs are optional, with defaults that keep the old behaviour, after every older widget
     names = [s.name for s in seg_schema["inputs"]]
-    assert names[-3:] == ["regions", "prompt_per_line", "min_score"]
+    assert names[-4:] == ["regions", "prompt_per_line", "min_score", "task"]
     assert inputs["regions"].kind == "Mask" and inputs["regions"].kw["optional"] is True
     assert inputs["prompt_per_line"].kw == {**inputs["prompt_per_line"].kw, "default": False, "optional": True}
     assert inputs["min_score"].kw["default"] == 0.0 and inputs["min_score"].kw["optional"] is True

@@ -11,7 +11,7 @@ from nodetools import schema as node_schema
 from nodetools import segment_video
 from pack import pack_module
 from sa2va.errors import Cancelled, InputError
-from sa2va.grounding.sam2 import GroundingHead, sam2_config
+from sa2va.grounding.sam2 import GroundingHead, sam2_config, sam2_pixels
 from sa2va.grounding.memory import MemoryBank, encode_memory
 from sa2va.testing import TINY_SAM2, ForceTokens
 from sa2va.inputs import FrameSource
@@ -398,16 +398,21 @@ def test_video_node_schema_with_a_test_double(monkeypatch):
     inputs = {s.name: s for s in schema["inputs"]}
     assert list(inputs) == ["frames", "prompt", "model_name", "key_frames", "key_frame_spacing", "mode",
                             "offload_frames", "offload_state", "max_new_tokens", "mask_threshold",
-                            "apply_mask_threshold", "clean_vram_after", "dtype", "quantization", "model"]
+                            "apply_mask_threshold", "clean_vram_after", "dtype", "quantization", "model",
+                            "min_score", "task"]
     assert inputs["frames"].kind == "Image" and inputs["prompt"].kw["multiline"] is True
     assert inputs["key_frames"].kw["default"] == 5 and inputs["key_frames"].kw["min"] == 1
     assert inputs["key_frame_spacing"].kw["options"] == ["first", "even"]
     assert inputs["key_frame_spacing"].kw["default"] == "first"
     assert inputs["mode"].kw["options"] == ["memory", "consistent"] and inputs["mode"].kw["default"] == "memory"
     assert inputs["model"].kind == "SA2VA_MODEL" and inputs["model"].kw["optional"] is True
+    # new outputs only at the end: saved workflows link outputs by index
     assert [s.kw["display_name"] for s in schema["outputs"]] == ["masks", "merged_mask", "overlay", "text",
-                                                                "phrases"]
-    assert [s.kind for s in schema["outputs"]] == ["Mask", "Mask", "Image", "String", "String"]
+                                                                "phrases", "scores", "boxes"]
+    assert [s.kind for s in schema["outputs"]] == ["Mask", "Mask", "Image", "String", "String", "String", "String"]
+    assert inputs["min_score"].kw["optional"] is True and inputs["min_score"].kw["default"] == 0.0
+    assert inputs["task"].kw["optional"] is True and inputs["task"].kw["default"] == "segment"
+    assert inputs["task"].kw["options"] == ["segment", "describe with masks", "describe", "ask"]
 
 
 def test_video_node_module_does_not_import_transformers_at_import_time():
@@ -420,3 +425,95 @@ def test_video_node_module_does_not_import_transformers_at_import_time():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------ video objects
+def test_key_frame_scores_keep_each_objects_best_key_frame():
+    from sa2va.video import KeyFrameScores
+
+    scores = KeyFrameScores(3)
+    logit = torch.logit(torch.tensor([0.5, 0.9, 0.2]))[:, None]
+    scores.add(torch.tensor([0.8, 0.1, 0.5]), logit)                       # products 0.40, 0.09, 0.10
+    scores.add(torch.tensor([0.4, 0.5, 0.5]), torch.logit(torch.tensor([0.9, 0.9, 0.2]))[:, None])  # .36 .45 .10
+    assert torch.allclose(scores.iou, torch.tensor([0.8, 0.5, 0.5]))
+    assert torch.allclose(scores.object, torch.tensor([0.5, 0.9, 0.2]))  # object 2 ties: its first key frame
+
+
+@pytest.mark.parametrize("mode", ["memory", "consistent"])
+def test_video_scores_are_the_decoders_on_the_best_key_frame(model, mode):
+    frames = clip(6)
+    captured = {}
+    original = model.seg_embeddings
+
+    def spy(states):
+        captured["embeddings"] = original(states)
+        return captured["embeddings"]
+
+    model.seg_embeddings = spy
+    try:
+        pred = forced(model, frames, "<p>red box</p>[SEG] and <p>blue box</p>[SEG].", key_frames=3, mode=mode)
+    finally:
+        del model.seg_embeddings
+    head = model.grounding
+    per_key = []
+    with torch.inference_mode():
+        for k in pred.key_frames:
+            out = head.image_decode(head.encode(sam2_pixels([Image.fromarray(frames[k])], head.image_size)),
+                                    captured["embeddings"])
+            per_key.append((out.iou.float(), out.object_score[:, 0].float().sigmoid()))
+    products = torch.stack([iou * obj for iou, obj in per_key])              # [K, N]
+    best = products.argmax(0)
+    assert pred.iou_scores.shape == pred.object_scores.shape == pred.scores.shape == (2,)
+    for n in range(2):
+        iou, obj = per_key[int(best[n])]
+        assert torch.allclose(pred.iou_scores[n], iou[n], atol=1e-6)
+        assert torch.allclose(pred.object_scores[n], obj[n], atol=1e-6)
+    assert torch.allclose(pred.scores, products.max(0).values, atol=1e-6)
+
+
+def test_video_node_scores_boxes_and_min_score(handle, monkeypatch):
+    import json
+
+    _force_video(handle, monkeypatch, "<p>red box</p>[SEG] and <p>blue box</p>[SEG].")
+    frames = torch.from_numpy(np.stack(clip(6))).float() / 255
+    result = segment_video(frames, "boxes", handle, max_new_tokens=32, mask_threshold=0.5)
+    direct = handle.model.predict_video(video_node.ClipFrames(frames), "Please segment the boxes.", max_new_tokens=32)
+    lines = result.scores.splitlines()
+    assert len(lines) == 2
+    for k, line in enumerate(lines):
+        s, i, o = float(direct.scores[k]), float(direct.iou_scores[k]), float(direct.object_scores[k])
+        assert line == f"{k}: {s:.3f} (iou {i:.3f}, object {o:.3f})"
+    boxes = json.loads(result.boxes)              # no BOUNDING_BOX type outside ComfyUI: JSON text
+    assert len(boxes) == 6, "one list per frame"
+    tracks = result.masks.reshape(2, 6, HEIGHT, WIDTH)
+    for t, records in enumerate(boxes):
+        expected = []
+        for k in range(2):                        # brute-force scan of each object's mask in this frame
+            ys, xs = np.nonzero(tracks[k, t].numpy() >= 0.5)
+            if len(ys):
+                expected.append({"x": int(xs.min()), "y": int(ys.min()), "width": int(xs.max() + 1 - xs.min()),
+                                 "height": int(ys.max() + 1 - ys.min()), "score": round(float(direct.scores[k]), 4),
+                                 "label": ["red box", "blue box"][k], "object": k, "mask_index": k * 6 + t})
+        assert records == expected
+    # min_score drops whole tracks, and every output follows
+    level = (float(direct.scores.min()) + float(direct.scores.max())) / 2
+    assert float(direct.scores.min()) < level < float(direct.scores.max())
+    kept = int(direct.scores.argmax())
+    fewer = segment_video(frames, "boxes", handle, max_new_tokens=32, mask_threshold=0.5, min_score=level)
+    assert fewer.masks.shape == (6, HEIGHT, WIDTH) and torch.equal(fewer.masks, tracks[kept])
+    assert fewer.phrases == f"0: {['red box', 'blue box'][kept]} (masks 0-5)"
+    assert fewer.scores.startswith("0: ") and len(fewer.scores.splitlines()) == 1
+    assert all(r["object"] == 0 and r["label"] == ["red box", "blue box"][kept] for f in json.loads(fewer.boxes)
+               for r in f)
+    with pytest.raises(node_errors.InputError, match="min_score must be between 0 and 1"):
+        segment_video(frames, "boxes", handle, min_score=1.5)
+
+
+def test_video_node_boxes_use_the_bounding_box_type_where_comfyui_has_it(handle, monkeypatch):
+    comfy = pack_module("nodes.comfy")
+    monkeypatch.setattr(comfy, "bounding_box_type", lambda: True)
+    _force_video(handle, monkeypatch, "It is [SEG].")
+    result = segment_video(torch.rand(3, 24, 32, 3), "box", handle, max_new_tokens=16, mode="consistent",
+                           apply_mask_threshold=False, mask_threshold=0.0)
+    assert isinstance(result.boxes, list) and len(result.boxes) == 3
+    assert all(len(frame) == 1 and frame[0]["object"] == 0 for frame in result.boxes), "soft masks cover every pixel"

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..requests import as_request
+from ..tasks import TASK_INSTRUCTIONS
 
 SEG_TOKEN = "[SEG]"
 
@@ -223,8 +224,12 @@ def request_phrase(prompt: str) -> str:
     bare "red car" is "Please segment the red car."), then its sentences are read in order by the grammar and the
     first that names an object gives it: "Please segment the red car." -> "red car"; "Where's the cat?" -> "cat";
     "I'd like a mask of the dog." -> "dog"; "Show me where the bicycle is." -> "bicycle"; "What is the cup on the
-    left? Please respond with segmentation mask." -> "cup on the left"; "What is this?" -> ""."""
+    left? Please respond with segmentation mask." -> "cup on the left"; "What is this?" -> "". The describe tasks'
+    instructions (:data:`sa2va.tasks.TASK_INSTRUCTIONS`) name no object: a [SEG] of a description without its own
+    ``<p>`` phrase is named by the answer's words."""
     text = re.sub(r"\s+", " ", as_request(prompt or "").replace("<image>", " ")).strip()
+    if text in TASK_INSTRUCTIONS:
+        return ""
     for sentence in re.split(r"(?<=[.!?])\s+", text):
         found = sentence_object(sentence)
         if found:

@@ -33,7 +33,7 @@ from .inputs import check_request
 from .monitor import Monitor, TokenMonitor
 from .requests import DEFAULT_MAX_NEW_TOKENS
 from .results import Prediction
-from .tasks import DEFAULT_TASK, grounds, task_request
+from .tasks import DEFAULT_TASK, grounds, task_request, uses_prompt
 
 #: images per grounding-encoder call (bounds activation memory, ~0.4 GB per image at fp32 on the CPU for SAM2)
 DEFAULT_ENCODE_BATCH = 8
@@ -94,8 +94,11 @@ def segment(generator: AnswerGenerator, decoder: MaskDecoder, images, requests: 
     pils = image_list(images)
     if not pils:
         return []
-    per_image = [[task_request(task, r, release_codebase) for r in rs]
-                 for rs in requests_per_image(requests, len(pils))]
+    typed = requests_per_image(requests, len(pils))
+    if uses_prompt(task):  # the text as the user typed it first: an error names what they wrote
+        for request in (r for rs in typed for r in rs):
+            check_request(request, max_new_tokens)
+    per_image = [[task_request(task, r, release_codebase) for r in rs] for rs in typed]
     for request in (r for rs in per_image for r in rs):
         check_request(request, max_new_tokens)
     regions = [None] * len(pils) if regions is None else list(regions)

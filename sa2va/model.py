@@ -39,7 +39,7 @@ from .monitor import Monitor
 from .outputs.objects import ObjectMasks
 from .requests import DEFAULT_MAX_NEW_TOKENS
 from .results import Prediction
-from .tasks import DEFAULT_TASK, codebase, grounds, task_request
+from .tasks import DEFAULT_TASK, codebase, grounds, task_request, uses_prompt
 from .video import VideoOptions, VideoPrediction, segment_clip
 
 
@@ -238,6 +238,8 @@ class Sa2VAModel:
         grounding at all). Returns a :class:`~sa2va.video.VideoPrediction` whose masks are float32 ``[N, T, H, W]``
         probabilities at the size of frame 0, with each object's scores on its key frames."""
         options = options if options is not None else VideoOptions(**video_options)
+        if uses_prompt(task):  # the text as the user typed it first: an error names what they wrote
+            check_request(prompt, max_new_tokens)
         prompt = task_request(task, prompt, self.codebase, video=True) if isinstance(prompt, str) else prompt
         check_request(prompt, max_new_tokens)
         options.validate()

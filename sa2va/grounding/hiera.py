@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..monitor import cancel_point
+
 logger = logging.getLogger(__name__)
 
 _BLOCK_PARTS = ("layer_norm1", "layer_norm2", "attn", "mlp", "window_size", "query_stride", "dim", "dim_out")
@@ -280,6 +282,7 @@ def encode_image_fast(model, pixel_values: torch.Tensor, positions: WindowPositi
     stages = []
     linears = linears or BlockLinears()
     for i, block in enumerate(backbone.blocks):
+        cancel_point("the SAM2 image encoder")  # Cancel between blocks (Monitor.watching), not after the pass
         hidden = _block_forward(block, hidden, linears)
         if i in ends:
             stages.append(hidden)

@@ -14,7 +14,8 @@ the options, and plans the work itself:
 4. the predictions come back grouped per image, then per request.
 
 Progress and Cancel go through one :class:`Monitor`: ``progress(done, total)`` after every generated token, every
-``generate`` call and every image's masks; ``cancelled()`` before every stage and after every generated token.
+``generate`` call and every image's masks; ``cancelled()`` before every stage, after every generated token and
+before every block of the vision tower, the language model and the grounding encoder (:meth:`Monitor.watching`).
 """
 from __future__ import annotations
 
@@ -114,25 +115,26 @@ def segment(generator: AnswerGenerator, decoder: MaskDecoder, images, requests: 
     step = generate_batch_size or len(rows)
     chunks = [rows[start:start + step] for start in range(0, len(rows), step)]
     total = len(chunks) * max_new_tokens + len(pils)
-    answers = []
-    for k, chunk in enumerate(chunks):
-        if monitor.is_cancelled():
-            raise Cancelled(f"Generation was cancelled after {k * step} of {len(rows)} requests.")
-        criteria = [*(stopping_criteria or []), TokenMonitor(monitor, k * max_new_tokens, total)]
-        answers += generator.answer_rows([row for _, row in chunk], max_new_tokens, batch_size=None,
-                                         logits_processor=logits_processor, stopping_criteria=criteria)
-        if monitor.is_cancelled():
-            raise Cancelled("Generation was cancelled.")
-        monitor.report((k + 1) * max_new_tokens, total)
-    if not grounds(task):  # text only: no [SEG] state is kept, so the grounding head never runs
-        answers = [dataclasses.replace(answer, seg_states=[], phrases=[]) for answer in answers]
-    groups: list[list[list[torch.Tensor]]] = [[] for _ in pils]
-    for (i, _), answer in zip(rows, answers):
-        groups[i].append(answer.seg_states)
-    stop_if_cancelled(monitor.cancelled, "SAM2")
-    base = len(chunks) * max_new_tokens
-    decoded = decoder.decode_groups(pils, groups, encode_batch_size, monitor.cancelled,
-                                    on_image=lambda done: monitor.report(base + done, total))
-    monitor.report(total, total)
+    with monitor.watching(generator.vlm, decoder.grounding.model):  # Cancel between encoder and layer blocks too
+        answers = []
+        for k, chunk in enumerate(chunks):
+            if monitor.is_cancelled():
+                raise Cancelled(f"Generation was cancelled after {k * step} of {len(rows)} requests.")
+            criteria = [*(stopping_criteria or []), TokenMonitor(monitor, k * max_new_tokens, total)]
+            answers += generator.answer_rows([row for _, row in chunk], max_new_tokens, batch_size=None,
+                                             logits_processor=logits_processor, stopping_criteria=criteria)
+            if monitor.is_cancelled():
+                raise Cancelled("Generation was cancelled.")
+            monitor.report((k + 1) * max_new_tokens, total)
+        if not grounds(task):  # text only: no [SEG] state is kept, so the grounding head never runs
+            answers = [dataclasses.replace(answer, seg_states=[], phrases=[]) for answer in answers]
+        groups: list[list[list[torch.Tensor]]] = [[] for _ in pils]
+        for (i, _), answer in zip(rows, answers):
+            groups[i].append(answer.seg_states)
+        stop_if_cancelled(monitor.cancelled, "SAM2")
+        base = len(chunks) * max_new_tokens
+        decoded = decoder.decode_groups(pils, groups, encode_batch_size, monitor.cancelled,
+                                        on_image=lambda done: monitor.report(base + done, total))
+        monitor.report(total, total)
     found = iter(answers)
     return [[Prediction.of(next(found), objects) for objects in image_objects] for image_objects in decoded]

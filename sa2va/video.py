@@ -262,27 +262,28 @@ def segment_clip(model, source: FrameSource, prompt: str, options: VideoOptions,
     key_images = {frame: source.pil(frame) for frame in keys}
     width, height = (key_images[0] if 0 in key_images else source.pil(0)).size
     criteria = [*(stopping_criteria or []), TokenMonitor(monitor, 0, max_new_tokens + total)]
-    answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, criteria)
-    seg_states, phrases = (answer.seg_states, answer.phrases) if ground else ([], [])
-    steps.check()
-    monitor.report(max_new_tokens, max_new_tokens + total)
-    head = model.grounding
-    if options.mask_device is not None:
-        out_device = torch.device(options.mask_device)
-    else:
-        out_device = torch.device("cpu") if options.offload_frames else head.device
-    writer = _MaskWriter(len(seg_states), total, height, width, head.image_size, out_device)
-    scores = KeyFrameScores(len(seg_states))
-    if seg_states:
-        embeddings = model.seg_embeddings(seg_states)
-        if options.mode == "memory":
-            storage = torch.device("cpu") if options.offload_state else head.device
-            peak = _track_memory(head, source, keys, key_images, embeddings, writer, steps, storage, scores)
-            logger.debug("memory bank peak: %.1f MB", peak / 2**20)
+    with monitor.watching(model.vlm, model.grounding.model):  # Cancel between blocks too
+        answer = model.answer([key_images[f] for f in keys], prompt, max_new_tokens, logits_processor, criteria)
+        seg_states, phrases = (answer.seg_states, answer.phrases) if ground else ([], [])
+        steps.check()
+        monitor.report(max_new_tokens, max_new_tokens + total)
+        head = model.grounding
+        if options.mask_device is not None:
+            out_device = torch.device(options.mask_device)
         else:
-            _decode_each_frame(head, source, key_images, embeddings, writer, steps, scores)
-    else:
-        monitor.report(max_new_tokens + total, max_new_tokens + total)
+            out_device = torch.device("cpu") if options.offload_frames else head.device
+        writer = _MaskWriter(len(seg_states), total, height, width, head.image_size, out_device)
+        scores = KeyFrameScores(len(seg_states))
+        if seg_states:
+            embeddings = model.seg_embeddings(seg_states)
+            if options.mode == "memory":
+                storage = torch.device("cpu") if options.offload_state else head.device
+                peak = _track_memory(head, source, keys, key_images, embeddings, writer, steps, storage, scores)
+                logger.debug("memory bank peak: %.1f MB", peak / 2**20)
+            else:
+                _decode_each_frame(head, source, key_images, embeddings, writer, steps, scores)
+        else:
+            monitor.report(max_new_tokens + total, max_new_tokens + total)
     masks = writer.masks.cpu()
     return VideoPrediction(text=answer.text, raw_text=answer.raw_text, token_ids=answer.token_ids, masks=masks,
                            phrases=phrases, key_frames=keys, iou_scores=scores.iou, object_scores=scores.object)

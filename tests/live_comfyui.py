@@ -13,7 +13,8 @@ Each check prints one JSON line ``{"check": ..., "ok": ..., ...measurements}``; 
 The checks: the pack imports and its nodes have tooltips; the example workflows are served as templates and each
 runs as the user opens it (models swapped for tiny ones; ``api_prompt`` turns the UI format into a prompt); a tiny
 checkpoint of every release format (:data:`FORMATS`) runs through Loader -> Segmentation; a batch of two images through Loader -> Segmentation gives outputs aligned with the batch; one prompt per line; region prompts
-(and the clear error on a family without them); Cancel during generation ends the run within a second; ``/free``
+(and the clear error on a family without them); Cancel during generation ends the run within a second; Cancel
+1 s into generation and 1 s into a full-size SAM2 image encoder ends the node within 2 s; ``/free``
 releases the model (the next run loads it again) while queued runs in between reuse it; the Loader downloads a
 catalog model from the throttled hub, Cancel stops it within a second keeping the partial files, the next run
 resumes them (Range requests), every file ends up byte-identical, and the token never reaches the CDN host; the
@@ -428,6 +429,66 @@ def check_cancel_generation(comfy: Comfy) -> bool:
                   seconds_after_interrupt=delay)
 
 
+FULL_SAM2 = "tiny-full-sam2"
+
+
+def cancel_delay(comfy: Comfy, graph: dict, node: str, ready, wait: float) -> tuple[float | None, str, int]:
+    """Queue ``graph``, press Cancel ``wait`` seconds after ``ready(progress of node)`` holds; returns (seconds from
+    Cancel to ComfyUI's ``execution_interrupted``, status, progress when cancelled)."""
+    listener = ProgressListener(comfy)
+    time.sleep(0.5)
+    prompt_id = comfy.queue(graph)
+
+    def later() -> bool:
+        if not ready(listener.progress(prompt_id, node)):
+            return False
+        time.sleep(wait)
+        return True
+
+    sent = interrupt_when(comfy, prompt_id, later)
+    progress = listener.progress(prompt_id, node)
+    status, messages = status_of(comfy.wait(prompt_id))
+    stopped = messages.get("execution_interrupted", {}).get("timestamp")
+    return ((stopped - sent) / 1000 if stopped else None), status, progress
+
+
+def check_cancel_inside_encoders(comfy: Comfy) -> bool:
+    """Cancel ends the node within 2 s at any moment of a CPU run with a full-size encoder (issue 27): once 1 s into
+    generation (tiny-talker), then 1 s and 8 s into the image encoder of a full-size SAM2 (Hiera-L at 1024 px, a pass
+    of 10-40 s on two cores; the answer is finished when the progress reaches ``max_new_tokens``). A run without Cancel
+    then shows how long that encoder pass and the masks after it took, so the Cancel fell inside it."""
+    models = comfy.log.parent / "models" / "sa2va"
+    if not (models / FULL_SAM2).exists():
+        testing.write_checkpoint(models / FULL_SAM2, "qwen3_vl", sam2="full")
+    talker = segment_graph(comfy, "tiny-talker", "Describe the picture in detail.")
+    talker["4"]["inputs"]["max_new_tokens"] = 2048
+    in_generation, generation_status, tokens = cancel_delay(comfy, talker, "4", lambda done: done >= 1, 1.0)
+    graph = segment_graph(comfy, FULL_SAM2, "Please segment the red box.")
+    max_new_tokens = graph["4"]["inputs"]["max_new_tokens"]
+    in_encoder, encoder_status, done = cancel_delay(comfy, graph, "4", lambda done: done >= max_new_tokens, 1.0)
+    graph["4"]["inputs"]["segmentation_prompt"] = "Please segment the box."  # ComfyUI runs the node again
+    later, later_status, _ = cancel_delay(comfy, graph, "4", lambda done: done >= max_new_tokens, 8.0)
+    graph["4"]["inputs"]["segmentation_prompt"] = "Please segment the red square."  # a new prompt: the node runs
+    listener = ProgressListener(comfy)
+    time.sleep(0.5)
+    prompt_id = comfy.queue(graph)
+    end = time.time() + 600
+    while listener.progress(prompt_id, "4") < max_new_tokens and time.time() < end:
+        time.sleep(0.05)
+    answered = time.time()
+    status, _ = status_of(comfy.wait(prompt_id))
+    encoder_seconds = time.time() - answered
+    ok = (generation_status == encoder_status == "error" and status == "success" and
+          in_generation is not None and in_generation < 2.0 and tokens < 2048 and
+          in_encoder is not None and in_encoder < 2.0 and done == max_new_tokens and later_status == "error" and
+          later is not None and later < 2.0 and encoder_seconds > 8.0 + later)
+    return report("Cancel within 2 s inside generation and inside a full-size SAM2 encoder", ok,
+                  seconds_after_interrupt_in_generation=in_generation, tokens_when_cancelled=tokens,
+                  seconds_after_interrupt_1s_into_sam2_encoder=in_encoder,
+                  seconds_after_interrupt_8s_into_sam2_encoder=later, sam2_encoder_and_masks_seconds=encoder_seconds,
+                  statuses=[generation_status, encoder_status, later_status, status])
+
+
 def check_free(comfy: Comfy) -> bool:
     def loads() -> int:
         return comfy.log_text().count("Loaded tiny-qwen3")
@@ -623,8 +684,8 @@ def main() -> int:
         comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
         try:
             for check in (check_import, check_templates, check_example_workflows, check_formats, check_batch, check_prompt_per_line, check_regions,
-                          check_cancel_generation, check_free, check_video, check_video_objects, check_tasks,
-                          check_describe_with_masks_workflow):
+                          check_cancel_generation, check_cancel_inside_encoders, check_free, check_video,
+                          check_video_objects, check_tasks, check_describe_with_masks_workflow):
                 results.append(check(comfy))
             results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))
         finally:

@@ -96,26 +96,30 @@ def test_bad_inputs(handle):
 
 
 def test_cancel_stops_generation_within_a_token(handle, monkeypatch):
-    calls = {"n": 0}
-
-    def interrupted():
-        calls["n"] += 1
-        return calls["n"] >= 3
+    """Cancel pressed after the first generated token: the batch (both images generated together) stops within a
+    token, between two layers of the language model or at the token's end, and no mask is made."""
+    tokens = {"n": 0}
+    lm_head = handle.model.vlm.get_output_embeddings()
+    hook = lm_head.register_forward_hook(lambda *args: tokens.update(n=tokens["n"] + 1))
 
     def throw():
-        if calls["n"] >= 3:
+        if tokens["n"] >= 2:
             raise comfy.Interrupted("cancelled")
 
-    monkeypatch.setattr(comfy, "interrupted", interrupted)
+    monkeypatch.setattr(comfy, "interrupted", lambda: tokens["n"] >= 2)  # prefill's logits, then one token
     monkeypatch.setattr(comfy, "throw_if_interrupted", throw)
-    batches = []
+    rows = []
     original = handle.model.generator.answer_rows
     monkeypatch.setattr(handle.model.generator, "answer_rows",
-                        lambda *a, **k: batches.append(original(*a, **k)) or batches[-1])
-    with pytest.raises(comfy.Interrupted):
-        segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
-    # the two images were generated together, both rows stopped within a token of the cancel, and no mask was made
-    assert len(batches) == 1 and len(batches[0]) == 2 and all(a.token_ids.numel() <= 3 for a in batches[0])
+                        lambda *a, **k: rows.append(len(a[0])) or original(*a, **k))
+    decoded = []
+    monkeypatch.setattr(handle.model.decoder, "decode_groups", lambda *a, **k: decoded.append(a))
+    try:
+        with pytest.raises(comfy.Interrupted):
+            segment(torch.rand(2, 20, 20, 3), "person", handle, max_new_tokens=200)
+    finally:
+        hook.remove()
+    assert rows == [2] and tokens["n"] <= 3 and not decoded
 
 
 def test_node_without_loader_uses_one_slot_and_clean_vram_after_empties_it(models_dir):

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..monitor import cancel_point
+
 logger = logging.getLogger(__name__)
 
 _BLOCK_PARTS = ("layer_norm1", "layer_norm2", "attn", "mlp", "window_size", "query_stride", "dim", "dim_out")
@@ -207,6 +209,8 @@ def _block_forward(block, x: torch.Tensor, linears: BlockLinears) -> torch.Tenso
     count, wh, ww, _ = windows.shape
     heads = attn.num_attention_heads
     qkv = linears.linear(windows, attn.qkv)
+    # Cancel between the products of a block too (Monitor.watching): on two busy cores one block takes seconds
+    cancel_point("the SAM2 image encoder")
     qkv = qkv.reshape(count, wh * ww, 3, heads, -1)
     query, key, value = torch.unbind(qkv, 2)
     if block.query_stride:
@@ -218,6 +222,7 @@ def _block_forward(block, x: torch.Tensor, linears: BlockLinears) -> torch.Tenso
             ph, pw = out_h + (-out_h) % size, out_w + (-out_w) % size
     out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                                          dropout_p=0.0, scale=attn.scale, is_causal=False)
+    cancel_point("the SAM2 image encoder")
     head_dim = out.shape[-1]
     if size > 0:  # merge heads and undo the windows in one copy: [n, heads, s*s, d] -> [B, pH, pW, heads*d]
         out = out.view(batch, ph // size, pw // size, heads, size, size, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
@@ -227,6 +232,7 @@ def _block_forward(block, x: torch.Tensor, linears: BlockLinears) -> torch.Tenso
     else:
         out = out.transpose(1, 2).reshape(batch, out_h, out_w, heads * head_dim)
     hidden = linears.linear_add(out, residual, attn.proj)
+    cancel_point("the SAM2 image encoder")
     normed = block.layer_norm2(hidden)
     exact_gelu = type(mlp.activation).__name__ == "GELUActivation" and getattr(mlp.activation, "act", None) is F.gelu
     if exact_gelu and not len(mlp.layers):
@@ -235,6 +241,7 @@ def _block_forward(block, x: torch.Tensor, linears: BlockLinears) -> torch.Tenso
         y = mlp.activation(linears.linear(normed, mlp.proj_in))
         for layer in mlp.layers:
             y = mlp.activation(layer(y))
+    cancel_point("the SAM2 image encoder")
     return linears.linear_add(y, hidden, mlp.proj_out)
 
 
@@ -280,6 +287,7 @@ def encode_image_fast(model, pixel_values: torch.Tensor, positions: WindowPositi
     stages = []
     linears = linears or BlockLinears()
     for i, block in enumerate(backbone.blocks):
+        cancel_point("the SAM2 image encoder")  # Cancel between blocks (Monitor.watching), not after the pass
         hidden = _block_forward(block, hidden, linears)
         if i in ends:
             stages.append(hidden)

@@ -177,3 +177,21 @@ def tiny_vitmatte(tmp_path_factory):
     VitMatteForImageMatting(config).save_pretrained(folder)
     VitMatteImageProcessor().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def tiny_models_dir(tmp_path, monkeypatch, checkpoint_factory) -> Path:
+    """A models folder (``$SA2VA_MODELS_DIR``) holding the tiny Qwen3-VL checkpoint as ``tiny-qwen3``."""
+    base = tmp_path / "models" / "sa2va"
+    base.mkdir(parents=True)
+    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
+    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
+    return base
+
+
+@pytest.fixture
+def qwen3_handle(tiny_models_dir):
+    """The Sa2VA Loader's handle of ``tiny-qwen3`` (fp32, CPU), as the nodes get it."""
+    from pack import pack_module
+
+    return pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")

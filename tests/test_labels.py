@@ -1,12 +1,10 @@
 """Labels from the request as people type it (the grammar of docs/labels.md), <p> phrases paired with their [SEG],
 and one request rule for the library and the nodes."""
-import shutil
 
 import pytest
 import torch
 
 from nodetools import segment
-from pack import pack_module
 
 from sa2va.outputs.labels import RULES, WORD_CLASSES, object_labels, request_phrase, tagged_phrases
 from sa2va.requests import MAX_BARE_WORDS, as_request, is_bare_phrase
@@ -192,12 +190,8 @@ def test_a_seg_without_phrase_falls_back_to_the_request_then_to_the_answer():
 
 # ----------------------------------------------------------------------------- the library and the node agree
 @pytest.fixture
-def handle(tmp_path, monkeypatch, checkpoint_factory):
-    base = tmp_path / "models" / "sa2va"
-    base.mkdir(parents=True)
-    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
-    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
-    return pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+def handle(qwen3_handle):
+    return qwen3_handle
 
 
 @pytest.mark.parametrize("text", ["the tall man", "red car on the left", "Where's the cat?",

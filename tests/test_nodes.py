@@ -24,12 +24,8 @@ synthetic = pack_module("sa2va.testing")
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch, checkpoint_factory):
-    base = tmp_path / "models" / "sa2va"
-    base.mkdir(parents=True)
-    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
-    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
-    return base
+def models_dir(tiny_models_dir):
+    return tiny_models_dir
 
 
 @pytest.fixture

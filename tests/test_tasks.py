@@ -132,14 +132,8 @@ loader = pack_module("nodes.loader")
 
 
 @pytest.fixture
-def handle(tmp_path, monkeypatch, checkpoint_factory):
-    import shutil
-
-    base = tmp_path / "models" / "sa2va"
-    base.mkdir(parents=True)
-    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
-    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
-    return loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+def handle(qwen3_handle):
+    return qwen3_handle
 
 
 def test_image_node_describe_with_masks_gives_labelled_masks_and_describe_text_only(handle, monkeypatch):

@@ -288,14 +288,8 @@ node_synthetic = pack_module("sa2va.testing")
 
 
 @pytest.fixture
-def handle(tmp_path, monkeypatch, checkpoint_factory):
-    import shutil
-
-    base = tmp_path / "models" / "sa2va"
-    base.mkdir(parents=True)
-    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
-    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
-    return loader.load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+def handle(qwen3_handle):
+    return qwen3_handle
 
 
 def _force_video(handle, monkeypatch, answer: str):

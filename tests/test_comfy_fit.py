@@ -592,7 +592,10 @@ def test_cached_features_are_counted_with_the_model_and_freed_by_unload_models(f
     weights = handle.patcher.model_size()
     segment(torch.rand(1, 48, 64, 3), "person", handle, max_new_tokens=8)
     cache = handle.model.encoder_cache
-    assert cache.nbytes > 0 and len(cache) >= 2  # the vision tower's and SAM2's features
+    from sa2va.compat import vision_cache_supported
+
+    # SAM2's features, and the vision tower's where the installed transformers lets the cache serve them (5.x)
+    assert cache.nbytes > 0 and len(cache) >= (2 if vision_cache_supported() else 1)
     assert handle.patcher.model_size() == weights + cache.nbytes
     assert _held_on_compute_device(fake_comfyui) == before + weights + cache.nbytes
     refs = _cached_tensors(handle.model)

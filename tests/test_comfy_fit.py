@@ -100,19 +100,13 @@ def test_search_aliases_and_advanced_inputs_reach_a_comfyui_that_has_them(monkey
 
 # ------------------------------------------------------------------------------------------ Cancel per stage
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch, checkpoint_factory):
-    import shutil
-
-    base = tmp_path / "models" / "sa2va"
-    base.mkdir(parents=True)
-    shutil.copytree(checkpoint_factory("qwen3_vl"), base / "tiny-qwen3")
-    monkeypatch.setenv("SA2VA_MODELS_DIR", str(base))
-    return base
+def models_dir(tiny_models_dir):
+    return tiny_models_dir
 
 
 @pytest.fixture
-def handle(models_dir):
-    return pack_module("nodes.loader").load_handle(model="tiny-qwen3", dtype="fp32", device="cpu")
+def handle(qwen3_handle):
+    return qwen3_handle
 
 
 def _cancel_after(monkeypatch, tokens: int):

@@ -20,10 +20,16 @@ STANDALONE_NODES = ("Sa2VASegmentation", "Sa2VAVideoSegmentation")
 
 def standalone_users(prompt: dict) -> set[str]:
     """Ids of the queued workflow's Segmentation / Video nodes without a Sa2VA Loader (API-format ``prompt``: a
-    connected input is a ``[node_id, output]`` link)."""
-    return {str(node_id) for node_id, node in prompt.items()
-            if isinstance(node, dict) and node.get("class_type") in STANDALONE_NODES
-            and not isinstance(node.get("inputs", {}).get("model"), list)}
+    connected input is a ``[node_id, output]`` link). Entries that are not nodes are skipped, never an error (the
+    prompt hook reads prompts before ComfyUI validates them)."""
+    users = set()
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or node.get("class_type") not in STANDALONE_NODES:
+            continue
+        inputs = node.get("inputs")
+        if not (isinstance(inputs, dict) and isinstance(inputs.get("model"), list)):
+            users.add(str(node_id))
+    return users
 
 
 def handle_for(model: Sa2VAHandle | None, model_name: str, *, dtype: str = "auto", quantization: str = "none",

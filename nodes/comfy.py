@@ -376,6 +376,18 @@ def held_queue() -> Iterator[bool]:
             yield queue.get_tasks_remaining() == 0
 
 
+def waiting_prompts() -> list[dict]:
+    """The API prompts waiting in ComfyUI's queue (queued, not yet running; ``get_current_queue_volatile``, whose
+    items hold the prompt third); [] outside ComfyUI."""
+    queue = getattr(_prompt_server(), "prompt_queue", None)
+    current = getattr(queue, "get_current_queue_volatile", None)
+    if current is None:
+        return []
+    _, waiting = current()
+    return [item[2] for item in waiting if isinstance(item, (list, tuple)) and len(item) > 2 and
+            isinstance(item[2], dict)]
+
+
 def call_later(seconds: float, callback: Callable[[], None]) -> bool:
     """Run ``callback()`` on ComfyUI's server event loop after ``seconds`` (call from that loop, as the prompt hook
     is); False (nothing scheduled) outside ComfyUI."""

@@ -35,9 +35,13 @@ def standalone_users(prompt: dict) -> set[str]:
 def handle_for(model: Sa2VAHandle | None, model_name: str, *, dtype: str = "auto", quantization: str = "none",
                node_id: str | None = None, prompt: dict | None = None) -> Sa2VAHandle:
     """The connected loader's model, else the node's own from :data:`~.common.MODEL_SLOT` (keyed by every load
-    option; loaded on first use). Models no node of the queued workflow uses any more are released first."""
+    option; loaded on first use). Models that no node of the running workflow, nor of a workflow waiting in
+    ComfyUI's queue, uses any more are released first."""
     if isinstance(prompt, dict):
-        MODEL_SLOT.keep_only(standalone_users(prompt))
+        users = standalone_users(prompt)
+        for waiting in comfy.waiting_prompts():
+            users |= standalone_users(waiting)
+        MODEL_SLOT.keep_only(users)
     if model is not None:
         MODEL_SLOT.forget(node_id)
         return model

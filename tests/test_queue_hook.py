@@ -155,3 +155,31 @@ def test_a_comfyui_without_the_queue_lock_is_never_idle(monkeypatch):
     assert comfy.on_prompt(lambda body: None) is False
     with comfy.held_queue() as idle:
         assert idle is False
+
+
+def test_a_running_node_keeps_the_models_of_nodes_in_workflows_waiting_in_the_queue(monkeypatch):
+    """The nodes' own rule when they run (standalone.handle_for): a workflow waiting behind the running one still
+    holds node 4, so node 4's model stays; node 9 is in neither and its model goes."""
+    standalone = pack_module("nodes.standalone")
+    monkeypatch.setattr(standalone, "MODEL_SLOT", common.ModelSlot("test model"))
+    slot, released = standalone.MODEL_SLOT, []
+    slot.get("A", lambda: Model("A", released), user="4")
+    slot.get("C", lambda: Model("C", released), user="9")
+    monkeypatch.setattr(comfy, "waiting_prompts", lambda: [body(n4=seg())["prompt"]])
+    loader_model = object()
+    running = body(n7=seg(model=["3", 0]), n3={"class_type": "Sa2VALoader", "inputs": {}})["prompt"]
+    assert standalone.handle_for(loader_model, "m", node_id="7", prompt=running) is loader_model
+    assert list(slot.values) == ["A"] and released == ["C"]
+    monkeypatch.setattr(comfy, "waiting_prompts", list)
+    standalone.handle_for(loader_model, "m", node_id="7", prompt=running)
+    assert slot.empty and released == ["C", "A"]
+
+
+def test_waiting_prompts_are_the_third_item_of_each_queue_entry(monkeypatch):
+    waiting = [(1, "id-1", {"4": seg()}, {}, ["5"], {}), (2, "id-2", {"9": seg()}, {}, ["5"])]  # 0.8, 0.3.64
+    queue = types.SimpleNamespace(get_current_queue_volatile=lambda: ([(0, "running", {"7": seg()}, {}, [])],
+                                                                      waiting))
+    monkeypatch.setattr(comfy, "_prompt_server", lambda: types.SimpleNamespace(prompt_queue=queue))
+    assert comfy.waiting_prompts() == [{"4": seg()}, {"9": seg()}]
+    monkeypatch.setattr(comfy, "_prompt_server", lambda: None)
+    assert comfy.waiting_prompts() == []

@@ -3,10 +3,11 @@
 Inside ComfyUI it uses the newest *versioned* ``comfy_api`` module it has (``comfy_api.v0_0_2`` since ComfyUI 0.3.48;
 never ``comfy_api.latest``, which ComfyUI's maintainers ask packs not to import) for ``io`` and ``ComfyExtension``,
 ``folder_paths``,
-``comfy.utils.ProgressBar``, ``comfy.model_management`` and ``comfy.model_patcher``. Outside ComfyUI (tests, scripts)
-it falls back to plain behaviour: node classes are plain classes whose ``execute`` returns a tuple, the models folder
-comes from ``$SA2VA_MODELS_DIR`` (default ``./models/sa2va``), progress goes to tqdm, nothing is ever
-interrupted, and models live on the device they were loaded to. No other module of the pack imports ComfyUI.
+``comfy.utils.ProgressBar``, ``comfy.model_management``, ``comfy.model_patcher`` and ``server.PromptServer`` (the
+prompt hook and the queue). Outside ComfyUI (tests, scripts) it falls back to plain behaviour: node classes are plain
+classes whose ``execute`` returns a tuple, the models folder comes from ``$SA2VA_MODELS_DIR`` (default
+``./models/sa2va``), progress goes to tqdm, nothing is ever interrupted, no prompt is ever queued, and models live
+on the device they were loaded to. No other module of the pack imports ComfyUI.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import logging
 import os
 import pkgutil
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -320,3 +322,77 @@ def unload_patcher(patcher) -> None:
             loaded.model_unload()
             _mm.current_loaded_models.remove(loaded)
     soft_empty_cache()
+
+
+# ------------------------------------------------------------------------------------------- prompt queue
+def _prompt_server():
+    """ComfyUI's ``PromptServer.instance`` (created before custom nodes load), or None outside ComfyUI."""
+    if not IN_COMFY:
+        return None
+    try:
+        server = importlib.import_module("server")
+    except ImportError:
+        return None
+    return getattr(getattr(server, "PromptServer", None), "instance", None)
+
+
+#: what the prompt hook uses of ComfyUI's server and queue (ComfyUI 0.3.x and 0.8 have them all)
+_SERVER_NEEDS = ("add_on_prompt_handler", "prompt_queue", "loop")
+_QUEUE_NEEDS = ("mutex", "get_tasks_remaining")
+
+
+def on_prompt(hook: Callable[[object], None]) -> bool:
+    """Call ``hook(body)`` with the JSON body of every prompt posted to ComfyUI (``add_on_prompt_handler``), on the
+    server's event loop before ComfyUI validates and queues the prompt. ComfyUI takes a handler's return value as the
+    body: the body goes on unchanged whatever ``hook`` does. False (nothing registered) outside ComfyUI, or when the
+    running ComfyUI lacks the hook, its queue's lock or its event loop."""
+    server = _prompt_server()
+    queue = getattr(server, "prompt_queue", None)
+    if server is None or not all(hasattr(server, n) for n in _SERVER_NEEDS) or \
+            not all(hasattr(queue, n) for n in _QUEUE_NEEDS):
+        return False
+
+    def handler(body):
+        hook(body)
+        return body
+
+    server.add_on_prompt_handler(handler)
+    return True
+
+
+@contextmanager
+def held_queue() -> Iterator[bool]:
+    """Hold ComfyUI's prompt queue (its lock: no prompt starts meanwhile) and say whether it is idle (no prompt
+    running or waiting). Outside ComfyUI nothing ever runs: idle. Inside a ComfyUI whose queue lacks the lock:
+    never idle."""
+    server = _prompt_server()
+    queue = getattr(server, "prompt_queue", None)
+    if server is None and not IN_COMFY:
+        yield True
+    elif not all(hasattr(queue, n) for n in _QUEUE_NEEDS):
+        yield False
+    else:
+        with queue.mutex:
+            yield queue.get_tasks_remaining() == 0
+
+
+def waiting_prompts() -> list[dict]:
+    """The API prompts waiting in ComfyUI's queue (queued, not yet running; ``get_current_queue_volatile``, whose
+    items hold the prompt third); [] outside ComfyUI."""
+    queue = getattr(_prompt_server(), "prompt_queue", None)
+    current = getattr(queue, "get_current_queue_volatile", None)
+    if current is None:
+        return []
+    _, waiting = current()
+    return [item[2] for item in waiting if isinstance(item, (list, tuple)) and len(item) > 2 and
+            isinstance(item[2], dict)]
+
+
+def call_later(seconds: float, callback: Callable[[], None]) -> bool:
+    """Run ``callback()`` on ComfyUI's server event loop after ``seconds`` (call from that loop, as the prompt hook
+    is); False (nothing scheduled) outside ComfyUI."""
+    loop = getattr(_prompt_server(), "loop", None)
+    if loop is None:
+        return False
+    loop.call_later(seconds, callback)
+    return True

@@ -131,8 +131,9 @@ class ModelSlot:
     be held at once: each is registered with ComfyUI's memory manager, whose eviction decides what stays in VRAM.
     A model is released as soon as no node uses it: each node (``user``: its node id) uses one key at a time; a
     node that asks for another key, runs with a Sa2VA Loader connected (:meth:`forget`), or is no longer in the
-    queued workflow (:meth:`keep_only`) stops using its old one. Outside ComfyUI every caller is one anonymous
-    user, so a new key replaces the old model."""
+    queued workflow (:meth:`keep_only`: called by the nodes when they run, and by the prompt hook of
+    :mod:`.queue_hook` when a workflow is queued) stops using its old one. Outside ComfyUI every caller is one
+    anonymous user, so a new key replaces the old model."""
 
     def __init__(self, description: str) -> None:
         self.description = description

@@ -20,18 +20,28 @@ STANDALONE_NODES = ("Sa2VASegmentation", "Sa2VAVideoSegmentation")
 
 def standalone_users(prompt: dict) -> set[str]:
     """Ids of the queued workflow's Segmentation / Video nodes without a Sa2VA Loader (API-format ``prompt``: a
-    connected input is a ``[node_id, output]`` link)."""
-    return {str(node_id) for node_id, node in prompt.items()
-            if isinstance(node, dict) and node.get("class_type") in STANDALONE_NODES
-            and not isinstance(node.get("inputs", {}).get("model"), list)}
+    connected input is a ``[node_id, output]`` link). Entries that are not nodes are skipped, never an error (the
+    prompt hook reads prompts before ComfyUI validates them)."""
+    users = set()
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or node.get("class_type") not in STANDALONE_NODES:
+            continue
+        inputs = node.get("inputs")
+        if not (isinstance(inputs, dict) and isinstance(inputs.get("model"), list)):
+            users.add(str(node_id))
+    return users
 
 
 def handle_for(model: Sa2VAHandle | None, model_name: str, *, dtype: str = "auto", quantization: str = "none",
                node_id: str | None = None, prompt: dict | None = None) -> Sa2VAHandle:
     """The connected loader's model, else the node's own from :data:`~.common.MODEL_SLOT` (keyed by every load
-    option; loaded on first use). Models no node of the queued workflow uses any more are released first."""
+    option; loaded on first use). Models that no node of the running workflow, nor of a workflow waiting in
+    ComfyUI's queue, uses any more are released first."""
     if isinstance(prompt, dict):
-        MODEL_SLOT.keep_only(standalone_users(prompt))
+        users = standalone_users(prompt)
+        for waiting in comfy.waiting_prompts():
+            users |= standalone_users(waiting)
+        MODEL_SLOT.keep_only(users)
     if model is not None:
         MODEL_SLOT.forget(node_id)
         return model

@@ -1,7 +1,7 @@
 """Run the pack in a real ComfyUI over its HTTP API and check what a user meets (a maintainer's tool; pytest does not
 collect it: it needs a ComfyUI checkout and a Python environment that runs it).
 
-    python tests/live_comfyui.py --comfyui PATH [--python PYTHON] [--port 8199] [--keep DIR]
+    python tests/live_comfyui.py --comfyui PATH [--python PYTHON] [--port 8199] [--keep DIR] [--only CHECK ...]
 
 PYTHON (default: this interpreter) runs ComfyUI's ``main.py --cpu`` on 127.0.0.1 with ``--base-directory`` set to a
 throw-away folder holding ``custom_nodes/ComfyUI-Sa2VA`` (a symlink to this checkout), tiny release-format checkpoints
@@ -505,6 +505,94 @@ def check_free(comfy: Comfy) -> bool:
                   status_of(entry)[0] == "success", reused=reused, loaded_again_after_free=again)
 
 
+RELEASED = "Releasing Sa2VA model of a node without a loader"
+
+
+def standalone_graph(comfy: Comfy, model: str, prompt: str, max_new_tokens: int = 16) -> dict:
+    """LoadImage -> Sa2VA Segmentation without a Loader (node 4 loads its own model) -> preview."""
+    return {"1": comfy.node("LoadImage", image="photo.png"),
+            "4": comfy.node("Sa2VASegmentation", image=["1", 0], segmentation_prompt=prompt, model_name=model,
+                            max_new_tokens=max_new_tokens),
+            "5": comfy.node("PreviewImage", images=["4", 3])}
+
+
+def plain_graph(comfy: Comfy) -> dict:
+    """A workflow without any Sa2VA node."""
+    return {"1": comfy.node("LoadImage", image="photo.png"), "2": comfy.node("ImageInvert", image=["1", 0]),
+            "3": comfy.node("PreviewImage", images=["2", 0])}
+
+
+def resident_mib(comfy: Comfy) -> float | None:
+    """The ComfyUI process's resident memory (Linux), reported only: glibc need not hand freed memory back."""
+    status = Path(f"/proc/{comfy.process.pid}/status")
+    if not status.exists():
+        return None
+    line = next((ln for ln in status.read_text().splitlines() if ln.startswith("VmRSS:")), "")
+    return int(line.split()[1]) / 1024 if line else None
+
+
+def check_standalone_release(comfy: Comfy) -> bool:
+    """Issue 27: a Segmentation node's own model (no Loader) is released when a workflow without the node is queued,
+    never while a prompt runs or waits: queued while the node still runs, the release waits until the queue is idle,
+    and a workflow queued behind it that holds the node again keeps (and reuses) the model."""
+    def count(text: str) -> int:
+        return comfy.log_text().count(text)
+
+    def finished(prompt_id: str) -> bool:
+        return prompt_id in comfy.get(f"/history/{prompt_id}")
+
+    def queue_while_running(first: dict, *others: dict) -> tuple[list[str], bool, bool]:
+        """Queue ``first``, then ``others`` once its node 4 is generating. Returns the prompt ids, whether ``first``
+        still ran after the others were queued, and whether no model was released until ``first`` ended."""
+        listener = ProgressListener(comfy)
+        time.sleep(0.5)
+        first_id, before = comfy.queue(first), count(RELEASED)
+        end = time.time() + 300
+        while listener.progress(first_id, "4") < 1 and time.time() < end:
+            time.sleep(0.02)
+        ids = [first_id] + [comfy.queue(graph) for graph in others]
+        during, kept = not finished(first_id), True
+        while not finished(first_id) and time.time() < end:
+            kept = kept and count(RELEASED) == before
+            time.sleep(0.05)
+        return ids, during, kept
+
+    first = status_of(comfy.run(standalone_graph(comfy, "tiny-qwen3", "Please segment the red box.")))[0]
+    before, held_mib = count(RELEASED), resident_mib(comfy)
+    plain = status_of(comfy.run(plain_graph(comfy)))[0]
+    on_queue = count(RELEASED) == before + 1
+    freed_mib = resident_mib(comfy)
+
+    # a workflow without the node queued while the node runs: released once the queue is idle, not before
+    talker = standalone_graph(comfy, "tiny-talker", "Describe the picture in detail.", max_new_tokens=200)
+    before = count(RELEASED)
+    ids, during, kept_while_running = queue_while_running(talker, plain_graph(comfy))
+    statuses = [status_of(comfy.wait(i))[0] for i in ids]
+    end = time.time() + 5.0
+    while count(RELEASED) == before and time.time() < end:
+        time.sleep(0.1)
+    deferred = count(RELEASED) == before + 1
+
+    # ... and a workflow queued behind that holds the node again: nothing released, its run reuses the model
+    loading = [ln for ln in comfy.log_text().splitlines() if "Loading Sa2VA model" in ln and "tiny-talker" in ln]
+    before = count(RELEASED)
+    talker["4"]["inputs"]["segmentation_prompt"] = "Describe the picture."  # new inputs: ComfyUI runs the node
+    again = standalone_graph(comfy, "tiny-talker", "Describe the colours.")
+    ids, during_again, kept_again = queue_while_running(talker, plain_graph(comfy), again)
+    statuses += [status_of(comfy.wait(i))[0] for i in ids]
+    time.sleep(3.0)  # three re-checks of an idle queue
+    kept_for_newest = count(RELEASED) == before
+    loads = [ln for ln in comfy.log_text().splitlines() if "Loading Sa2VA model" in ln and "tiny-talker" in ln]
+    reused = len(loads) == len(loading) + 1  # loaded by the first run (released above), reused by the last one
+    ok = (first == plain == "success" and on_queue and during and kept_while_running and deferred and during_again
+          and kept_again and kept_for_newest and reused and all(s == "success" for s in statuses))
+    return report("a node's own model is released when a workflow without the node is queued (not while a prompt "
+                  "runs)", ok, released_when_queued=on_queue, kept_while_the_node_ran=kept_while_running,
+                  released_once_idle=deferred, kept_when_the_newest_workflow_holds_the_node=kept_for_newest,
+                  reused_by_it=reused, queued_while_the_node_ran=[during, during_again], statuses=[first, plain] +
+                  statuses, resident_mib_before_release=held_mib, resident_mib_after_release=freed_mib)
+
+
 def check_download(comfy: Comfy, hub: FakeHub, models: Path, hub_files: Path) -> bool:
     target = models / DOWNLOAD_NAME
     graph = segment_graph(comfy, DOWNLOAD_NAME, "Please segment the red box.")
@@ -666,12 +754,21 @@ def check_describe_with_masks_workflow(comfy: Comfy) -> bool:
                   error=messages.get("execution_error", {}).get("exception_message"))
 
 
+#: the checks run on the server, in order (check_download, which needs the hub, runs last)
+CHECKS = {check.__name__: check for check in (
+    check_import, check_templates, check_example_workflows, check_formats, check_batch, check_prompt_per_line,
+    check_regions, check_cancel_generation, check_cancel_inside_encoders, check_free, check_standalone_release,
+    check_video, check_video_objects, check_tasks, check_describe_with_masks_workflow)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout (its main.py)")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs ComfyUI")
     parser.add_argument("--port", type=int, default=8199)
     parser.add_argument("--keep", type=Path, help="keep the base folder (models, log) here instead of a temp dir")
+    parser.add_argument("--only", nargs="+", metavar="CHECK", choices=sorted(CHECKS) + ["check_download"],
+                        help="run only these checks (function names, e.g. check_standalone_release)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sa2va-live-")) if args.keep is None else args.keep
     base = work / "base"
@@ -683,11 +780,11 @@ def main() -> int:
         env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN)
         comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
         try:
-            for check in (check_import, check_templates, check_example_workflows, check_formats, check_batch, check_prompt_per_line, check_regions,
-                          check_cancel_generation, check_cancel_inside_encoders, check_free, check_video,
-                          check_video_objects, check_tasks, check_describe_with_masks_workflow):
-                results.append(check(comfy))
-            results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))
+            for name, check in CHECKS.items():
+                if args.only is None or name in args.only:
+                    results.append(check(comfy))
+            if args.only is None or "check_download" in args.only:
+                results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))
         finally:
             comfy.process.terminate()
             comfy.process.wait(timeout=30)

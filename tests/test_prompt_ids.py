@@ -82,3 +82,20 @@ def test_more_than_one_image_marker_is_refused(fmt, processors):
     adapter, processor = processors(fmt)
     with pytest.raises(InputError, match="2 <image> markers"):
         adapter.build_inputs(processor, _frames(1, [32, 32]), "<image>Segment the cat.<image>")
+
+
+def test_llava_with_a_legacy_tokenizer_json_prompts_as_the_table_and_segments(checkpoint_factory, image):
+    """The whole path on the legacy-form LLaVA checkpoint: the prompt the model is sent is the table's (one ``▁``
+    more than the Metaspace form's) and the model answers and segments."""
+    import torch
+
+    import sa2va
+
+    model = sa2va.load_model(checkpoint_factory("llava", tokenizer_form="legacy"), dtype=torch.float32)
+    case = next(c for c in _table("llava_legacy")["cases"] if c["name"] == "plain")
+    inputs = model.prompt_inputs(_frames(1, _table("llava_legacy")["image_size"]), case["prompt"])
+    assert inputs["input_ids"][0].tolist() == _ids(case["ids"])
+    pred = model.predict(image, "Please segment the person.", max_new_tokens=16)
+    # the legacy normaliser makes the "." after [SEG] a "▁." piece, which decodes with its space (as on 4.57)
+    assert pred.raw_text == "Sure, it is [SEG] .</s>"
+    assert pred.masks.shape == (1, image.shape[0], image.shape[1])

@@ -83,6 +83,9 @@ def load_file_tokenizer(folder: str | os.PathLike, files_hint: str = "tokenizer.
     except (OSError, ValueError) as exc:
         raise ModelFolderError(f"{folder}: the tokenizer files cannot be loaded ({exc}). Copy {files_hint} from the "
                                f"model repository.") from exc
+    if config.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES and config.get("add_prefix_space") is not None:
+        logger.warning("%s: tokenizer_config.json sets add_prefix_space, for which transformers 4.57 rebuilds the "
+                       "tokenizer from tokenizer.model; the pack runs tokenizer.json as written.", folder)
     if config.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES:
         add_bos, add_eos = bool(config.get("add_bos_token", True)), bool(config.get("add_eos_token", False))
         tokenizer.backend_tokenizer.post_processor = llama_post_processor(tokenizer, add_bos, add_eos)

@@ -247,5 +247,5 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     return folder
 
 
-__all__ = ["LLAVA_TOKENS", "TINY_TEXT", "TOKENIZER_FORMS", "TINY_VISION", "release_config", "release_shapes", "write_checkpoint",
-           "write_tokenizer"]
+__all__ = ["LLAVA_TOKENS", "TINY_TEXT", "TINY_VISION", "TOKENIZER_FORMS", "release_config", "release_shapes",
+           "write_checkpoint", "write_tokenizer"]

@@ -7,13 +7,13 @@ UPSTREAM_GIT: a bytedance/Sa2VA clone (bare or not), read at :data:`COMMIT`; LLA
 release's ``modeling_sa2va_llava.py`` and ``configuration_sa2va_chat.py`` (see make_reference_llava.py: they are
 saved by hand from cjhcjh123-666/EvoSeg, outside this repository). For each format of :data:`FORMATS` this script
 writes the tiny checkpoint with ``sa2va.testing.write_checkpoint``, stages the upstream code next to its files in a
-temporary folder (never in this repository), builds its model with ``trust_remote_code`` from the folder's config (uninitialised weights: the ids need
-none),
-loads the tokenizer / processor as the release's README does, and runs ``predict_forward`` on every case of
-:data:`CASES` until the model's ``generate`` is called: the ``input_ids`` it receives are the reference. No weights
-matter for the ids and no generation runs. OUT_DIR/<format>.json holds the cases, the ids (run-length encoded:
-``[[id, count], ...]``), the upstream revision and the versions. ``tests/test_prompt_ids.py`` compares the pack's
-ids with them. No upstream code is part of this file.
+temporary folder (never in this repository), builds its model with ``trust_remote_code`` from the folder's config
+(uninitialised weights: the ids need none), loads the tokenizer / processor as the release's README does, and runs
+``predict_forward`` on every case of :data:`CASES` until the model's ``generate`` is called: the ``input_ids`` it
+receives are the reference; no generation runs. The venv needs the packages the upstream code imports (peft, timm,
+einops, qwen_vl_utils, sentencepiece; see tests/data/parity/README.md). OUT_DIR/<format>.json holds the cases,
+the ids (run-length encoded: ``[[id, count], ...]``), the upstream revision and the versions.
+``tests/test_prompt_ids.py`` compares the pack's ids with them. No upstream code is part of this file.
 
 InternVL releases: the release's ``predict_forward`` puts the image only where the text holds ``<image>`` (its README
 always writes ``"<image>" + question``); the pack puts it before a text without the marker, so for those cases the

@@ -64,10 +64,10 @@ class AnswerGenerator:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos[0]
 
     def prompt_inputs(self, images: list, prompt: str, regions: list | None = None) -> dict:
-        """The language model's inputs (``input_ids``, pixels, ...) for ``images`` shown in order, then ``prompt``
-        (``<image>`` markers are dropped: the family's template places the images)."""
-        return self.adapter.build_inputs(self.processor, [to_pil(image) for image in images],
-                                         prompt.replace("<image>", ""), regions=regions)
+        """The language model's inputs (``input_ids``, pixels, ...) for ``images`` shown in order and ``prompt``; a
+        ``<image>`` written in the prompt is placed as the family's release places it (the adapter's
+        ``build_inputs``)."""
+        return self.adapter.build_inputs(self.processor, [to_pil(image) for image in images], prompt, regions=regions)
 
     def preprocessing_key(self) -> str:
         """The processor settings that change the vision tower's input pixels (:data:`PREPROCESSING_SETTINGS`)."""

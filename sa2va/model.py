@@ -128,7 +128,7 @@ class Sa2VAModel:
     # ------------------------------------------------------------------------------------------ engine seams
     def prompt_inputs(self, images: list, prompt: str, regions: list | None = None) -> dict:
         """The language model's inputs (``input_ids``, pixels, ...) for ``images`` shown in order, then ``prompt``
-        (``<image>`` markers are dropped: the family's template places the images). Useful to know the prompt length,
+        (a ``<image>`` in it is placed as the family's release places it). Useful to know the prompt length,
         e.g. to force an answer in tests."""
         return self.generator.prompt_inputs(images, prompt, regions=regions)
 

@@ -225,9 +225,12 @@ def test_clip_pixels_match_torchvision():
 def test_prompt_ids_follow_the_vicuna_instruction(model):
     tokenizer = model.tokenizer
     image = Image.new("RGB", (100, 80), (10, 20, 30))
-    inputs = model.prompt_inputs([image], "<image>Please segment the cat.")
+    inputs = model.prompt_inputs([image], "Please segment the cat.")
     expected = tokenizer.encode("USER: " + "<image>" * 576 + "\nPlease segment the cat. ASSISTANT:")
     assert inputs["input_ids"][0].tolist() == expected
+    # a <image> written in the prompt is replaced by the block in place, without the newline (the release's code)
+    marked = model.prompt_inputs([image], "Look: <image>Please segment the cat.")["input_ids"][0].tolist()
+    assert marked == tokenizer.encode("USER: Look: " + "<image>" * 576 + "Please segment the cat. ASSISTANT:")
     assert expected[0] == tokenizer.bos_token_id
     assert int((inputs["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum()) == 576
     assert inputs["pixel_values"].shape == (1, 3, 336, 336)

@@ -10,8 +10,26 @@ import torch
 from PIL import Image
 
 from ..cache import EncoderCache, cached_per_unit, content_key
-from ..errors import ModelFolderError
+from ..errors import InputError, ModelFolderError
 from ..hub.keymap import PROJECTION_PREFIX, SAM2_PREFIX
+
+
+#: the marker a prompt may hold where the image (or the clip's key frames) goes
+IMAGE_MARKER = "<image>"
+
+
+def place_images(text: str, block: str, separator: str) -> str:
+    """``text`` with the images' token text ``block`` where the releases' ``predict_forward`` puts it: in place of
+    the one ``<image>`` marker written in ``text`` (nothing added around it), else before ``text`` followed by
+    ``separator``. More than one marker raises :class:`InputError` (the releases' code would give the images'
+    features twice and fail)."""
+    count = text.count(IMAGE_MARKER)
+    if count > 1:
+        raise InputError(f"The prompt holds {count} {IMAGE_MARKER} markers; write at most one, where the image (or "
+                         f"the video's frames) should go, or none to put it before the text.")
+    if count == 1:
+        return text.replace(IMAGE_MARKER, block)
+    return block + separator + text
 
 
 @dataclass
@@ -72,7 +90,9 @@ class FamilyAdapter(Protocol):
         """The processor (tokenizer + image processor) of the folder, without remote code."""
 
     def build_inputs(self, processor, images: list[Image.Image], text: str, regions: list | None = None) -> dict:
-        """Chat prompt + pixel inputs for one user turn with ``images`` followed by ``text``.
+        """Chat prompt + pixel inputs for one user turn with ``images`` and ``text``: the images where the release's
+        ``predict_forward`` puts them (a ``<image>`` written in ``text`` included: :func:`place_images`, or dropped
+        where the release drops it).
 
         ``regions``: optional region masks (HxW arrays of the image's size) for a region prompt; families without
         region prompts raise :class:`~sa2va.errors.InputError` when given any."""

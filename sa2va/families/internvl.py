@@ -51,6 +51,7 @@ from .internvl_release import (IMG_CONTEXT, KEY_MAPPING, QKV_NATIVE, QKV_RELEASE
                                WQKV_NATIVE, WQKV_RELEASE, WQKV_RENAMED, ChatTemplate, chat_template, check_config,
                                decoder_of, load_fused_qkv, native_config, native_to_release, release_to_native,
                                split_qkv, tokens_per_tile)
+from .tokenizer_files import load_file_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +165,9 @@ class InternVLAdapter:
 
     @staticmethod
     def _auto_tokenizer(folder):
-        """transformers' tokenizer of a folder with ``tokenizer.json`` (Qwen2 releases)."""
-        from transformers import AutoTokenizer
-
-        try:
-            with quiet_transformers():
-                return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise ModelFolderError(f"{folder}: the tokenizer/processor files cannot be loaded ({exc}). Copy "
-                                   f"tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json "
-                                   f"and special_tokens_map.json from the model repository.") from exc
+        """The fast tokenizer of a folder with ``tokenizer.json`` (Qwen2 releases), as the file is written."""
+        return load_file_tokenizer(folder, "tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, "
+                                           "added_tokens.json and special_tokens_map.json")
 
     def build_inputs(self, processor: InternVLInputProcessor, images: list[Image.Image], text: str,
                      regions: list | np.ndarray | torch.Tensor | None = None) -> dict:

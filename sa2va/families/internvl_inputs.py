@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..compat import internvl_image_features
 from ..errors import InputError
+from .base import place_images
 from .internvl_release import IMG_CONTEXT, IMG_END, IMG_START, TEMPLATES, VP_END, VP_START, ChatTemplate
 
 TILE_SIZE = 448
@@ -119,9 +120,10 @@ class InternVLInputProcessor:
         return f"\nThere are {len(counts)} part regions in the picture: " + ", ".join(parts) + ".\n"
 
     def prompt(self, text: str, image_texts: list[str]) -> str:
-        """The chat prompt: the images' token strings (joined by newlines, as the reference joins video frames), then
-        ``text``, in the template's user turn."""
-        return self.template.instruction.format(input="\n".join(image_texts) + text)
+        """The chat prompt: the images' token strings (joined by newlines, as the reference joins video frames) in
+        place of a ``<image>`` written in ``text`` (the release's ``predict_forward``), else right before ``text``,
+        in the template's user turn."""
+        return self.template.instruction.format(input=place_images(text, "\n".join(image_texts), ""))
 
 
 def region_embeddings(vlm: torch.nn.Module | None, input_ids: torch.Tensor, pixel_values: torch.Tensor,

@@ -33,7 +33,9 @@ from ..compat import vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..hub.keymap import PROJECTION_PREFIX, SAM2_PREFIX
 from ..quantization import quantization_config
-from .base import LoadOptions, cache_projected_features, quiet_transformers, require_complete_load, untied_in_dtype
+from .base import (LoadOptions, cache_projected_features, place_images, quiet_transformers, require_complete_load,
+                   untied_in_dtype)
+from .tokenizer_files import load_file_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -168,11 +170,14 @@ class LlavaInputProcessor:
         self.image_size = image_size
 
     def prompt(self, text: str, num_images: int) -> str:
-        """The vicuna user turn: ``USER: `` + the image blocks (``<image>`` x tokens_per_image each, joined by
-        newlines) + a newline + ``text`` + `` ASSISTANT:``; without images just the text."""
+        """The vicuna user turn ``USER: {input} ASSISTANT:``, as the release's ``predict_forward`` builds it: the image
+        blocks (``<image>`` x tokens_per_image each, joined by newlines) in place of a ``<image>`` written in
+        ``text``, else before it followed by a newline; without images ``text`` with its ``<image>`` removed."""
         if num_images:
             block = "\n".join([IMAGE_TOKEN * self.tokens_per_image] * num_images)
-            text = block + "\n" + text
+            text = place_images(text, block, "\n")
+        else:
+            text = text.replace(IMAGE_TOKEN, "")
         return VICUNA_INSTRUCTION.format(input=text)
 
 
@@ -226,18 +231,11 @@ class LlavaAdapter:
         return model
 
     def load_processor(self, folder, config: dict) -> LlavaInputProcessor:
-        """The tokenizer (no remote code) with the image geometry of ``config``."""
-        from transformers import AutoTokenizer
-
+        """The tokenizer (``tokenizer.json`` as written, :mod:`~sa2va.families.tokenizer_files`) with the image
+        geometry of ``config``."""
         if config:
             check_config(config, folder)
-        try:
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise ModelFolderError(f"{folder}: the tokenizer files cannot be loaded ({exc}). Copy tokenizer.json, "
-                                   f"tokenizer_config.json and special_tokens_map.json from the model "
-                                   f"repository.") from exc
+        tokenizer = load_file_tokenizer(folder)
         for token in _REQUIRED_TOKENS:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id or \

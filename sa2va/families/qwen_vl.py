@@ -26,7 +26,8 @@ from ..hub.checkpoint import ShardIndex, check_keys, check_shapes
 from ..compat import qwen_pixel_budget, vision_cache_supported
 from ..errors import InputError, ModelFolderError
 from ..quantization import quantization_config
-from .base import LoadOptions, quiet_transformers, require_complete_load, untied_in_dtype
+from .base import IMAGE_MARKER, LoadOptions, quiet_transformers, require_complete_load, untied_in_dtype
+from .tokenizer_files import load_file_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,9 @@ class QwenVLAdapter:
             raise ModelFolderError(f"{folder}: the tokenizer/processor files cannot be loaded ({exc}). Copy "
                                    f"tokenizer.json, tokenizer_config.json, preprocessor_config.json and "
                                    f"chat_template.jinja from the model repository.") from exc
-        tokenizer = processor.tokenizer
+        # the tokenizer as tokenizer.json is written (transformers 5.x would rebuild it from the vocabulary)
+        tokenizer = processor.tokenizer = load_file_tokenizer(folder, "tokenizer.json, tokenizer_config.json, "
+                                                                      "vocab.json, merges.txt and chat_template.jinja")
         seg = tokenizer.convert_tokens_to_ids("[SEG]")
         if seg is None or seg == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(seg) != "[SEG]":
             raise ModelFolderError(f"{folder}: the tokenizer has no [SEG] token, so this is not a Sa2VA tokenizer. "
@@ -216,7 +219,8 @@ class QwenVLAdapter:
             raise InputError(f"Region prompts need a Sa2VA-InternVL3 model; {self.name} releases of Sa2VA were not "
                              f"trained with them. Load an InternVL3 model or leave the regions out.")
         content = [{"type": "image", "image": image} for image in images]
-        content.append({"type": "text", "text": text})
+        # the release's predict_forward drops every <image> of the text: the chat template places the images first
+        content.append({"type": "text", "text": text.replace(IMAGE_MARKER, "")})
         messages = [{"role": "user", "content": content}]
         prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         resized = [fetch_resize(image) for image in images]

@@ -27,7 +27,8 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
                      max_shard_bytes: int = 64 * 2**20, seg_chain: bool = True,
                      text_size: dict | None = None, template: str | None = None,
                      single_file: bool = False, decoder: str = "qwen2", vision_tower: str = "300m",
-                     grounding: str = "sam2", sam3_layers: int | None = 2, sam3_width: int = 256) -> Path:
+                     grounding: str = "sam2", sam3_layers: int | None = 2, sam3_width: int = 256,
+                     tokenizer_form: str = "metaspace") -> Path:
     """Write a random Sa2VA checkpoint of ``family`` in its releases' format into ``folder``; returns the folder.
 
     family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or
@@ -40,9 +41,12 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     its mixed bf16/fp32 export) and ``vision_tower="6b"`` (Sa2VA-26B's InternViT-6B switches); see
     :func:`sa2va.testing.internvl.write_checkpoint`. grounding: ``"sam3"`` writes Sa2VA-Qwen3-VL-4B-SAM3's format
     (qwen3_vl only) with a SAM3 ViT of ``sam3_layers`` layers of ``sam3_width`` (``None, 1024``: the release's); see
-    :func:`sa2va.testing.qwen.write_checkpoint`."""
+    :func:`sa2va.testing.qwen.write_checkpoint`. tokenizer_form (LLaVA only): ``"metaspace"`` or ``"legacy"``, the
+    form of its ``tokenizer.json`` (:data:`sa2va.testing.llava.TOKENIZER_FORMS`)."""
     if grounding != "sam2" and family != "qwen3_vl":
         raise ValueError(f"unknown grounding {grounding!r} for {family}: sam3 is a format of the qwen3_vl family only")
+    if tokenizer_form != "metaspace" and family != "llava":
+        raise ValueError(f"tokenizer_form {tokenizer_form!r} is an option of LLaVA checkpoints only")
     if family == "internvl":
         from .internvl import write_checkpoint as write_internvl
 
@@ -61,7 +65,8 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
             raise ValueError("layout, template, single_file, decoder and vision_tower are not options of LLaVA "
                              "checkpoints (one format)")
         return write_llava(folder, sam2=sam2, seed=seed, weight_dtype=weight_dtype or torch.float32,
-                           max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size)
+                           max_shard_bytes=max_shard_bytes, seg_chain=seg_chain, text_size=text_size,
+                           tokenizer_form=tokenizer_form)
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
     if template is not None or single_file or decoder != "qwen2" or vision_tower != "300m":

@@ -76,9 +76,20 @@ def _words(text: str) -> list[str]:
     return out
 
 
-def write_tokenizer(folder: Path) -> dict[str, int]:
-    """Write the tokenizer files of the release (a Llama fast tokenizer); returns token -> id of the added tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+#: the two ``tokenizer.json`` forms of a Llama fast tokenizer: "metaspace" (a ``Metaspace`` pre-tokeniser, prepend
+#: scheme "first", no normaliser: transformers' converter since 4.41) and "legacy" (normaliser ``Prepend("▁")`` +
+#: ``Replace(" ", "▁")``, no pre-tokeniser: the converter's output of the llava-hf era, which also puts a ``▁``
+#: before text that follows an added token)
+TOKENIZER_FORMS = ("metaspace", "legacy")
+
+
+def write_tokenizer(folder: Path, form: str = "metaspace") -> dict[str, int]:
+    """Write the tokenizer files of the release (a Llama fast tokenizer) with ``tokenizer.json`` in ``form`` (one of
+    :data:`TOKENIZER_FORMS`); returns token -> id of the added tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    if form not in TOKENIZER_FORMS:
+        raise ValueError(f"unknown tokenizer form {form!r}; expected one of {', '.join(TOKENIZER_FORMS)}")
 
     words = _words(CORPUS.replace("[SEG]", " "))  # added tokens are not pieces of the SentencePiece model
     alphabet = sorted({c for w in words for c in w})
@@ -88,8 +99,12 @@ def write_tokenizer(folder: Path) -> dict[str, int]:
         vocab.setdefault(piece, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, unk_token="<unk>", fuse_unk=True,
                                byte_fallback=True))
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=False)
+    if form == "legacy":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+        tok.pre_tokenizer = None
+    else:
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
@@ -102,7 +117,7 @@ def write_tokenizer(folder: Path) -> dict[str, int]:
     tokenizer_config = {
         "add_bos_token": True, "add_eos_token": False, "add_prefix_space": None, "added_tokens_decoder": decoder,
         "bos_token": "<s>", "clean_up_tokenization_spaces": False, "eos_token": "</s>", "extra_special_tokens": {},
-        "legacy": False, "model_max_length": 1000000000000000019884624838656, "pad_token": "<pad>",
+        "legacy": form == "legacy", "model_max_length": 1000000000000000019884624838656, "pad_token": "<pad>",
         "padding_side": "left", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
         "use_default_system_prompt": False,
     }
@@ -196,19 +211,20 @@ def release_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------------------------------------ weights
 def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int = 0,
                      weight_dtype: torch.dtype = torch.float32, max_shard_bytes: int = 64 * 2**20,
-                     seg_chain: bool = True, text_size: dict | None = None) -> Path:
+                     seg_chain: bool = True, text_size: dict | None = None, tokenizer_form: str = "metaspace") -> Path:
     """Write a tiny random Sa2VA-LLaVA checkpoint in the release format and return its folder.
 
     sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1 at
     1024 px, as the release). weight_dtype: fp32 like the release. seg_chain: bias the weights so the model answers
-    ``Sure, it is [SEG].`` then ``</s>`` by itself. text_size: overrides of :data:`TINY_TEXT`."""
+    ``Sure, it is [SEG].`` then ``</s>`` by itself. text_size: overrides of :data:`TINY_TEXT`. tokenizer_form: the
+    form of ``tokenizer.json`` (:data:`TOKENIZER_FORMS`)."""
     from tokenizers import Tokenizer
 
     if sam2 not in ("tiny", "full"):
         raise ValueError(f"unknown SAM2 size {sam2!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    ids = write_tokenizer(folder)
+    ids = write_tokenizer(folder, tokenizer_form)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     config = release_config(ids, tok.get_vocab_size(with_added_tokens=True), TINY_SAM2 if sam2 == "tiny" else None,
                             text_size)
@@ -231,5 +247,5 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     return folder
 
 
-__all__ = ["LLAVA_TOKENS", "TINY_TEXT", "TINY_VISION", "release_config", "release_shapes", "write_checkpoint",
-           "write_tokenizer"]
+__all__ = ["LLAVA_TOKENS", "TINY_TEXT", "TINY_VISION", "TOKENIZER_FORMS", "release_config", "release_shapes",
+           "write_checkpoint", "write_tokenizer"]

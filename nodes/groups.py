@@ -244,6 +244,18 @@ def api_inputs(layout: Layout, flat: Mapping[str, object]) -> dict[str, object]:
     return inputs
 
 
+def flat_from_api(layout: Layout, inputs: Mapping[str, object]) -> dict[str, object]:
+    """The flat values of the grouped layout's API-format ``inputs`` (the reverse of :func:`api_inputs`; inputs a
+    choice does not show are left out, so they keep their defaults)."""
+    nested = {k: v for k, v in inputs.items() if "." not in k}
+    for group in layout.groups:
+        if group.name in inputs:
+            prefix = group.name + "."
+            nested[group.name] = {group.name: inputs[group.name],
+                                  **{k[len(prefix):]: v for k, v in inputs.items() if k.startswith(prefix)}}
+    return flatten(layout, nested)
+
+
 def layout_table(layout: Layout) -> dict:
     """``layout`` as JSON data: what the page needs to migrate a workflow saved with the flat inputs
     (``web/sa2va.js``; it is part of the node definition, on the first group's input as ``sa2va_layout``)."""

@@ -125,11 +125,7 @@ def test_a_workflow_saved_with_the_flat_inputs_keeps_every_value_in_the_grouped_
         values = groups.grouped_values(layout, flat)
         found[node["id"]] = values
         api = groups.api_inputs(layout, flat)
-        nested = {k: v for k, v in api.items() if "." not in k and k not in {g.name for g in layout.groups}}
-        for group in layout.groups:
-            nested[group.name] = {group.name: api[group.name],
-                                  **{k.split(".", 1)[1]: v for k, v in api.items() if k.startswith(group.name + ".")}}
-        back = {**layout.defaults, **groups.flatten(layout, nested)}
+        back = {**layout.defaults, **groups.flat_from_api(layout, api)}
         ignored = {n for g in layout.groups for n in g.choice(api[g.name]).ignores}
         assert {k: v for k, v in back.items() if k not in ignored} == \
             {k: v for k, v in flat.items() if k not in ignored}, node["id"]

@@ -146,3 +146,11 @@ def test_every_example_workflow_opens_with_its_values_in_the_grouped_layout():
                 assert len(node["widgets_values"]) == len(layout.flat), path.name
                 values = groups.grouped_values(layout, flat)
                 assert values[:3] == [flat[n] for n in layout.grouped[:3]], path.name
+
+
+def test_the_page_checks_skip_with_a_message_without_a_browser(capsys):
+    from live_browser import check_page, unavailable
+
+    assert "no Chromium at /no/such/chromium" in unavailable("/no/such/chromium")
+    assert check_page(None, ROOT, report=None, status_of=None, chromium="/no/such/chromium") == []
+    assert json.loads(capsys.readouterr().out)["skipped"].startswith("no Chromium")

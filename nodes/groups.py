@@ -194,7 +194,8 @@ def flatten(layout: Layout, values: Mapping[str, object]) -> dict[str, object]:
             continue
         if not isinstance(given, Mapping):
             raise InputError(f"{group.name} must be a choice with its inputs, got {given!r}.")
-        choice = group.choice(str(given.get(group.name)))
+        # a group given without its choice (newer ComfyUI passes {} for an unset dynamic input): the default choice
+        choice = group.choice(str(given.get(group.name, group.choices[0].key)))
         flat.update(choice.sets)
         flat.update({name: given[name] for name in choice.inputs if name in given})
     return flat

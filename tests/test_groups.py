@@ -74,6 +74,8 @@ def test_each_refinement_choice_maps_onto_the_engine_settings():
     levels = settings("levels only", black_point=0.3, white_point=0.7, detail_erode=0, detail_dilate=0)
     assert (levels.process_details, levels.detail_method, levels.black_point) == (True, "none", 0.3)
     assert settings("off").process_details is False
+    assert groups.flatten(groups.SEGMENTATION, {"refinement": {}}) == {"process_details": True,
+                                                                        "detail_method": "FastMatte"}
 
 
 def test_a_choice_the_node_does_not_have_is_a_clear_error():

@@ -2,6 +2,8 @@
 changed inputs; the groups' values map back onto the engine's options, and workflows saved with the flat inputs
 map onto the grouped choices that keep every value."""
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -156,3 +158,47 @@ def test_the_page_checks_skip_with_a_message_without_a_browser(capsys):
     assert "no Chromium at /no/such/chromium" in unavailable("/no/such/chromium")
     assert check_page(None, ROOT, report=None, status_of=None, chromium="/no/such/chromium") == []
     assert json.loads(capsys.readouterr().out)["skipped"].startswith("no Chromium")
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run web/migrate.js")
+def test_the_page_migration_writes_what_groups_grouped_values_writes(tmp_path):
+    """web/migrate.js (what the page runs before it configures a workflow) under Node.js, on the saved workflow and
+    every example: the same grouped values as groups.grouped_values, connected inputs kept and re-slotted."""
+    tables = {node_id: groups.layout_table(layout) for node_id, layout in groups.LAYOUTS.items()}
+    workflows = [json.loads(SAVED.read_text())] + [json.loads(p.read_text()) for p in
+                                                    sorted((ROOT / "example_workflows").glob("*.json"))]
+    (tmp_path / "in.json").write_text(json.dumps({"tables": tables, "workflows": workflows}))
+    script = ("import {migrateGraph} from " + json.dumps((ROOT / "web" / "migrate.js").as_uri()) + ";\n"
+              "import {readFileSync} from 'node:fs';\n"
+              "const data = JSON.parse(readFileSync(process.argv[1], 'utf8'));\n"
+              "const counts = data.workflows.map((w) => migrateGraph(w, data.tables));\n"
+              "console.log(JSON.stringify({counts, workflows: data.workflows}));\n")
+    run = subprocess.run(["node", "--input-type=module", "-e", script, str(tmp_path / "in.json")],
+                         capture_output=True, text=True, timeout=60, check=True)
+    migrated = json.loads(run.stdout)
+    for before, after, count in zip(workflows, migrated["workflows"], migrated["counts"]):
+        ours = [n for n in before["nodes"] if n["type"] in groups.LAYOUTS]
+        assert count == len(ours) > 0
+        nodes = {n["id"]: n for n in after["nodes"]}
+        for node in ours:
+            layout = groups.LAYOUTS[node["type"]]
+            assert nodes[node["id"]]["widgets_values"] == \
+                groups.grouped_values(layout, dict(zip(layout.flat, node["widgets_values"])))
+            inputs = nodes[node["id"]]["inputs"]
+            assert all("widget" not in i for i in inputs), "unconnected widget inputs are left to the page"
+            for slot, entry in enumerate(inputs):
+                if entry.get("link") is not None:
+                    assert [link[4] for link in after["links"] if link[0] == entry["link"]] == [slot]
+    assert grouped_workflows_are_left_alone(migrated["workflows"], tables, tmp_path)
+
+
+def grouped_workflows_are_left_alone(workflows: list, tables: dict, tmp_path) -> bool:
+    """A workflow already in the grouped layout is left as it is (its values do not follow the flat order)."""
+    (tmp_path / "again.json").write_text(json.dumps({"tables": tables, "workflows": workflows}))
+    script = ("import {migrateGraph} from " + json.dumps((ROOT / "web" / "migrate.js").as_uri()) + ";\n"
+              "import {readFileSync} from 'node:fs';\n"
+              "const data = JSON.parse(readFileSync(process.argv[1], 'utf8'));\n"
+              "console.log(JSON.stringify(data.workflows.map((w) => migrateGraph(w, data.tables))));\n")
+    run = subprocess.run(["node", "--input-type=module", "-e", script, str(tmp_path / "again.json")],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(run.stdout) == [0] * len(workflows)

@@ -9,6 +9,9 @@ import logging
 
 logger = logging.getLogger(__name__)
 
+#: the page's part (web/sa2va.js: workflows saved with the flat inputs open in the grouped layout)
+WEB_DIRECTORY = "./web"
+
 
 def _has_versioned_api() -> bool:
     """True when ComfyUI's comfy_api has a versioned V3 module (``comfy_api.v0_0_2`` since 0.3.48); the pack never

@@ -5,7 +5,7 @@ Writes docs/images/refinement_methods.png: a real photo with a hand-made coarse 
 upsampled low-resolution SAM2 mask) and what each weight-free refinement control makes of it; and
 docs/images/overlay_labelled.png: the Segmentation node's overlay for three hand-made object masks, labelled by the
 pack's own labeller (sa2va/outputs/labels.py) from three requests and the model's usual answer "Sure, it is [SEG]." (the
-masks are drawn by hand because no Sa2VA weights are needed to build the docs).
+masks are drawn by hand because no Sa2VA weights are needed to build the docs; the picture says so on an amber band).
 """
 from __future__ import annotations
 
@@ -73,12 +73,42 @@ def refinement_methods() -> Path:
         sheet.paste(p, ((i % columns) * (PANEL_WIDTH + 8), (i // columns) * (panels[0].height + 8)))
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "refinement_methods.png"
-    sheet.save(path, optimize=True)
+    stamp(sheet, "Illustration: a hand-drawn coarse mask (no model run) through the pack's refinement code").save(
+        path, optimize=True)
     return path
 
 
+def coffee_masks(height: int, width: int) -> dict[str, torch.Tensor]:
+    """Hand-drawn masks of the cup, the saucer and the spoon in scikit-image's coffee photo (ellipses and bands placed
+    by eye; no model made them)."""
+    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    half_width = 118 - (y - 110) * (118 - 70) / 160  # the cup narrows from the rim (y=110) to its foot (y=270)
+    cup = (((y - 110) / 95) ** 2 + ((x - 292) / 118) ** 2 <= 1) | ((y > 110) & (y < 270) & ((x - 290).abs() < half_width))
+    saucer = (((y - 232) / 158) ** 2 + ((x - 278) / 203) ** 2 <= 1) & ~cup
+    handle_x = 410 - (y - 70) * (410 - 380) / 180  # the handle runs from (410, 70) to (380, 250)
+    spoon = (((y - 285) / 42) ** 2 + ((x - 366) / 40) ** 2 <= 1) | ((y > 70) & (y < 250) & ((x - handle_x).abs() < 9))
+    return {"cup": cup.float(), "saucer": (saucer & ~spoon).float(), "spoon": spoon.float()}
+
+
+ILLUSTRATION = "Illustration: hand-drawn masks and a forced answer, not a model run"
+
+
+def stamp(picture: Image.Image, text: str = ILLUSTRATION, size: int | None = None) -> Image.Image:
+    """``picture`` with ``text`` on an amber band along its bottom edge (every figure not made by a model run)."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=size or max(12, picture.width // 40))
+    draw = ImageDraw.Draw(picture)
+    _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+    band = bottom - top + 12
+    draw.rectangle((0, picture.height - band, picture.width, picture.height), fill=(255, 196, 0))
+    draw.text((8, picture.height - band + 6 - top), text, fill="black", font=font)
+    return picture
+
+
 def labelled_overlay() -> Path:
-    """The Segmentation node's overlay output: each object in its own colour, outlined and labelled."""
+    """The Segmentation node's overlay output: each object in its own colour, outlined and labelled (hand-drawn masks
+    and the model's usual answer forced: an illustration, stamped as one)."""
     from skimage import data
 
     from sa2va.outputs.labels import object_labels
@@ -86,19 +116,13 @@ def labelled_overlay() -> Path:
 
     photo = torch.from_numpy(data.coffee()).float() / 255.0
     height, width = photo.shape[:2]
-    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    half_width = 118 - (y - 110) * (118 - 70) / 160  # the cup narrows from the rim (y=110) to its foot (y=270)
-    cup = (((y - 110) / 95) ** 2 + ((x - 292) / 118) ** 2 <= 1) | ((y > 110) & (y < 270) & ((x - 290).abs() < half_width))
-    saucer = (((y - 232) / 158) ** 2 + ((x - 278) / 203) ** 2 <= 1) & ~cup
-    handle_x = 410 - (y - 70) * (410 - 380) / 180  # the handle runs from (410, 70) to (380, 250)
-    spoon = (((y - 285) / 42) ** 2 + ((x - 366) / 40) ** 2 <= 1) | ((y > 70) & (y < 250) & ((x - handle_x).abs() < 9))
-    masks = torch.stack([cup, saucer & ~spoon, spoon]).float()
+    masks = torch.stack(list(coffee_masks(height, width).values()))
     refined = refine(photo, masks, RefineSettings(mask_threshold=0.5))
     requests = ["Please segment the espresso cup.", "the saucer", "Could you segment the spoon in this image?"]
     labels = [object_labels("Sure, it is [SEG].<|im_end|>", 1, request)[0] for request in requests]
     picture = draw_labels(overlay(photo, refined), refined, labels)
     path = OUT / "overlay_labelled.png"
-    Image.fromarray(to_uint8(picture)).save(path, optimize=True)
+    stamp(Image.fromarray(to_uint8(picture))).save(path, optimize=True)
     return path
 
 

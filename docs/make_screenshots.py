@@ -3,9 +3,9 @@
     python docs/make_screenshots.py --url http://127.0.0.1:8188 [--chromium /usr/bin/chromium]
 
 Needs a running ComfyUI with this pack installed, and Playwright (``pip install playwright``) driving a Chromium
-binary (Debian: ``apt-get install chromium``). Writes docs/images/workflow_<name>.png and
-example_workflows/<name>.jpg for every workflow in example_workflows/, and docs/images/template_browser.png when the
-first-run template browser opens.
+binary (Debian: ``apt-get install chromium``). Writes docs/images/workflow_<name>.png for every workflow in
+example_workflows/, and docs/images/template_browser.png when the first-run template browser opens. (The template
+cards, example_workflows/<name>.jpg, are docs/make_thumbnails.py's.)
 """
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ def main() -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8188")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
-    from PIL import Image
     from playwright.sync_api import sync_playwright
 
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -49,6 +48,10 @@ def main() -> int:
         page.wait_for_function("window.app && window.app.graph", timeout=60000)
         page.wait_for_timeout(3000)
         templates = page.get_by_text("ComfyUI-Sa2VA", exact=True)
+        if not templates.count():  # not the first run: open the template browser as its side-bar button does
+            page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+            page.wait_for_timeout(3000)
+            templates = page.get_by_text("ComfyUI-Sa2VA", exact=True)
         if templates.count():  # the first-run template browser is open: show the pack's templates
             templates.first.click()
             page.wait_for_timeout(1500)
@@ -67,9 +70,6 @@ def main() -> int:
             page.wait_for_timeout(800)
             png = ROOT / "docs" / "images" / f"workflow_{workflow.stem}.png"
             page.screenshot(path=str(png))
-            thumb = Image.open(png).convert("RGB")
-            thumb.thumbnail((640, 360))
-            thumb.save(workflow.with_suffix(".jpg"), quality=85)
             print(png)
         browser.close()
     return 0

@@ -24,6 +24,11 @@ class WF:
             n["title"] = title
         self.nodes.append(n)
         return nid
+    def note(self, text, pos=(40, -150), size=(620, 110)):
+        """A Note node (ComfyUI's own): what the user has to do before pressing Run, in one or two lines."""
+        n = self.node("Note", pos, [text], size=size)
+        self.nodes[n - 1].update(color="#432", bgcolor="#653")
+        return n
     def link(self, a, a_slot, b, b_input):
         lid = len(self.links) + 1
         src, dst = self.nodes[a - 1], self.nodes[b - 1]
@@ -78,6 +83,7 @@ img = wf.node("LoadImage", (40, 120), ["example.png", "image"], [], LOAD_OUTPUTS
 seg = wf.node("Sa2VASegmentation", (400, 60), seg_widgets("the person"), SEG_IN, SEG_OUT, size=(380, 600))
 wf.link(img, 0, seg, "image")
 previews(wf, seg, 820, 60)
+wf.note('Pick an image in Load Image, type what to segment, press Run. The model downloads into models/sa2va/ on the first run (progress on the node).')
 wf.save("sa2va_basic_segmentation")
 
 # 2. one loader shared by two segmentation branches
@@ -91,6 +97,7 @@ for s in (s1, s2):
     wf.link(ld, 0, s, "model")
 previews(wf, s1, 820, 40)
 previews(wf, s2, 820, 680)
+wf.note('Pick an image in Load Image and press Run: the one Sa2VA Loader feeds both Segmentation nodes, so the model is loaded once for both prompts.')
 wf.save("sa2va_shared_loader_two_prompts")
 
 # 3. an image batch
@@ -107,6 +114,7 @@ seg = wf.node("Sa2VASegmentation", (740, 40), seg_widgets("the main subject"), S
 wf.link(batch, 0, seg, "image")
 wf.link(ld, 0, seg, "model")
 previews(wf, seg, 1160, 40)
+wf.note('Pick an image in each Load Image (same size, or ImageBatch resizes the second) and press Run: both are segmented in one batch.')
 wf.save("sa2va_image_batch")
 
 # 4. a video: Load Video -> frames -> Sa2VA Video Segmentation -> overlay video, merged masks, answer
@@ -144,6 +152,7 @@ txt = wf.node("PreviewAny", (1140, 520), [], [("source", "*")], size=(400, 120),
 wf.link(seg, 3, txt, "source")
 ph = wf.node("PreviewAny", (1140, 660), [], [("source", "*")], size=(400, 140), title="Which masks are which object")
 wf.link(seg, 4, ph, "source")
+wf.note("Pick a video in Load Video (its upload button copies one into ComfyUI's input folder), type what to track, press Run.")
 wf.save("sa2va_video")
 
 # 5. region prompts (Sa2VA-InternVL3): a painted mask on the image is region1
@@ -160,6 +169,7 @@ wf.link(img, 1, seg, "regions")
 wf.link(ld, 0, seg, "model")
 previews(wf, seg, 820, 60)
 object_previews(wf, seg, 820, 560)
+wf.note('Pick an image, then right-click Load Image > Open in MaskEditor and paint the region: the painted area is region1. Region prompts need a Sa2VA-InternVL3 model (picked in the Loader).')
 wf.save("sa2va_region_prompt")
 
 # 6. several prompts at once: one request per line on the same image, outputs grouped and labelled by line
@@ -173,6 +183,7 @@ wf.link(img, 0, seg, "image")
 wf.link(ld, 0, seg, "model")
 previews(wf, seg, 820, 60)
 object_previews(wf, seg, 820, 560)
+wf.note('Pick an image and press Run: each line of the prompt is its own request (prompt_per_line is on), each with its own labelled masks.')
 wf.save("sa2va_several_prompts")
 
 # 7. describe with masks: the model describes the image, each phrase it grounds with its own labelled mask
@@ -185,4 +196,5 @@ wf.link(img, 0, seg, "image")
 wf.link(ld, 0, seg, "model")
 previews(wf, seg, 820, 60)
 object_previews(wf, seg, 820, 560)
+wf.note('Pick an image and press Run: the model describes it and gives one labelled mask per phrase it grounds (the prompt is not used).')
 wf.save("sa2va_describe_with_masks")

@@ -126,6 +126,12 @@ def bounding_box_type() -> bool:
     return io is not None and hasattr(io, "BoundingBox")
 
 
+def dynamic_combo() -> bool:
+    """True when the running ComfyUI has ``io.DynamicCombo`` (an option that shows only its own inputs; ComfyUI 0.8
+    has it, 0.3.64 does not): the Segmentation and Video nodes then group their inputs (:mod:`.groups`)."""
+    return io is not None and hasattr(io, "DynamicCombo")
+
+
 def boxes_output(boxes: list[list[dict]]):
     """Boxes as the node returns them: the per-image lists of ``{x, y, width, height, ...}`` records themselves where
     ComfyUI has the BOUNDING_BOX type, else the same structure as a JSON string."""

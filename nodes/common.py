@@ -89,11 +89,18 @@ def refine_inputs(io) -> list:
     ]
 
 
-def refine_settings(*, process_details: bool, black_point: float, white_point: float, detail_method: str,
-                    detail_erode: int, detail_dilate: int, mask_threshold: float, apply_mask_threshold: bool,
+_DEFAULT_REFINE = RefineSettings()
+
+
+def refine_settings(*, mask_threshold: float, apply_mask_threshold: bool,
+                    process_details: bool = _DEFAULT_REFINE.process_details,
+                    black_point: float = _DEFAULT_REFINE.black_point, white_point: float = _DEFAULT_REFINE.white_point,
+                    detail_method: str = _DEFAULT_REFINE.detail_method,
+                    detail_erode: int = _DEFAULT_REFINE.detail_erode, detail_dilate: int = _DEFAULT_REFINE.detail_dilate,
                     guided_radius: int = DEFAULT_GUIDED_RADIUS, guided_eps: float = DEFAULT_GUIDED_EPS,
                     vitmatte_max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> RefineSettings:
-    """The validated :class:`RefineSettings` of the inputs declared by :func:`refine_inputs` plus the threshold."""
+    """The validated :class:`RefineSettings` of the inputs declared by :func:`refine_inputs` plus the threshold
+    (an input a grouped node does not show keeps its default, :mod:`.groups`)."""
     settings = RefineSettings(process_details=process_details, black_point=black_point, white_point=white_point,
                               detail_method=detail_method, detail_erode=detail_erode, detail_dilate=detail_dilate,
                               guided_radius=guided_radius, guided_eps=guided_eps,

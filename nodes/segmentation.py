@@ -20,7 +20,7 @@ from ..sa2va.hub import catalog
 from ..sa2va.outputs.objects import keep_confident
 from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS
 from ..sa2va.tasks import DEFAULT_TASK
-from . import comfy
+from . import comfy, groups
 from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, boxes_socket, check_image, model_socket,
                      refine_inputs, refine_settings, sanitize, task_input, to_uint8)
 from .loader import Sa2VAHandle, model_choices
@@ -50,7 +50,7 @@ class Sa2VASegmentation(comfy.NodeBase):
             category=CATEGORY,
             description="Describe what to segment in plain words; get one mask per object the model finds, for "
                         "every image of the batch, plus the model's answer.",
-            inputs=[
+            inputs=groups.schema_inputs(io, groups.SEGMENTATION, [
                 io.Image.Input("image", tooltip="One image or a batch; every image is segmented."),
                 io.String.Input("segmentation_prompt", multiline=True, default=DEFAULT_PROMPT,
                                 tooltip="What to segment, e.g. 'the woman holding the red umbrella'. A bare noun "
@@ -83,7 +83,7 @@ class Sa2VASegmentation(comfy.NodeBase):
                                tooltip="Drop objects whose score (SAM2's predicted IoU x object probability) is "
                                        "below this. 0 keeps every object, as the reference does."),
                 task_input(io),
-            ],
+            ]),
             outputs=[
                 io.Mask.Output(display_name="masks", tooltip="One mask per object per image, in image order; an "
                                                              "empty mask for an image with none."),
@@ -106,8 +106,14 @@ class Sa2VASegmentation(comfy.NodeBase):
         )
 
     @classmethod
-    def execute(cls, *, image: torch.Tensor, segmentation_prompt: str, model_name: str, max_new_tokens: int,
-                mask_threshold: float, apply_mask_threshold: bool, clean_vram_after: bool,
+    def execute(cls, **inputs):
+        """Either layout's inputs (:mod:`.groups`: grouped where ComfyUI has DynamicCombo) as flat arguments."""
+        return cls.segment(**groups.flatten(groups.SEGMENTATION, inputs))
+
+    @classmethod
+    def segment(cls, *, image: torch.Tensor, segmentation_prompt: str, model_name: str,
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+                apply_mask_threshold: bool = True, clean_vram_after: bool = False,
                 model: Sa2VAHandle | None = None, dtype: str = "auto", quantization: str = "none",
                 regions: torch.Tensor | None = None, prompt_per_line: bool = False, min_score: float = 0.0,
                 task: str = DEFAULT_TASK, **refinement):

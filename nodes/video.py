@@ -23,7 +23,7 @@ from ..sa2va.outputs.objects import keep_confident
 from ..sa2va.requests import DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT, MAX_NEW_TOKENS
 from ..sa2va.tasks import DEFAULT_TASK, task_request
 from ..sa2va.video import KEY_FRAME_SPACINGS, VIDEO_MODES, VideoOptions
-from . import comfy
+from . import comfy, groups
 from .common import (CATEGORY, DEFAULT_MASK_THRESHOLD, MODEL_TOOLTIP, advanced, boxes_socket, check_image,
                      model_socket, sanitize, task_input, to_uint8)
 from .loader import Sa2VAHandle, model_choices
@@ -80,7 +80,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
             category=CATEGORY,
             description="Segment what the prompt describes through every frame of a clip: the model reads a few key "
                         "frames, then SAM2 follows each object with its memory. One mask track per object.",
-            inputs=[
+            inputs=groups.schema_inputs(io, groups.VIDEO, [
                 io.Image.Input("frames", tooltip="The frames of one clip, in order (an IMAGE batch, e.g. from "
                                                  "Get Video Components)."),
                 io.String.Input("prompt", multiline=True, default=DEFAULT_VIDEO_PROMPT,
@@ -122,7 +122,7 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
                                tooltip="Drop objects whose score (the grounding head's predicted IoU x object "
                                        "probability on its best key frame) is below this. 0 keeps every object."),
                 task_input(io),
-            ],
+            ]),
             outputs=[
                 io.Mask.Output(display_name="masks", tooltip="One mask per object per frame, object by object: "
                                                              "masks 0..T-1 are object 0's track, T..2T-1 object 1's "
@@ -145,9 +145,16 @@ class Sa2VAVideoSegmentation(comfy.NodeBase):
         )
 
     @classmethod
-    def execute(cls, *, frames: torch.Tensor, prompt: str, model_name: str, key_frames: int, key_frame_spacing: str,
-                mode: str, offload_frames: bool, offload_state: bool, max_new_tokens: int, mask_threshold: float,
-                apply_mask_threshold: bool, clean_vram_after: bool, model: Sa2VAHandle | None = None,
+    def execute(cls, **inputs):
+        """Either layout's inputs (:mod:`.groups`: grouped where ComfyUI has DynamicCombo) as flat arguments."""
+        return cls.segment(**groups.flatten(groups.VIDEO, inputs))
+
+    @classmethod
+    def segment(cls, *, frames: torch.Tensor, prompt: str, model_name: str,
+                key_frames: int = VideoOptions.key_frames, key_frame_spacing: str = VideoOptions.key_frame_spacing,
+                mode: str = VideoOptions.mode, offload_frames: bool = True, offload_state: bool = False,
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+                apply_mask_threshold: bool = True, clean_vram_after: bool = False, model: Sa2VAHandle | None = None,
                 dtype: str = "auto", quantization: str = "none", min_score: float = 0.0, task: str = DEFAULT_TASK):
         check_image(frames, "IMAGE batch [T, H, W, 3] holding the frames of one clip")
         if not 0.0 <= mask_threshold <= 1.0:

@@ -1,7 +1,7 @@
 """Run the pack in a real ComfyUI over its HTTP API and check what a user meets (a maintainer's tool; pytest does not
 collect it: it needs a ComfyUI checkout and a Python environment that runs it).
 
-    python tests/live_comfyui.py --comfyui PATH [--python PYTHON] [--port 8199] [--keep DIR] [--only CHECK ...]
+    python tests/live_comfyui.py --comfyui PATH [--python PYTHON] [--port 8199] [--keep DIR] [--only CHECK,...]
 
 PYTHON (default: this interpreter) runs ComfyUI's ``main.py --cpu`` on 127.0.0.1 with ``--base-directory`` set to a
 throw-away folder holding ``custom_nodes/ComfyUI-Sa2VA`` (a symlink to this checkout), tiny release-format checkpoints
@@ -18,7 +18,10 @@ checkpoint of every release format (:data:`FORMATS`) runs through Loader -> Segm
 releases the model (the next run loads it again) while queued runs in between reuse it; the Loader downloads a
 catalog model from the throttled hub, Cancel stops it within a second keeping the partial files, the next run
 resumes them (Range requests), every file ends up byte-identical, and the token never reaches the CDN host; the
-Video Segmentation node runs on a short clip, with SAM2 and with SAM 3's tracker (where transformers has SAM 3).
+Video Segmentation node runs on a short clip, with SAM2 and with SAM 3's tracker (where transformers has SAM 3); and,
+where Chromium and Playwright are installed, what a user sees in the page (tests/live_browser.py: node heights, the
+template cards, every example opening without missing nodes and with its values; skipped with a message elsewhere).
+``--only check_templates,page`` runs only the named checks.
 """
 from __future__ import annotations
 
@@ -43,8 +46,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fakehub import FakeHub  # noqa: E402
+from live_browser import CHROMIUM, check_page  # noqa: E402
+
+from pack import pack_module  # noqa: E402
 
 from sa2va import testing  # noqa: E402
+
+groups = pack_module("nodes.groups")
 
 DOWNLOAD_NAME = "Sa2VA-Qwen3-VL-4B"
 DOWNLOAD_REPO = "ByteDance/Sa2VA-Qwen3-VL-4B"
@@ -115,8 +123,26 @@ class Comfy:
         inputs.update(given)
         return {"class_type": class_type, "inputs": inputs}
 
+    def grouped(self, class_type: str) -> bool:
+        """Whether the running ComfyUI shows ``class_type`` in the grouped layout (nodes/groups.py)."""
+        spec = self.info.get(class_type, {}).get("input", {})
+        return any(entry[0] == DYNAMIC_COMBO for section in spec.values() if isinstance(section, dict)
+                   for entry in section.values())
+
+    def server_inputs(self, prompt: dict) -> dict:
+        """``prompt`` with each Segmentation / Video node written with the flat input names (the checks' own
+        language) turned into the grouped layout's inputs where the running ComfyUI groups them."""
+        out = {}
+        for node_id, node in prompt.items():
+            layout = groups.LAYOUTS.get(node.get("class_type"))
+            if layout is not None and self.grouped(layout.node_id) and \
+                    not any(g.name in node["inputs"] for g in layout.groups):
+                node = {**node, "inputs": groups.api_inputs(layout, {**layout.defaults, **node["inputs"]})}
+            out[node_id] = node
+        return out
+
     def queue(self, prompt: dict) -> str:
-        return self.post("/prompt", {"prompt": prompt, "client_id": "live-check"})["prompt_id"]
+        return self.post("/prompt", {"prompt": self.server_inputs(prompt), "client_id": "live-check"})["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         end = time.time() + timeout
@@ -262,6 +288,9 @@ def segment_graph(comfy: Comfy, model: str, prompt: str, batch: int = 1, **optio
 
 
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+#: nodes of the page alone (no server class): skipped when a UI workflow becomes a prompt
+PAGE_NODES = ("Note", "MarkdownNote")
 #: nodes whose file widget is followed by the upload button's value in widgets_values
 UPLOAD_NODES = ("LoadImage", "LoadImageMask", "LoadVideo")
 
@@ -274,11 +303,16 @@ def api_prompt(comfy: Comfy, workflow: dict) -> dict:
     links = {link[0]: [str(link[1]), link[2]] for link in workflow["links"]}
     prompt = {}
     for node in workflow["nodes"]:
+        if node["type"] in PAGE_NODES:
+            continue
         spec = comfy.info[node["type"]]
         sections = spec["input"]
         order = spec.get("input_order") or {k: list(sections.get(k, {})) for k in ("required", "optional")}
         widgets = [name for k in ("required", "optional") for name in order.get(k, [])
                    if isinstance(sections[k][name][0], list) or sections[k][name][0] in WIDGET_TYPES]
+        if node["type"] in groups.LAYOUTS and comfy.grouped(node["type"]):  # saved flat: Comfy.queue groups them
+            layout = groups.LAYOUTS[node["type"]]
+            widgets, order = list(layout.flat), {"required": list(layout.flat[:2])}
         values = list(node.get("widgets_values") or [])
         if node["type"] in UPLOAD_NODES:
             values = values[:1]
@@ -671,6 +705,13 @@ def _last_optional(comfy: Comfy, node: str) -> list[str]:
     return order.get("optional", [])
 
 
+def _grouped_inputs(comfy: Comfy, node: str) -> set[str]:
+    """The names of the inputs the grouped layout's choices show."""
+    return {name for section in comfy.info[node]["input"].values() if isinstance(section, dict)
+            for entry in section.values() if entry[0] == DYNAMIC_COMBO
+            for option in entry[1]["options"] for part in option["inputs"].values() for name in part}
+
+
 def _video_graph(comfy: Comfy, prompt: str, **options) -> dict:
     outputs = comfy.info["Sa2VAVideoSegmentation"]["output_name"]
     graph = {"1": comfy.node("LoadImage", image="photo.png"),
@@ -702,7 +743,9 @@ def check_video_objects(comfy: Comfy) -> bool:
     dropped = comfy.run(_video_graph(comfy, "Please segment the red box.", min_score=1.0))
     none = texts(dropped, "5") == ["(none)"] and texts(dropped, "6") == ["(none)"] and \
         json.loads((texts(dropped, "7") or ["null"])[0]) == [[]] * 6
-    ok = layout and "min_score" in _last_optional(comfy, "Sa2VAVideoSegmentation") and status == "success" and \
+    min_score = "min_score" in (_grouped_inputs(comfy, "Sa2VAVideoSegmentation") if comfy.grouped(
+        "Sa2VAVideoSegmentation") else _last_optional(comfy, "Sa2VAVideoSegmentation"))
+    ok = layout and min_score and status == "success" and \
         per_frame and aligned and none and status_of(dropped)[0] == "success"
     return report("video node: scores and per-frame boxes last, min_score", ok, status=status, outputs=names,
                   boxes_type=types[names.index("boxes")], scores=scores, boxes_per_frame=[len(f) for f in boxes]
@@ -715,10 +758,12 @@ def check_tasks(comfy: Comfy) -> bool:
     gives text and no mask, the others succeed."""
     offered = {}
     for node in ("Sa2VASegmentation", "Sa2VAVideoSegmentation"):
-        entry = comfy.info[node]["input"].get("optional", {}).get("task")
+        inputs = comfy.info[node]["input"]
+        entry = inputs.get("optional", {}).get("task") or inputs.get("required", {}).get("task")
         options = entry[0] if entry and isinstance(entry[0], list) else (entry[1].get("options") if entry else None)
-        offered[node] = options == TASKS and _last_optional(comfy, node)[-1] == "task" and \
-            entry[1].get("default") == "segment"
+        # flat layout: optional and last (older workflows keep their widget order); grouped: shown after the model
+        placed = "task" in inputs.get("required", {}) if comfy.grouped(node) else _last_optional(comfy, node)[-1] == "task"
+        offered[node] = options == TASKS and placed and entry[1].get("default") == "segment"
     results, ok = {}, all(offered.values())
     for task in TASKS:
         image = comfy.run(segment_graph(comfy, "tiny-qwen3", "red box", task=task))
@@ -767,9 +812,11 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="the Python that runs ComfyUI")
     parser.add_argument("--port", type=int, default=8199)
     parser.add_argument("--keep", type=Path, help="keep the base folder (models, log) here instead of a temp dir")
-    parser.add_argument("--only", nargs="+", metavar="CHECK", choices=sorted(CHECKS) + ["check_download"],
-                        help="run only these checks (function names, e.g. check_standalone_release)")
+    parser.add_argument("--chromium", default=CHROMIUM, help="the Chromium the page checks drive (tests/live_browser.py)")
+    parser.add_argument("--only", help="run only these checks, comma-separated: function names (e.g. "
+                                       "check_standalone_release,check_download) or page (the browser checks)")
     args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else None
     work = Path(tempfile.mkdtemp(prefix="sa2va-live-")) if args.keep is None else args.keep
     base = work / "base"
     paths = prepare(base)
@@ -781,9 +828,11 @@ def main() -> int:
         comfy = start(args.python, args.comfyui.resolve(), base, args.port, env)
         try:
             for name, check in CHECKS.items():
-                if args.only is None or name in args.only:
+                if wanted is None or name in wanted:
                     results.append(check(comfy))
-            if args.only is None or "check_download" in args.only:
+            if wanted is None or "page" in wanted:
+                results.extend(check_page(comfy, ROOT, report, status_of, args.chromium))
+            if wanted is None or "check_download" in wanted:
                 results.append(check_download(comfy, hub, paths["models"], paths["hub_files"]))
         finally:
             comfy.process.terminate()

@@ -12,6 +12,18 @@ class Spec:
     def __init__(self, kind, name=None, **kw):
         self.kind, self.name, self.kw = kind, name, kw
 
+    @property
+    def id(self):
+        return self.name
+
+    @property
+    def optional(self) -> bool:
+        return bool(self.kw.get("optional", False))
+
+    @optional.setter
+    def optional(self, value: bool) -> None:
+        self.kw = {**self.kw, "optional": value}
+
 
 def _socket(kind):
     return types.SimpleNamespace(Input=lambda name, **kw: Spec(kind, name, **kw), Output=lambda **kw: Spec(kind, **kw))
@@ -23,11 +35,17 @@ FAKE_IO = types.SimpleNamespace(
     **{k: _socket(k) for k in ("Combo", "Int", "Float", "Boolean", "String", "Image", "Mask")})
 
 
-def schema(node: type) -> dict:
-    """The keyword arguments ``node.define_schema()`` gives ``io.Schema``."""
+#: the same with ``io.DynamicCombo`` (ComfyUI 0.8 and newer): the Segmentation and Video nodes group their inputs
+DYNAMIC_IO = types.SimpleNamespace(**vars(FAKE_IO), DynamicCombo=types.SimpleNamespace(
+    Option=lambda key, inputs: types.SimpleNamespace(key=key, inputs=inputs),
+    Input=lambda name, options, **kw: Spec("DynamicCombo", name, options=options, **kw)))
+
+
+def schema(node: type, io=FAKE_IO) -> dict:
+    """The keyword arguments ``node.define_schema()`` gives ``io.Schema`` (``io``: the test double it runs on)."""
     comfy = pack_module("nodes.comfy")
     saved = comfy.io
-    comfy.io = FAKE_IO
+    comfy.io = io
     try:
         return node.define_schema()
     finally:

@@ -96,7 +96,7 @@ class Baseline:
 
         model, sam = self.model, self.sam
         pil = to_pil(image)
-        inputs = model.adapter.build_inputs(model.processor, [pil], PROMPT.replace("<image>", ""))
+        inputs = model.adapter.build_inputs(model.processor, [pil], PROMPT)
         device = next(model.vlm.parameters()).device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         eos = model.adapter.eos_token_ids(model.config, model.tokenizer)

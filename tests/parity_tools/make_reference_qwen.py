@@ -10,7 +10,8 @@ OUT_DIR/checkpoint.json. The upstream files (``projects/sa2va/hf/models_qwen3vl`
 pinned commit) are copied from the git checkout into a throw-away folder beside symlinks to the checkpoint files and
 loaded from there with the upstream classes; nothing upstream is written into this repository. OUT_DIR's committed
 inputs/ and the prompts and forced ids of reference.json / video.json are reused; the npz files, those json files and
-checkpoint.json's shard hashes are rewritten. ``--video=NAME`` makes the clip of NAME.json (default ``video``).
+checkpoint.json's shard hashes are rewritten. ``--video=NAME`` makes the clip of NAME.json (default ``video``);
+``--only=CASE`` makes one image case of reference.json and leaves the others' files as they are.
 
 A case may name ``seg_embedding_shift`` (256 numbers): it is added, as float32, to the output of upstream's
 ``text_hidden_fcs`` (the [SEG] projection) before SAM2 sees it (a forward hook, the same as a projection whose last
@@ -39,6 +40,7 @@ family, ckpt, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 video_args = [a for a in sys.argv[4:] if a.startswith("--video")]
 video_mode = bool(video_args)
 video_name = (video_args[0].partition("=")[2] or "video") if video_mode else None
+only = [a.partition("=")[2] for a in sys.argv[4:] if a.startswith("--only=")]
 UP = Path(os.environ.get("SA2VA_UPSTREAM", "../Sa2VA"))  # a bytedance/Sa2VA checkout (git)
 COMMIT = "9832e1a80e74ed513e8072bf882a09bdd80566c4"
 updir = {"qwen3_vl": "projects/sa2va/hf/models_qwen3vl", "qwen2_5_vl": "projects/sa2va/hf/models_qwen2_5_vl"}[family]
@@ -236,8 +238,10 @@ common = {"upstream_repo": "bytedance/Sa2VA", "upstream_commit": COMMIT, "upstre
 if not video_mode:
     ref = json.loads((out / "reference.json").read_text())
     total = time.time()
-    timings = {"load": round(load_s, 2)}
+    timings = {**(ref.get("timings_s", {}) if only else {}), "load": round(load_s, 2)}
     for case in ref["cases"]:
+        if only and case["name"] not in only:
+            continue
         img = Image.open(out / case["input_png"]).convert("RGB")
         arrays, meta = run_case([img], case["prompt"], case["forced_token_ids"], False,
                                 case.get("seg_embedding_shift"))
@@ -250,7 +254,7 @@ if not video_mode:
         case["generated_text"] = meta["prediction"]
         timings[case["name"]] = meta["seconds"]
         print(case["name"], meta["prediction"], meta["mask_pixels_true"], meta["seconds"], flush=True)
-    timings["total"] = round(time.time() - total + load_s, 2)
+    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
     ref.update(versions)
     ref.update(common)
     ref["timings_s"] = timings

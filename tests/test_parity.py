@@ -18,9 +18,12 @@ LLaVA release's own ``predict_forward`` (not in bytedance/Sa2VA; see tests/data/
 schedule rule. ``qwen3_vl_sam3`` is Sa2VA-Qwen3-VL-4B-SAM3's format (SAM 3's tracker at 1008 px with a 2-layer,
 256-wide ViT; ``write_checkpoint(grounding="sam3")``): the same ``predict_forward`` with the SAM3 release's grounding
 encoder rebuilt on facebookresearch/sam3's tracker (tests/data/parity/README.md); it needs transformers 5.x
-(``Sam3TrackerVideoModel``) on our side and is skipped under 4.57.
+(``Sam3TrackerVideoModel``) on our side and is skipped under 4.57. ``qwen3_vl``'s ``image_object_absent`` and
+``video_absent`` shift the [SEG] projection's output (``shifted_projection``) so that upstream's object scores are
+negative, which compares SAM2's absent-object path (no clamp in Sa2VA's masks, the "no object" pointer, the occlusion
+embedding in the memory) on the pictures and frames the other cases already encode.
 
-Expected: identical prompt ids and token ids, identical [SEG] hidden states and projections up to float rounding,
+Expected: identical prompt ids (every reference holds them; one without them fails) and token ids, identical [SEG] hidden states and projections up to float rounding,
 mask probabilities within 1e-4 of the upstream sigmoid(logits), and not one pixel decided otherwise at the 0.5
 threshold (``threshold_flips``, counted over every pixel) except where upstream puts the pixel within a tenth of that
 tolerance of 0.5 (``check_masks``: it fails on a flip the probability bound allows, as

@@ -20,8 +20,9 @@ schedule rule. ``qwen3_vl_sam3`` is Sa2VA-Qwen3-VL-4B-SAM3's format (SAM 3's tra
 encoder rebuilt on facebookresearch/sam3's tracker (tests/data/parity/README.md); it needs transformers 5.x
 (``Sam3TrackerVideoModel``) on our side and is skipped under 4.57. ``qwen3_vl``'s ``image_object_absent`` and
 ``video_absent`` shift the [SEG] projection's output (``shifted_projection``) so that upstream's object scores are
-negative, which compares SAM2's absent-object path (no clamp in Sa2VA's masks, the "no object" pointer, the occlusion
-embedding in the memory) on the pictures and frames the other cases already encode.
+negative, which compares SAM2's absent-object path (no clamp in Sa2VA's masks, the "no object" pointer that the
+tracked frame reads from the conditioning frames; SAM2 v1 has no occlusion embedding) on the pictures and frames the
+other cases already encode.
 
 Expected: identical prompt ids (every reference holds them; one without them fails) and token ids, identical [SEG] hidden states and projections up to float rounding,
 mask probabilities within 1e-4 of the upstream sigmoid(logits), and not one pixel decided otherwise at the 0.5
@@ -154,7 +155,7 @@ def shifted_projection(model, case: dict):
 
 def check_object_absent(case: dict, count: int, where: str) -> None:
     """A shifted case exists to compare what SAM2 does with an absent object (no object-score clamp in Sa2VA's
-    masks, the occlusion pointer and memory embedding): the first ``count`` object scores upstream recorded must be
+    masks, the "no object" pointer in the memory): the first ``count`` object scores upstream recorded must be
     negative, or the case has silently become a positive one."""
     if "seg_embedding_shift" not in case:
         return

@@ -3,14 +3,21 @@
 Not part of the pack or the test suite. Run it in a separate venv with transformers 4.57.0 (see
 tests/data/parity/README.md), never in the pack's environment:
 
-    SA2VA_UPSTREAM=/path/to/bytedance/Sa2VA python make_reference_qwen.py FAMILY CHECKPOINT_DIR OUT_DIR [--video]
+    SA2VA_UPSTREAM=/path/to/bytedance/Sa2VA python make_reference_qwen.py FAMILY CHECKPOINT_DIR OUT_DIR [--video[=NAME]]
 
 CHECKPOINT_DIR is written beforehand with ``sa2va.testing.write_checkpoint`` and the arguments in
 OUT_DIR/checkpoint.json. The upstream files (``projects/sa2va/hf/models_qwen3vl`` or ``models_qwen2_5_vl`` at the
 pinned commit) are copied from the git checkout into a throw-away folder beside symlinks to the checkpoint files and
 loaded from there with the upstream classes; nothing upstream is written into this repository. OUT_DIR's committed
 inputs/ and the prompts and forced ids of reference.json / video.json are reused; the npz files, those json files and
-checkpoint.json's shard hashes are rewritten.
+checkpoint.json's shard hashes are rewritten. ``--video=NAME`` makes the clip of NAME.json (default ``video``);
+``--only=CASE`` makes one image case of reference.json and leaves the others' files as they are.
+
+A case may name ``seg_embedding_shift`` (256 numbers): it is added, as float32, to the output of upstream's
+``text_hidden_fcs`` (the [SEG] projection) before SAM2 sees it (a forward hook, the same as a projection whose last
+bias differs by that vector; the recorded ``seg_embedding`` is the shifted one). That is how the cases whose object
+scores are negative are made from the same checkpoint and pictures; tests/test_parity.py shifts the pack's
+projection the same way. SAM2's object scores are recorded in call order.
 """
 import hashlib
 import json
@@ -30,7 +37,10 @@ torch.set_num_threads(2)
 torch.Tensor.cuda = lambda self, *a, **k: self
 
 family, ckpt, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-video_mode = "--video" in sys.argv
+video_args = [a for a in sys.argv[4:] if a.startswith("--video")]
+video_mode = bool(video_args)
+video_name = (video_args[0].partition("=")[2] or "video") if video_mode else None
+only = [a.partition("=")[2] for a in sys.argv[4:] if a.startswith("--only=")]
 UP = Path(os.environ.get("SA2VA_UPSTREAM", "../Sa2VA"))  # a bytedance/Sa2VA checkout (git)
 COMMIT = "9832e1a80e74ed513e8072bf882a09bdd80566c4"
 updir = {"qwen3_vl": "projects/sa2va/hf/models_qwen3vl", "qwen2_5_vl": "projects/sa2va/hf/models_qwen2_5_vl"}[family]
@@ -132,7 +142,17 @@ def generate(**kwargs):
 
 
 model.model.generate = generate
+seg_shift = [None]
+
+
+def shift_hook(module, inputs, output):
+    return None if seg_shift[0] is None else output + seg_shift[0]
+
+
+model.text_hidden_fcs.register_forward_hook(shift_hook)   # before the recording hook, which sees the shifted output
 fcs_in, fcs_out = [], []
+
+
 def fcs_hook(module, inputs, output):
     fcs_in.append(inputs[0].detach().clone())
     fcs_out.append(output.detach().clone())
@@ -163,7 +183,8 @@ def shards_sha():
     return res
 
 
-def run_case(images, prompt, forced, is_video):
+def run_case(images, prompt, forced, is_video, shift=None):
+    seg_shift[0] = None if shift is None else torch.tensor(shift, dtype=torch.float32)
     captured.clear()
     captured["forced"] = forced
     fcs_in.clear()
@@ -217,22 +238,23 @@ common = {"upstream_repo": "bytedance/Sa2VA", "upstream_commit": COMMIT, "upstre
 if not video_mode:
     ref = json.loads((out / "reference.json").read_text())
     total = time.time()
-    timings = {"load": round(load_s, 2)}
+    timings = {**(ref.get("timings_s", {}) if only else {}), "load": round(load_s, 2)}
     for case in ref["cases"]:
+        if only and case["name"] not in only:
+            continue
         img = Image.open(out / case["input_png"]).convert("RGB")
-        arrays, meta = run_case([img], case["prompt"], case["forced_token_ids"], False)
-        arrays.pop("input_ids")
+        arrays, meta = run_case([img], case["prompt"], case["forced_token_ids"], False,
+                                case.get("seg_embedding_shift"))
         np.savez_compressed(out / f"{case['name']}.npz", **{k: v for k, v in arrays.items()},
                             pixel_values_shape=np.array(meta["pixel_values_shape"]),
                             pixel_values_sum=np.float64(meta["pixel_values_sum"]),
                             pixel_values_abs_sum=np.float64(meta["pixel_values_abs_sum"]))
         meta["seg_positions"] = arrays["seg_positions"].tolist()
-        meta.pop("object_scores_in_call_order")
         case.update(meta)
         case["generated_text"] = meta["prediction"]
         timings[case["name"]] = meta["seconds"]
         print(case["name"], meta["prediction"], meta["mask_pixels_true"], meta["seconds"], flush=True)
-    timings["total"] = round(time.time() - total + load_s, 2)
+    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
     ref.update(versions)
     ref.update(common)
     ref["timings_s"] = timings
@@ -242,13 +264,14 @@ if not video_mode:
     meta_ck["shard_sha256"] = shards_sha()
     (out / "checkpoint.json").write_text(json.dumps(meta_ck, indent=2) + "\n")
 else:
-    ref = json.loads((out / "video.json").read_text())
+    ref = json.loads((out / f"{video_name}.json").read_text())
     case = ref["case"]
     frames = [Image.open(out / p).convert("RGB") for p in case["input_pngs"]]
-    arrays, meta = run_case(frames, case["prompt"], case["forced_token_ids"], True)
+    arrays, meta = run_case(frames, case["prompt"], case["forced_token_ids"], True,
+                            case.get("seg_embedding_shift"))
     arrays.pop("sequence")
     arrays.pop("seg_positions")
-    np.savez_compressed(out / "video.npz", **arrays)
+    np.savez_compressed(out / f"{video_name}.npz", **arrays)
     meta.pop("pixel_values_shape")
     meta.pop("pixel_values_sum")
     meta.pop("pixel_values_abs_sum")
@@ -258,5 +281,5 @@ else:
     ref["shard_sha256"] = shards_sha()
     ref["timings_s"] = {"load": round(load_s, 2), "video": meta["seconds"]}
     ref["model_dir"] = f"<sa2va.testing.write_checkpoint(folder, '{family}', sam2='full', seed=0, max_shard_bytes=300*2**20)>"
-    (out / "video.json").write_text(json.dumps(ref, indent=2) + "\n")
+    (out / f"{video_name}.json").write_text(json.dumps(ref, indent=2) + "\n")
     print("video", meta["prediction"], meta["mask_pixels_true"], meta["object_scores_in_call_order"], meta["seconds"])

@@ -259,7 +259,6 @@ if not video_mode:
     for case in ref["cases"]:
         img = Image.open(out / case["input_png"]).convert("RGB")
         arrays, meta = run_case([img], case["prompt"], case["forced_token_ids"], False)
-        arrays.pop("input_ids")
         np.savez_compressed(out / f"{case['name']}.npz", **arrays)
         meta["seg_positions"] = arrays["seg_positions"].tolist()
         case.update(meta)

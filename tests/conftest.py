@@ -17,10 +17,7 @@ if str(ROOT) not in sys.path:
 # the suite never talks to the model hub
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-#: README's test command runs the suite in ``-n 2`` pytest-xdist worker processes; each gets its share of the cores, so
-#: two workers on 2 cores run one torch thread each instead of four threads fighting over two cores
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from sa2va import testing as synthetic  # noqa: E402
 
@@ -32,32 +29,6 @@ def _is_large(options: dict) -> bool:
     if options.get("grounding") == "sam3":
         return str(options.get("sam3_layers", 2)) == "None" and str(options.get("sam3_width", 256)) == "1024"
     return options.get("sam2") == "full"
-
-
-def pytest_configure(config) -> None:
-    # pytest-xdist's ``--dist loadgroup`` hands out whole groups, largest first by test count; the heavy parity groups
-    # hold few tests, so keep the order set below (heavy groups first) instead
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """Groups for pytest-xdist's ``--dist loadgroup``: a test module runs in one worker (its module-scoped models
-    are loaded once), except where the module names finer groups with ``xdist_group(test_name, param)`` (the parity
-    module: the cases that share encoder outputs run together, the others in parallel). Those groups come first, so
-    the longest chains start at once. Without xdist the marks do nothing and the order is pytest's own."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        return
-    heavy, rest = [], []
-    for item in items:
-        group_of = getattr(item.module, "xdist_group", None)
-        callspec = getattr(item, "callspec", None)
-        param = next(iter(callspec.params.values()), None) if callspec is not None else None
-        group = group_of(item.originalname, param) if group_of is not None else None
-        item.add_marker(pytest.mark.xdist_group(group or item.module.__name__))
-        (heavy if group else rest).append(item)
-    items[:] = heavy + rest
 
 
 @pytest.fixture(scope="session")

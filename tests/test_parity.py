@@ -134,22 +134,6 @@ def test_check_masks_fails_on_a_mask_perturbed_within_the_tolerance():
         check_masks(shifted.view_as(upstream_p), upstream_p, upstream_mask, TOLERANCE, "shifted")
 
 
-#: the encoder outputs each parity case shares with others (SharedEncodings): same grounding weights, same pictures
-ENCODER_GROUPS = {"internvl": "sam2-bf16", "internvl_phi3": "sam2-bf16", "internvl_single_file": "sam2-bf16",
-                  "internvl_internvit6b": "internvit6b", "qwen3_vl_sam3": "sam3"}
-
-
-def xdist_group(test_name: str, case: str | None) -> str | None:
-    """The pytest-xdist group of a test (conftest.pytest_collection_modifyitems): cases that share encoder outputs run
-    in one worker, so each full-size encoder pass still runs once; the SAM2 video clips (their own 7 frames) apart
-    from the fp32 image cases."""
-    if case is None:
-        return None
-    if test_name == "test_video_matches_upstream_predict_forward" and case not in ENCODER_GROUPS:
-        return "parity-sam2-video"
-    return f"parity-{ENCODER_GROUPS.get(case, 'sam2-fp32')}"
-
-
 @contextmanager
 def shifted_projection(model, case: dict):
     """The reference's ``seg_embedding_shift``, if the case names one: the [SEG] projection's output plus that

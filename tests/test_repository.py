@@ -17,7 +17,7 @@ def test_mission_layout_exists():
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
-    command = "python -m pytest -q tests -n 2 --dist loadgroup --durations=15"
+    command = "python -m pytest -q tests --durations=15"
     assert any(b.strip() == command for b in blocks)
     ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     assert command in ci

@@ -83,6 +83,10 @@ def load_file_tokenizer(folder: str | os.PathLike, files_hint: str = "tokenizer.
     except (OSError, ValueError) as exc:
         raise ModelFolderError(f"{folder}: the tokenizer files cannot be loaded ({exc}). Copy {files_hint} from the "
                                f"model repository.") from exc
+    if "model_input_names" not in config:
+        # the generic class also returns token_type_ids, which the releases' language models do not take (generate
+        # refuses them); their own tokenizer classes (Qwen2, Llama) return these two only
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
     if config.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES and config.get("add_prefix_space") is not None:
         logger.warning("%s: tokenizer_config.json sets add_prefix_space, for which transformers 4.57 rebuilds the "
                        "tokenizer from tokenizer.model; the pack runs tokenizer.json as written.", folder)

@@ -259,7 +259,9 @@ class FakeHub:
         return f"http://127.0.0.1:{self.hub.server_address[1]}"
 
     def __enter__(self) -> "FakeHub":
-        self._threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (self.hub, self.cdn)]
+        # a short poll: shutdown() in __exit__ waits up to one poll interval per server (0.5 s by default)
+        self._threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+                         for s in (self.hub, self.cdn)]
         for thread in self._threads:
             thread.start()
         return self

@@ -5,6 +5,7 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,20 +60,48 @@ def gpu_check():
         sys.path.remove(str(ROOT / "bench"))
 
 
-def run_gpu_check(folder, out, env=None) -> tuple[subprocess.CompletedProcess, dict]:
+def start_gpu_check(folder, out: Path, env=None) -> subprocess.Popen:
+    """``gpu_check.py --tiny`` on the CPU in a subprocess writing ``out`` (its stdout and stderr go to files beside it,
+    so no pipe can fill while another run is awaited)."""
     import os
 
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--device", "cpu",
-                             "--folder", str(folder), "--json", str(out)], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result, json.loads(out.read_text())
+    with open(out.with_suffix(".stdout"), "w") as stdout, open(out.with_suffix(".stderr"), "w") as stderr:
+        return subprocess.Popen([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--device", "cpu",
+                                 "--folder", str(folder), "--json", str(out)], stdout=stdout, stderr=stderr,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def test_gpu_check_tiny_reports_every_section_of_every_mode_on_the_cpu(checkpoint_factory, tmp_path):
+def finish_gpu_check(proc: subprocess.Popen, out: Path) -> tuple[str, dict]:
+    """Waits for a run of start_gpu_check; returns its stdout and the JSON it wrote."""
+    assert proc.wait(timeout=900) == 0, out.with_suffix(".stderr").read_text()[-3000:]
+    return out.with_suffix(".stdout").read_text(), json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def gpu_check_runs(checkpoint_factory, tmp_path_factory):
+    """The two end-to-end runs of the GPU check, started at once (one torch thread each): with every library, and
+    with bitsandbytes blocked. Each test below waits for its own."""
+    folder = checkpoint_factory("qwen3_vl")
+    tmp = tmp_path_factory.mktemp("gpu_check")
+    blocked = tmp / "blocked"
+    (blocked / "bitsandbytes").mkdir(parents=True)
+    (blocked / "bitsandbytes" / "__init__.py").write_text("raise ImportError('No module named bitsandbytes')\n")
+    runs = {"all": (start_gpu_check(folder, tmp / "all.json"), tmp / "all.json"),
+            "no_bnb": (start_gpu_check(folder, tmp / "no_bnb.json", env={"PYTHONPATH": f"{blocked}:{ROOT}"}),
+                       tmp / "no_bnb.json")}
+    try:
+        yield runs
+    finally:
+        for proc, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_gpu_check_tiny_reports_every_section_of_every_mode_on_the_cpu(gpu_check_runs):
     """--tiny on the CPU: bf16, 8-bit and 4-bit (bitsandbytes quantises on the CPU) and fp32, every section a number."""
-    result, summary = run_gpu_check(checkpoint_factory("qwen3_vl"), tmp_path / "gpu.json")
-    assert json.loads(result.stdout) == summary
+    stdout, summary = finish_gpu_check(*gpu_check_runs["all"])
+    assert json.loads(stdout) == summary
     modes = summary["modes"]
     for mode, names in SECTIONS.items():
         assert list(modes[mode]) == names, mode
@@ -96,12 +125,8 @@ def test_gpu_check_tiny_reports_every_section_of_every_mode_on_the_cpu(checkpoin
     assert bf16["end_to_end"]["end_to_end_s"] > 0
 
 
-def test_gpu_check_without_bitsandbytes_records_the_error_and_reports_bf16(checkpoint_factory, tmp_path):
-    blocked = tmp_path / "blocked"
-    (blocked / "bitsandbytes").mkdir(parents=True)
-    (blocked / "bitsandbytes" / "__init__.py").write_text("raise ImportError('No module named bitsandbytes')\n")
-    _, summary = run_gpu_check(checkpoint_factory("qwen3_vl"), tmp_path / "gpu.json",
-                               env={"PYTHONPATH": f"{blocked}:{ROOT}"})
+def test_gpu_check_without_bitsandbytes_records_the_error_and_reports_bf16(gpu_check_runs):
+    _, summary = finish_gpu_check(*gpu_check_runs["no_bnb"])
     for mode in ("8bit", "4bit"):
         for name in SECTIONS[mode]:
             assert "bitsandbytes" in summary["modes"][mode][name]["error"], (mode, name, summary["modes"][mode])

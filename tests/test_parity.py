@@ -22,7 +22,10 @@ encoder rebuilt on facebookresearch/sam3's tracker (tests/data/parity/README.md)
 ``video_absent`` shift the [SEG] projection's output (``shifted_projection``) so that upstream's object scores are
 negative, which compares SAM2's absent-object path (no clamp in Sa2VA's masks, the "no object" pointer that the
 tracked frame reads from the conditioning frames; SAM2 v1 has no occlusion embedding) on the pictures and frames the
-other cases already encode.
+other cases already encode. ``qwen3_vl_sam3``'s ``image_object_absent`` and ``video_absent`` do the same for SAM 3,
+whose absent-object path differs: its masks are clamped (an empty mask, on the image and on the 5 conditioning
+frames) and a conditioning frame's memory carries the occlusion embedding and the "no object" pointer, which the
+tracked frame 5 reads (each of the three, disabled on our side, fails the video case).
 
 Expected: identical prompt ids (every reference holds them; one without them fails) and token ids, identical [SEG] hidden states and projections up to float rounding,
 mask probabilities within 1e-4 of the upstream sigmoid(logits), and not one pixel decided otherwise at the 0.5

@@ -31,8 +31,9 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
                      tokenizer_form: str = "metaspace") -> Path:
     """Write a random Sa2VA checkpoint of ``family`` in its releases' format into ``folder``; returns the folder.
 
-    family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or
-    ``"full"`` (SAM2 Hiera-L v1 at 1024 px, as the releases). layout: ``"v4"`` (the releases' key layout) or, for
+    family: one of :data:`FAMILIES`. sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block),
+    ``"hiera_t"`` (Hiera-T at 1024 px, a block too) or ``"full"`` (SAM2 Hiera-L v1 at 1024 px, as the releases).
+    layout: ``"v4"`` (the releases' key layout) or, for
     Qwen2.5-VL, ``"legacy"``. weight_dtype: None for the dtype of the family's releases (fp32 for Qwen, bf16 for
     InternVL and LLaVA). seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size:
     overrides of the tiny language model's geometry (benchmarks). template, single_file, decoder and vision_tower

@@ -54,6 +54,33 @@ TINY_SAM2 = {
     "memory_fuser_intermediate_dim": 256,
 }
 
+#: SAM2 with Hiera-T, SAM2's smallest trunk (96 wide, 1-2-7-2 blocks), at the releases' 1024 px: the neck, memory,
+#: prompt encoder and mask decoder keep the release geometry (256 channels, a 64x64 top level), at about an eighth
+#: of Hiera-L's encoder work. For parity references that test what the trunk does not change (tracking, a format's
+#: language side); the releases' own trunk, Hiera-L, is the ``"full"`` geometry (no block).
+HIERA_T_SAM2 = {
+    "vision_config": {
+        "backbone_config": {"model_type": "sam2_hiera_det_model", "hidden_size": 96,
+                            "embed_dim_per_stage": [96, 192, 384, 768], "num_attention_heads_per_stage": [1, 2, 4, 8],
+                            "blocks_per_stage": [1, 2, 7, 2], "global_attention_blocks": [5, 7, 9],
+                            "window_positional_embedding_background_size": [7, 7],
+                            "window_size_per_stage": [8, 4, 14, 7]},
+        "backbone_channel_list": [768, 384, 192, 96],
+    },
+}
+
+#: the ``sam2`` argument of the checkpoint writers -> the ``sam2_config`` block written to config.json (None: no block,
+#: SAM2 Hiera-L v1 at 1024 px as in the releases)
+SAM2_GEOMETRIES = {"tiny": TINY_SAM2, "hiera_t": HIERA_T_SAM2, "full": None}
+
+
+def sam2_block(sam2: str) -> dict | None:
+    """The ``sam2_config`` block of the writers' ``sam2`` choice (a copy), None for the releases' geometry."""
+    if sam2 not in SAM2_GEOMETRIES:
+        raise ValueError(f"sam2 must be one of {sorted(SAM2_GEOMETRIES)}, not {sam2!r}")
+    block = SAM2_GEOMETRIES[sam2]
+    return None if block is None else json.loads(json.dumps(block))
+
 
 
 

@@ -33,8 +33,8 @@ from .common import (
     QWEN_SPECIAL,
     QWEN_SPLIT,
     SA2VA_TOKENS,
-    TINY_SAM2,
     projection_state,
+    sam2_block,
     sam2_release_state,
     save_sharded,
     save_single,
@@ -239,8 +239,9 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
                      single_file: bool = False, decoder: str = "qwen2", vision_tower: str = "300m") -> Path:
     """Write a tiny random Sa2VA InternVL-style checkpoint in the release format and return its folder.
 
-    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1
-    at 1024 px, as the releases; ~0.45 GB in bf16). weight_dtype: bf16 like the releases (every tensor), or fp32.
+    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block), ``"hiera_t"`` (Hiera-T at 1024 px,
+    a block too) or ``"full"`` (no block: SAM2 Hiera-L v1 at 1024 px, as the releases; ~0.45 GB in bf16).
+    weight_dtype: bf16 like the releases (every tensor), or fp32.
     seg_chain: bias the weights so the model answers ``Sure, it is [SEG].`` by itself. text_size: overrides of
     :data:`TINY_LLM` (hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads)
     for a bigger language model. template: the chat template config.json names (``"qwen_chat"``: InternVL3 releases
@@ -254,8 +255,7 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
     defaults write the bytes the committed parity references were made from."""
     from tokenizers import Tokenizer
 
-    if sam2 not in ("tiny", "full"):
-        raise ValueError(f"unknown SAM2 size {sam2!r}")
+    sam2_block(sam2)  # an unknown geometry fails before anything is written
     if decoder not in ("qwen2", "internlm2") or vision_tower not in ("300m", "6b"):
         raise ValueError(f"unknown decoder {decoder!r} or vision tower {vision_tower!r}")
     folder = Path(folder)
@@ -269,7 +269,7 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
         ids = write_tokenizer(folder)
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    config = release_config(ids, vocab_size, TINY_SAM2 if sam2 == "tiny" else None, text_size, template, decoder,
+    config = release_config(ids, vocab_size, sam2_block(sam2), text_size, template, decoder,
                             vision_tower)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / "generation_config.json").write_text(json.dumps({"_from_model_config": True,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .common import (CORPUS, SA2VA_TOKENS, TINY_SAM2, add_seg_chain, merge_pair, pair_counts, projection_state,
+from .common import (CORPUS, SA2VA_TOKENS, add_seg_chain, merge_pair, pair_counts, projection_state, sam2_block,
                      sam2_release_state, save_sharded, seeded_tensor)
 
 #: tiny CLIP vision model with CLIP ViT-L/14-336's geometry of patches (336 px, 14 px patches: 576 tokens)
@@ -214,19 +214,19 @@ def write_checkpoint(folder: str | os.PathLike, *, sam2: str = "tiny", seed: int
                      seg_chain: bool = True, text_size: dict | None = None, tokenizer_form: str = "metaspace") -> Path:
     """Write a tiny random Sa2VA-LLaVA checkpoint in the release format and return its folder.
 
-    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1 at
-    1024 px, as the release). weight_dtype: fp32 like the release. seg_chain: bias the weights so the model answers
+    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block), ``"hiera_t"`` (Hiera-T at 1024 px,
+    a block too) or ``"full"`` (no block: SAM2 Hiera-L v1 at 1024 px, as the release). weight_dtype: fp32 like the
+    release. seg_chain: bias the weights so the model answers
     ``Sure, it is [SEG].`` then ``</s>`` by itself. text_size: overrides of :data:`TINY_TEXT`. tokenizer_form: the
     form of ``tokenizer.json`` (:data:`TOKENIZER_FORMS`)."""
     from tokenizers import Tokenizer
 
-    if sam2 not in ("tiny", "full"):
-        raise ValueError(f"unknown SAM2 size {sam2!r}")
+    sam2_block(sam2)  # an unknown geometry fails before anything is written
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ids = write_tokenizer(folder, tokenizer_form)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    config = release_config(ids, tok.get_vocab_size(with_added_tokens=True), TINY_SAM2 if sam2 == "tiny" else None,
+    config = release_config(ids, tok.get_vocab_size(with_added_tokens=True), sam2_block(sam2),
                             text_size)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / "generation_config.json").write_text(json.dumps({"_from_model_config": True, "bos_token_id": ids["<s>"],

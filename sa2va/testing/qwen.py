@@ -31,8 +31,8 @@ from .common import (
     QWEN_SPECIAL,
     QWEN_SPLIT,
     SA2VA_TOKENS,
-    TINY_SAM2,
     projection_state,
+    sam2_block,
     sam2_release_state,
     save_sharded,
     seeded_tensor,
@@ -248,8 +248,8 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
     """Write a tiny random Sa2VA checkpoint in the release format and return its folder.
 
     family: ``qwen3_vl`` or ``qwen2_5_vl``.
-    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block) or ``"full"`` (no block: SAM2 Hiera-L v1
-    at 1024 px, as the releases; ~0.9 GB in fp32).
+    sam2: ``"tiny"`` (a 256-px SAM2 described by a ``sam2_config`` block), ``"hiera_t"`` (Hiera-T at 1024 px,
+    a block too) or ``"full"`` (no block: SAM2 Hiera-L v1 at 1024 px, as the releases; ~0.9 GB in fp32).
     layout: ``"v4"`` (the official releases' key layout) or ``"legacy"`` (``model.model.layers.*``,
     ``model.visual.*``, as transformers 5.x writes Qwen2.5-VL). weight_dtype: None for the dtype of the family's
     releases (fp32 for Qwen, bf16 for InternVL); for Qwen, bf16 casts the language model only (SAM2 and the projection
@@ -277,7 +277,7 @@ def write_checkpoint(folder: str | os.PathLike, family: str = "qwen3_vl", *, sam
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    config = release_config(family, ids, vocab_size, TINY_SAM2 if sam2 == "tiny" and grounding == "sam2" else None,
+    config = release_config(family, ids, vocab_size, sam2_block(sam2) if grounding == "sam2" else None,
                             text_size)
     if grounding == "sam3":
         from .sam3 import SAM3_CONFIG_KEY, sam3_geometry

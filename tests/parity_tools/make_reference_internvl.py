@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sam2_trunk import trunk_source
 
 UPSTREAM_DIR = "projects/sa2va/hf/models"
 DEFAULT_COMMIT = "9832e1a80e74ed513e8072bf882a09bdd80566c4"
@@ -57,6 +58,8 @@ def stage(upstream: Path, commit: str, ckpt: Path, run_dir: Path) -> None:
     for name in names:
         data = subprocess.run(["git", "-C", str(upstream), "show", f"{commit}:{UPSTREAM_DIR}/{name}"],
                               capture_output=True, check=True).stdout
+        if name == "sam2.py":  # the checkpoint's trunk where it is not the releases' Hiera-L (sam2_trunk.py)
+            data = trunk_source(data.decode(), json.loads((ckpt / "config.json").read_text())).encode()
         (run_dir / name).write_bytes(data)
 
 
@@ -185,7 +188,7 @@ def main(upstream: Path, ckpt: Path, out: Path, commit: str) -> None:
                 "template": model.config.template, "missing_keys": [], "unexpected_keys": [],
                 "mismatched_keys": [], "n_file_tensors": n_file, "weights_equal_files": equal, "threads": 2,
                 "timings_s": timings,
-                "model_dir": f"<sa2va.testing.write_checkpoint(folder, {meta['family']!r}, "
+                "model_dir": f"<sa2va.testing.write_checkpoint(folder, {meta.get('family', 'internvl')!r}, "
                              f"**checkpoint.json['write_checkpoint'])>"})
     (out / "reference.json").write_text(json.dumps(ref, indent=2) + "\n")
     meta["shard_sha256"] = {p.name: file_sha(p) for p in sorted(ckpt.glob("*.safetensors"))}

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sam2_trunk import trunk_source
 
 LLAVA_FILES = ("modeling_sa2va_llava.py", "configuration_sa2va_chat.py")
 LLAVA_SOURCE = ("cjhcjh123-666/EvoSeg", "4a21e991276ac688bddbdcc4e5edaeb872a44020", "projects/sa2va/hf/models_llava")
@@ -68,8 +69,10 @@ def stage(code: Path, upstream: Path, commit: str, ckpt: Path, run_dir: Path) ->
     for name in UPSTREAM_FILES:
         data = subprocess.run(["git", "-C", str(upstream), "show", f"{commit}:{UPSTREAM_DIR}/{name}"],
                               capture_output=True, check=True).stdout
+        hashes[name] = hashlib.sha256(data).hexdigest()  # upstream's file as published
+        if name == "sam2.py":  # the checkpoint's trunk where it is not the releases' Hiera-L (sam2_trunk.py)
+            data = trunk_source(data.decode(), json.loads((ckpt / "config.json").read_text())).encode()
         (run_dir / name).write_bytes(data)
-        hashes[name] = hashlib.sha256(data).hexdigest()
     return hashes
 
 

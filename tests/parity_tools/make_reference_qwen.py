@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from sam2_trunk import trunk_source
 
 torch.set_num_threads(2)
 torch.Tensor.cuda = lambda self, *a, **k: self
@@ -51,9 +52,12 @@ if run_dir.exists():
 run_dir.mkdir(parents=True)
 for p in ckpt.iterdir():
     (run_dir / p.name).symlink_to(p.resolve())
+ckpt_config = json.loads((ckpt / "config.json").read_text())
 for name in ("configuration_sa2va_chat.py", "modeling_sa2va_qwen.py", "sam2.py", "templates.py"):
     data = subprocess.run(["git", "-C", str(UP), "show", f"{COMMIT}:{updir}/{name}"], capture_output=True,
                           check=True).stdout
+    if name == "sam2.py":  # the checkpoint's trunk where it is not the releases' Hiera-L (sam2_trunk.py)
+        data = trunk_source(data.decode(), ckpt_config).encode()
     (run_dir / name).write_bytes(data)
 
 from transformers import AutoModel, AutoProcessor, LogitsProcessor, LogitsProcessorList  # noqa: E402
@@ -232,6 +236,8 @@ def run_case(images, prompt, forced, is_video, shift=None):
     return arrays, meta
 
 
+writer_args = json.loads((out / "checkpoint.json").read_text())["write_checkpoint"]
+model_dir = f"<sa2va.testing.write_checkpoint(folder, '{family}', **{writer_args!r})>"
 versions = {"transformers_version": transformers.__version__, "torch_version": torch.__version__}
 common = {"upstream_repo": "bytedance/Sa2VA", "upstream_commit": COMMIT, "upstream_dir": updir,
           "missing_keys": [], "unexpected_keys": [], "n_file_tensors": N_FILE_TENSORS, "weights_equal_files": WEIGHTS_EQUAL, "threads": 2}
@@ -258,7 +264,7 @@ if not video_mode:
     ref.update(versions)
     ref.update(common)
     ref["timings_s"] = timings
-    ref["model_dir"] = f"<sa2va.testing.write_checkpoint(folder, '{family}', sam2='full', seed=0, max_shard_bytes=300*2**20)>"
+    ref["model_dir"] = model_dir
     (out / "reference.json").write_text(json.dumps(ref, indent=2) + "\n")
     meta_ck = json.loads((out / "checkpoint.json").read_text())
     meta_ck["shard_sha256"] = shards_sha()
@@ -279,7 +285,10 @@ else:
     ref.update(versions)
     ref.update(common)
     ref["shard_sha256"] = shards_sha()
+    meta_ck = json.loads((out / "checkpoint.json").read_text())
+    meta_ck["shard_sha256"] = ref["shard_sha256"]
+    (out / "checkpoint.json").write_text(json.dumps(meta_ck, indent=2) + "\n")
     ref["timings_s"] = {"load": round(load_s, 2), "video": meta["seconds"]}
-    ref["model_dir"] = f"<sa2va.testing.write_checkpoint(folder, '{family}', sam2='full', seed=0, max_shard_bytes=300*2**20)>"
+    ref["model_dir"] = model_dir
     (out / f"{video_name}.json").write_text(json.dumps(ref, indent=2) + "\n")
     print("video", meta["prediction"], meta["mask_pixels_true"], meta["object_scores_in_call_order"], meta["seconds"])

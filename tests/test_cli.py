@@ -1,7 +1,9 @@
 """python -m sa2va segment writes the answer, one grey PNG per mask and an overlay."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,14 +12,48 @@ from PIL import Image
 from conftest import ROOT
 
 
-def test_segment_writes_text_masks_and_overlay(checkpoint_factory, image, tmp_path):
-    src = tmp_path / "in.png"
+class Run:
+    """A command started in the background (its output in files, so no pipe can fill), awaited by a test."""
+
+    def __init__(self, argv: list[str], folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess:
+        code = self.proc.wait(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, code, self.stdout_path.read_text(),
+                                           self.stderr_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def cli_runs(checkpoint_factory, image, tmp_path_factory):
+    """The module's three end-to-end commands (segment, doctor, test_sa2va.py --quick), started at once, one torch
+    thread each: each runs on one core, so together they take about as long as the longest. Each test awaits its
+    own."""
+    tmp = tmp_path_factory.mktemp("cli")
+    src = tmp / "in.png"
     Image.fromarray(image).save(src)
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "sa2va", "segment", "--model", str(checkpoint_factory("qwen3_vl")), "--image", str(src),
-         "--prompt", "Please segment the person.", "--out", str(out), "--max-new-tokens", "16"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    runs = {"segment": Run([sys.executable, "-m", "sa2va", "segment", "--model", str(checkpoint_factory("qwen3_vl")),
+                            "--image", str(src), "--prompt", "Please segment the person.", "--out", str(tmp / "out"),
+                            "--max-new-tokens", "16"], tmp / "segment"),
+            "doctor": Run([sys.executable, "-m", "sa2va", "doctor"], tmp / "doctor"),
+            "quick": Run([sys.executable, "test_sa2va.py", "--quick"], tmp / "quick")}
+    runs["out"] = tmp / "out"
+    try:
+        yield runs
+    finally:
+        for run in runs.values():
+            if isinstance(run, Run) and run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+
+
+def test_segment_writes_text_masks_and_overlay(cli_runs, image):
+    out = cli_runs["out"]
+    result = cli_runs["segment"].wait(timeout=300)
     assert result.returncode == 0, result.stderr
     assert (out / "answer.txt").read_text().strip() == "Sure, it is."
     mask = np.asarray(Image.open(out / "mask_0.png"))
@@ -44,9 +80,8 @@ def test_segment_reports_a_bad_folder_cleanly(tmp_path):
     assert "Model folder not found" in result.stderr
 
 
-def test_doctor_runs_every_check_and_predicts_on_a_tiny_model():
-    result = subprocess.run([sys.executable, "-m", "sa2va", "doctor"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+def test_doctor_runs_every_check_and_predicts_on_a_tiny_model(cli_runs):
+    result = cli_runs["doctor"].wait(timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     from sa2va.compat import REQUIREMENTS
@@ -134,7 +169,7 @@ def test_a_gpu_without_native_bf16_is_named_with_a_warning(monkeypatch):
     assert "fp16" in t4.fix
 
 
-def test_install_and_test_sa2va_scripts_use_the_doctor(monkeypatch, caplog):
+def test_install_and_test_sa2va_scripts_use_the_doctor(cli_runs, monkeypatch, caplog):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("sa2va_install", ROOT / "install.py")
@@ -145,8 +180,7 @@ def test_install_and_test_sa2va_scripts_use_the_doctor(monkeypatch, caplog):
     with caplog.at_level("ERROR"):
         assert install.main() == 1
     assert "transformers >= 4.57: 4.46.0 is too old. Fix: pip install -U 'transformers>=4.57'" in caplog.text
-    result = subprocess.run([sys.executable, "test_sa2va.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = cli_runs["quick"].wait(timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[PASS] transformers >= 4.57" in result.stdout and "tiny model" not in result.stdout
 

@@ -85,14 +85,13 @@ class Schedule:
 TOLERANCE = 1e-4
 
 
-#: The clips keep TOLERANCE on every frame, under every kernel set. Measured (issue 27, x86 with AVX2 as its best
-#: kernels, 2026-12-08): each clip run in full (check_video's computation) once under ATEN_CPU_CAPABILITY=default and
-#: once under avx2; max |p_ours - p_upstream| per frame stayed within 4.6e-6 (llava video, frames 0-6: default
-#: 1.2e-6 1.3e-6 1.4e-6 1.2e-6 1.1e-6 2.7e-6 3.1e-6, avx2 1.5e-6 1.1e-6 1.6e-6 1.3e-6 1.4e-6 4.6e-6 3.6e-6;
-#: qwen3_vl_clip video and video_absent within 4.2e-6 under both), and the spread between the two kernel sets,
-#: max |p_default - p_avx2|, within 5.2e-6 on every frame of the three clips. (With SAM2's Hiera-L trunk, before the
-#: clips moved to Hiera-T, the llava clip's frame 6 came to 1.18e-4 under default kernels and needed its own bound.)
-
+# The clips keep TOLERANCE on every frame, under every kernel set. Measured (issue 27, x86 with AVX2 as its best
+# kernels, 2026-12-08): each clip run in full (check_video's computation) once under ATEN_CPU_CAPABILITY=default and
+# once under avx2; max |p_ours - p_upstream| per frame stayed within 4.6e-6 (llava video, frames 0-6: default
+# 1.2e-6 1.3e-6 1.4e-6 1.2e-6 1.1e-6 2.7e-6 3.1e-6, avx2 1.5e-6 1.1e-6 1.6e-6 1.3e-6 1.4e-6 4.6e-6 3.6e-6;
+# qwen3_vl_clip video and video_absent within 4.2e-6 under both), and the spread between the two kernel sets,
+# max |p_default - p_avx2|, within 5.2e-6 on every frame of the three clips. (With SAM2's Hiera-L trunk, before the
+# clips moved to Hiera-T, the llava clip's frame 6 came to 1.18e-4 under default kernels and needed its own bound.)
 
 #: a pixel may be decided otherwise than upstream at 0.5 only where upstream puts it within this fraction of the
 #: probability bound from 0.5: the measured differences are ~1e-6 on most pixels (one such flip in qwen3_vl_sam3's

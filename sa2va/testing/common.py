@@ -55,7 +55,7 @@ TINY_SAM2 = {
 }
 
 #: SAM2 with Hiera-T, SAM2's smallest trunk (96 wide, 1-2-7-2 blocks), at the releases' 1024 px: the neck, memory,
-#: prompt encoder and mask decoder keep the release geometry (256 channels, a 64x64 top level), at about an eighth
+#: prompt encoder and mask decoder keep the release geometry (256 channels, a 64x64 top level), at about a ninth
 #: of Hiera-L's encoder work. For parity references that test what the trunk does not change (tracking, a format's
 #: language side); the releases' own trunk, Hiera-L, is the ``"full"`` geometry (no block).
 HIERA_T_SAM2 = {

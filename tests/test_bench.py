@@ -3,13 +3,13 @@
 Only correctness is checked here; timings come from running bench/bench_predict.py (docs/performance.md)."""
 import importlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from background import BackgroundRun
 from conftest import ROOT
 
 
@@ -60,21 +60,17 @@ def gpu_check():
         sys.path.remove(str(ROOT / "bench"))
 
 
-def start_gpu_check(folder, out: Path, env=None) -> subprocess.Popen:
-    """``gpu_check.py --tiny`` on the CPU in a subprocess writing ``out`` (its stdout and stderr go to files beside it,
-    so no pipe can fill while another run is awaited)."""
-    import os
-
-    with open(out.with_suffix(".stdout"), "w") as stdout, open(out.with_suffix(".stderr"), "w") as stderr:
-        return subprocess.Popen([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--device", "cpu",
-                                 "--folder", str(folder), "--json", str(out)], stdout=stdout, stderr=stderr,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+def start_gpu_check(folder, tmp: Path, env=None) -> BackgroundRun:
+    """``gpu_check.py --tiny`` on the CPU, started in the background; it writes ``tmp/gpu.json``."""
+    return BackgroundRun([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--device", "cpu",
+                          "--folder", str(folder), "--json", str(tmp / "gpu.json")], tmp, env)
 
 
-def finish_gpu_check(proc: subprocess.Popen, out: Path) -> tuple[str, dict]:
+def finish_gpu_check(run: BackgroundRun) -> tuple[str, dict]:
     """Waits for a run of start_gpu_check; returns its stdout and the JSON it wrote."""
-    assert proc.wait(timeout=900) == 0, out.with_suffix(".stderr").read_text()[-3000:]
-    return out.with_suffix(".stdout").read_text(), json.loads(out.read_text())
+    result = run.wait(timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, json.loads(Path(result.args[result.args.index("--json") + 1]).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +82,18 @@ def gpu_check_runs(checkpoint_factory, tmp_path_factory):
     blocked = tmp / "blocked"
     (blocked / "bitsandbytes").mkdir(parents=True)
     (blocked / "bitsandbytes" / "__init__.py").write_text("raise ImportError('No module named bitsandbytes')\n")
-    runs = {"all": (start_gpu_check(folder, tmp / "all.json"), tmp / "all.json"),
-            "no_bnb": (start_gpu_check(folder, tmp / "no_bnb.json", env={"PYTHONPATH": f"{blocked}:{ROOT}"}),
-                       tmp / "no_bnb.json")}
+    runs = {"all": start_gpu_check(folder, tmp / "all"),
+            "no_bnb": start_gpu_check(folder, tmp / "no_bnb", env={"PYTHONPATH": f"{blocked}:{ROOT}"})}
     try:
         yield runs
     finally:
-        for proc, _ in runs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for run in runs.values():
+            run.stop()
 
 
 def test_gpu_check_tiny_reports_every_section_of_every_mode_on_the_cpu(gpu_check_runs):
     """--tiny on the CPU: bf16, 8-bit and 4-bit (bitsandbytes quantises on the CPU) and fp32, every section a number."""
-    stdout, summary = finish_gpu_check(*gpu_check_runs["all"])
+    stdout, summary = finish_gpu_check(gpu_check_runs["all"])
     assert json.loads(stdout) == summary
     modes = summary["modes"]
     for mode, names in SECTIONS.items():
@@ -126,7 +119,7 @@ def test_gpu_check_tiny_reports_every_section_of_every_mode_on_the_cpu(gpu_check
 
 
 def test_gpu_check_without_bitsandbytes_records_the_error_and_reports_bf16(gpu_check_runs):
-    _, summary = finish_gpu_check(*gpu_check_runs["no_bnb"])
+    _, summary = finish_gpu_check(gpu_check_runs["no_bnb"])
     for mode in ("8bit", "4bit"):
         for name in SECTIONS[mode]:
             assert "bitsandbytes" in summary["modes"][mode][name]["error"], (mode, name, summary["modes"][mode])

@@ -1,6 +1,5 @@
 """python -m sa2va segment writes the answer, one grey PNG per mask and an overlay."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,23 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from background import BackgroundRun
 from conftest import ROOT
-
-
-class Run:
-    """A command started in the background (its output in files, so no pipe can fill), awaited by a test."""
-
-    def __init__(self, argv: list[str], folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.stdout_path, self.stderr_path = folder / "stdout.txt", folder / "stderr.txt"
-        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err,
-                                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-    def wait(self, timeout: float) -> subprocess.CompletedProcess:
-        code = self.proc.wait(timeout=timeout)
-        return subprocess.CompletedProcess(self.proc.args, code, self.stdout_path.read_text(),
-                                           self.stderr_path.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +20,22 @@ def cli_runs(checkpoint_factory, image, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     src = tmp / "in.png"
     Image.fromarray(image).save(src)
-    runs = {"segment": Run([sys.executable, "-m", "sa2va", "segment", "--model", str(checkpoint_factory("qwen3_vl")),
-                            "--image", str(src), "--prompt", "Please segment the person.", "--out", str(tmp / "out"),
-                            "--max-new-tokens", "16"], tmp / "segment"),
-            "doctor": Run([sys.executable, "-m", "sa2va", "doctor"], tmp / "doctor"),
-            "quick": Run([sys.executable, "test_sa2va.py", "--quick"], tmp / "quick")}
-    runs["out"] = tmp / "out"
+    segment = [sys.executable, "-m", "sa2va", "segment", "--model", str(checkpoint_factory("qwen3_vl")),
+               "--image", str(src), "--prompt", "Please segment the person.", "--out", str(tmp / "out"),
+               "--max-new-tokens", "16"]
+    runs = {"segment": BackgroundRun(segment, tmp / "segment"),
+            "doctor": BackgroundRun([sys.executable, "-m", "sa2va", "doctor"], tmp / "doctor"),
+            "quick": BackgroundRun([sys.executable, "test_sa2va.py", "--quick"], tmp / "quick")}
     try:
         yield runs
     finally:
         for run in runs.values():
-            if isinstance(run, Run) and run.proc.poll() is None:
-                run.proc.kill()
-                run.proc.wait()
+            run.stop()
 
 
 def test_segment_writes_text_masks_and_overlay(cli_runs, image):
-    out = cli_runs["out"]
     result = cli_runs["segment"].wait(timeout=300)
+    out = Path(result.args[result.args.index("--out") + 1])
     assert result.returncode == 0, result.stderr
     assert (out / "answer.txt").read_text().strip() == "Sure, it is."
     mask = np.asarray(Image.open(out / "mask_0.png"))

@@ -9,13 +9,13 @@ baseline) and under the machine's best ones, and compare every file.
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from background import BackgroundRun
 from sa2va.testing import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,21 +64,16 @@ def test_seg_directions_are_exactly_orthonormal(size, count):
 
 
 def _write_both(*runs: tuple[Path, dict]) -> list[dict]:
-    """Runs WRITER once per (folder, environment overrides), the runs at once in subprocesses (their output goes to
-    files, so no pipe can fill); returns each run's hashes."""
-    procs = []
-    for tmp, env_overrides in runs:
-        env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES")}
-        env.update(env_overrides, OMP_NUM_THREADS="1")
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        tmp.mkdir()
-        with open(tmp / "stdout.txt", "w") as out, open(tmp / "stderr.txt", "w") as err:
-            procs.append((tmp, subprocess.Popen([sys.executable, "-c", WRITER, str(tmp)], env=env, cwd=ROOT,
-                                                stdout=out, stderr=err)))
+    """Runs WRITER once per (folder, environment overrides), the runs at once; returns each run's hashes."""
+    path = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    started = [BackgroundRun([sys.executable, "-c", WRITER, str(tmp)], tmp, {**env_overrides, "PYTHONPATH": path},
+                             unset=("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES"))
+               for tmp, env_overrides in runs]
     results = []
-    for tmp, proc in procs:
-        assert proc.wait(timeout=600) == 0, (tmp / "stderr.txt").read_text()[-3000:]
-        results.append(json.loads((tmp / "stdout.txt").read_text().strip().splitlines()[-1]))
+    for run in started:
+        done = run.wait(timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sam2_trunk import trunk_source
+from sam2_trunk import staged_sam2
 
 UPSTREAM_DIR = "projects/sa2va/hf/models"
 DEFAULT_COMMIT = "9832e1a80e74ed513e8072bf882a09bdd80566c4"
@@ -59,7 +59,7 @@ def stage(upstream: Path, commit: str, ckpt: Path, run_dir: Path) -> None:
         data = subprocess.run(["git", "-C", str(upstream), "show", f"{commit}:{UPSTREAM_DIR}/{name}"],
                               capture_output=True, check=True).stdout
         if name == "sam2.py":  # the checkpoint's trunk where it is not the releases' Hiera-L (sam2_trunk.py)
-            data = trunk_source(data.decode(), json.loads((ckpt / "config.json").read_text())).encode()
+            data = staged_sam2(data, ckpt)
         (run_dir / name).write_bytes(data)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sam2_trunk import trunk_source
+from sam2_trunk import staged_sam2
 
 LLAVA_FILES = ("modeling_sa2va_llava.py", "configuration_sa2va_chat.py")
 LLAVA_SOURCE = ("cjhcjh123-666/EvoSeg", "4a21e991276ac688bddbdcc4e5edaeb872a44020", "projects/sa2va/hf/models_llava")
@@ -71,7 +71,7 @@ def stage(code: Path, upstream: Path, commit: str, ckpt: Path, run_dir: Path) ->
                               capture_output=True, check=True).stdout
         hashes[name] = hashlib.sha256(data).hexdigest()  # upstream's file as published
         if name == "sam2.py":  # the checkpoint's trunk where it is not the releases' Hiera-L (sam2_trunk.py)
-            data = trunk_source(data.decode(), json.loads((ckpt / "config.json").read_text())).encode()
+            data = staged_sam2(data, ckpt)
         (run_dir / name).write_bytes(data)
     return hashes
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sam2_trunk import trunk_source
+from sam2_trunk import staged_sam2
 
 torch.set_num_threads(2)
 torch.Tensor.cuda = lambda self, *a, **k: self
@@ -52,12 +52,11 @@ if run_dir.exists():
 run_dir.mkdir(parents=True)
 for p in ckpt.iterdir():
     (run_dir / p.name).symlink_to(p.resolve())
-ckpt_config = json.loads((ckpt / "config.json").read_text())
 for name in ("configuration_sa2va_chat.py", "modeling_sa2va_qwen.py", "sam2.py", "templates.py"):
     data = subprocess.run(["git", "-C", str(UP), "show", f"{COMMIT}:{updir}/{name}"], capture_output=True,
                           check=True).stdout
     if name == "sam2.py":  # the checkpoint's trunk where it is not the releases' Hiera-L (sam2_trunk.py)
-        data = trunk_source(data.decode(), ckpt_config).encode()
+        data = staged_sam2(data, ckpt)
     (run_dir / name).write_bytes(data)
 
 from transformers import AutoModel, AutoProcessor, LogitsProcessor, LogitsProcessorList  # noqa: E402

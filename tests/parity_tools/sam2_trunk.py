@@ -10,6 +10,9 @@ mask decoder) is left as it is. A checkpoint without the block (the releases' Hi
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 #: upstream's Hiera-L constants, as written in ``build_trunk`` / ``build_neck``
 HIERA_L_LINES = {
     "embed_dim": "embed_dim = 144",
@@ -50,3 +53,8 @@ def trunk_source(text: str, config: dict) -> str:
             raise ValueError(f"upstream sam2.py: expected exactly one {old!r}")
         text = text.replace(old, f"{name} = {value!r}")
     return text
+
+
+def staged_sam2(data: bytes, checkpoint: Path) -> bytes:
+    """Upstream's ``sam2.py`` (as published, bytes) for the checkpoint folder the reference is made from."""
+    return trunk_source(data.decode(), json.loads((checkpoint / "config.json").read_text())).encode()
